@@ -1,0 +1,99 @@
+//! The command line, as clap sees it. Only parsing and validation of single values live
+//! here; commands turn these into the library's options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::units::parse_size;
+
+/// Move virtual machines from Azure to KVM.
+#[derive(Debug, Parser)]
+#[command(name = "hyper2kvm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert a disk image (fixed or dynamic VHD, or raw) into qcow2 or sparse raw.
+    Convert(ConvertArgs),
+}
+
+/// `hyper2kvm convert SRC DST`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The source disk: a VHD (fixed or dynamic) or raw file.
+    pub src: PathBuf,
+    /// The image to write; it appears only once complete (written as DST.part first).
+    pub dst: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'O', value_enum, default_value_t = FormatArg::Qcow2)]
+    pub format: FormatArg,
+    /// Compress qcow2 clusters.
+    #[arg(long, value_enum)]
+    pub compress: Option<CompressArg>,
+    /// qcow2 cluster size: a power of two from 512 to 2M.
+    #[arg(long, value_parser = parse_cluster_size, default_value = "64K")]
+    pub cluster_size: u32,
+    /// Reads in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Bytes per read (rounded up to whole clusters).
+    #[arg(long, value_parser = parse_chunk_size, default_value = "4M")]
+    pub chunk_size: u32,
+    /// Source format; auto looks for a VHD footer.
+    #[arg(long, value_enum, default_value_t = InputFormatArg::Auto)]
+    pub input_format: InputFormatArg,
+    /// No progress bar and no summary line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    /// qcow2 version 3.
+    Qcow2,
+    /// Sparse raw.
+    Raw,
+}
+
+/// `--compress`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressArg {
+    /// zstd (qemu 5.1+).
+    Zstd,
+    /// deflate (every qemu).
+    Deflate,
+}
+
+/// `--input-format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InputFormatArg {
+    /// Detect from content.
+    Auto,
+    /// Fixed or dynamic VHD.
+    Vhd,
+    /// Raw bytes.
+    Raw,
+}
+
+fn parse_cluster_size(text: &str) -> Result<u32, String> {
+    let n = parse_size(text)?;
+    if !(512..=2 << 20).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two from 512 to 2M"));
+    }
+    Ok(n as u32)
+}
+
+fn parse_chunk_size(text: &str) -> Result<u32, String> {
+    let n = parse_size(text)?;
+    if !(4096..=64 << 20).contains(&n) {
+        return Err(format!("{n} is outside 4K..64M"));
+    }
+    Ok(n as u32)
+}

@@ -1,0 +1,84 @@
+//! `hyper2kvm convert SRC DST`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use hyper2kvm_core::{
+    convert, open_disk, Compression, ConvertOptions, ConvertStats, InputFormat, OutputFormat,
+};
+
+use crate::args::{CompressArg, ConvertArgs, FormatArg, InputFormatArg};
+use crate::progress::Bar;
+use crate::signal::until_interrupted;
+use crate::units::human_bytes;
+
+/// Runs the conversion and prints the summary line.
+pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    refuse_same_file(&args.src, &args.dst)?;
+    let input_format = match args.input_format {
+        InputFormatArg::Auto => InputFormat::Auto,
+        InputFormatArg::Vhd => InputFormat::Vhd,
+        InputFormatArg::Raw => InputFormat::Raw,
+    };
+    let opts = ConvertOptions {
+        format: match args.format {
+            FormatArg::Qcow2 => OutputFormat::Qcow2,
+            FormatArg::Raw => OutputFormat::Raw,
+        },
+        compression: args.compress.map(|c| match c {
+            CompressArg::Zstd => Compression::Zstd,
+            CompressArg::Deflate => Compression::Deflate,
+        }),
+        cluster_size: args.cluster_size,
+        chunk_size: args.chunk_size,
+        concurrency: usize::from(args.concurrency),
+        ..ConvertOptions::default()
+    };
+    let reader = open_disk(&args.src, input_format)?;
+    let bar = Bar::new(&args.dst.display().to_string(), args.quiet);
+    let result = until_interrupted(convert(reader, &args.dst, &opts, Some(bar.callback()))).await;
+    bar.finish();
+    let stats = result?;
+    if !args.quiet {
+        println!("{}", summary(&args.dst, &stats));
+    }
+    Ok(())
+}
+
+/// One line: what was read, written, skipped, and how fast.
+fn summary(dst: &Path, s: &ConvertStats) -> String {
+    let secs = s.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        s.bytes_read as f64 / secs / (1 << 20) as f64
+    } else {
+        0.0
+    };
+    format!(
+        "{}: virtual size {}, read {}, wrote {}, skipped {} of zeros and {} unallocated, in {:.2} s ({:.0} MiB/s)",
+        dst.display(),
+        human_bytes(s.virtual_size),
+        human_bytes(s.bytes_read),
+        human_bytes(s.bytes_written),
+        human_bytes(s.zero_bytes),
+        human_bytes(s.virtual_size - s.bytes_read),
+        secs,
+        rate,
+    )
+}
+
+/// Writing over the source would destroy it while it is read.
+fn refuse_same_file(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let src = src
+        .canonicalize()
+        .with_context(|| format!("{}: cannot open", src.display()))?;
+    let dst_parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let (Ok(parent), Some(name)) = (dst_parent.canonicalize(), dst.file_name()) {
+        if parent.join(name) == src {
+            bail!("{}: the destination is the source file", dst.display());
+        }
+    }
+    Ok(())
+}

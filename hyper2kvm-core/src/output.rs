@@ -1,0 +1,262 @@
+//! What the pipeline hands to an image writer, and the file every writer writes through.
+//!
+//! The pipeline turns read chunks into [`PreparedChunk`]s on a pool of blocking threads
+//! ([`prepare_chunk`]: zero detection and compression are the CPU-heavy part), and a single
+//! [`ImageSink`] writes them in whatever order they complete. Sinks write into a
+//! [`PartFile`]: `NAME.part`, fsynced and renamed to `NAME` only when complete, and removed
+//! if the writer is dropped before that.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::qcow2::compress::compress_cluster;
+use crate::qcow2::Compression;
+use crate::zero::is_zero;
+
+/// The content of one cluster (or block) of a prepared chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterData {
+    /// All zeros: nothing to write.
+    Zero,
+    /// Store the bytes as they are.
+    Plain,
+    /// Store `len` compressed bytes found at `start` in [`PreparedChunk::compressed`].
+    Compressed {
+        /// Offset into the chunk's compressed buffer.
+        start: u32,
+        /// Length of the compressed data.
+        len: u32,
+    },
+}
+
+/// A chunk of guest data, classified cluster by cluster, ready to be written.
+#[derive(Debug)]
+pub struct PreparedChunk {
+    /// Guest offset of the first byte; a multiple of `granularity`.
+    pub offset: u64,
+    /// Guest bytes covered; a multiple of `granularity` except at the end of the disk.
+    pub len: u64,
+    /// The clusters' bytes, zero-padded to a whole number of clusters.
+    pub data: Vec<u8>,
+    /// The classification of each `granularity`-sized piece of `data`.
+    pub clusters: Vec<ClusterData>,
+    /// Compressed payloads, back to back, for [`ClusterData::Compressed`] clusters.
+    pub compressed: Vec<u8>,
+    /// The size of each classified piece: the qcow2 cluster size, or the raw writer's block.
+    pub granularity: usize,
+}
+
+impl PreparedChunk {
+    /// Bytes of the chunk that are all-zero clusters (within the disk's size).
+    pub fn zero_bytes(&self) -> u64 {
+        let g = self.granularity as u64;
+        self.clusters
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == ClusterData::Zero)
+            .map(|(i, _)| g.min(self.len - i as u64 * g))
+            .sum()
+    }
+}
+
+/// Classifies `data` (the guest bytes at `offset`) in `granularity`-sized clusters, dropping
+/// zero clusters and compressing the others when `compression` is set.
+pub fn prepare_chunk(
+    offset: u64,
+    mut data: Vec<u8>,
+    granularity: usize,
+    compression: Option<Compression>,
+) -> PreparedChunk {
+    let len = data.len() as u64;
+    data.resize(data.len().div_ceil(granularity) * granularity, 0);
+    let mut compressed = Vec::new();
+    let clusters = data
+        .chunks_exact(granularity)
+        .map(|cluster| {
+            if is_zero(cluster) {
+                return ClusterData::Zero;
+            }
+            let Some(kind) = compression else {
+                return ClusterData::Plain;
+            };
+            let start = compressed.len();
+            match compress_cluster(kind, cluster, &mut compressed) {
+                Some(n) => ClusterData::Compressed {
+                    start: start as u32,
+                    len: n as u32,
+                },
+                None => ClusterData::Plain,
+            }
+        })
+        .collect();
+    PreparedChunk {
+        offset,
+        len,
+        data,
+        clusters,
+        compressed,
+        granularity,
+    }
+}
+
+/// Something that writes prepared chunks into an image.
+pub trait ImageSink: Send {
+    /// Writes one chunk; chunks arrive in any order, each guest range at most once.
+    fn write_chunk(&mut self, chunk: &PreparedChunk) -> Result<()>;
+
+    /// Promises that no chunk below `guest_offset` will follow, so metadata for that part of
+    /// the disk can be written out and dropped from memory.
+    fn complete_below(&mut self, guest_offset: u64) -> Result<()>;
+
+    /// Writes the remaining metadata, syncs, and moves the image to its final name. Returns
+    /// the number of bytes written to the file.
+    fn finish(self: Box<Self>) -> Result<u64>;
+}
+
+/// A file written as `NAME.part` and renamed to `NAME` once complete.
+///
+/// Dropping it without [`commit`](PartFile::commit) removes the `.part` file, so an error or
+/// a cancellation never leaves a half image under either name.
+#[derive(Debug)]
+pub struct PartFile {
+    file: File,
+    part: PathBuf,
+    dst: PathBuf,
+    committed: bool,
+    written: u64,
+}
+
+impl PartFile {
+    /// Creates (or truncates) `dst` + `.part`.
+    pub fn create(dst: &Path) -> Result<PartFile> {
+        let mut part = dst.as_os_str().to_owned();
+        part.push(".part");
+        let part = PathBuf::from(part);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(|e| Error::io("cannot create the output file", e).with_path(&part))?;
+        Ok(PartFile {
+            file,
+            part,
+            dst: dst.to_owned(),
+            committed: false,
+            written: 0,
+        })
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file.write_all_at(buf, offset).map_err(|e| {
+            Error::io(format!("writing {} bytes", buf.len()), e)
+                .with_path(&self.part)
+                .at_offset(offset)
+        })?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Sets the file's length.
+    pub fn set_len(&mut self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io(format!("setting the length to {len}"), e).with_path(&self.part))
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Syncs the data, renames `NAME.part` to `NAME`, and syncs the directory so the rename
+    /// survives a crash.
+    pub fn commit(mut self) -> Result<u64> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("syncing to disk", e).with_path(&self.part))?;
+        std::fs::rename(&self.part, &self.dst).map_err(|e| {
+            Error::io("renaming the finished image into place", e).with_path(&self.dst)
+        })?;
+        self.committed = true;
+        let dir = match self.dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(self.written)
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    #[test]
+    fn classifies_zero_plain_and_compressed() {
+        let mut data = vec![0u8; 3 * 512 + 100];
+        data[600] = 1; // cluster 1 has data
+        data[1536] = 9; // cluster 3 (partial, padded) has data
+        let plain = prepare_chunk(1024, data.clone(), 512, None);
+        assert_eq!(
+            plain.clusters,
+            vec![
+                ClusterData::Zero,
+                ClusterData::Plain,
+                ClusterData::Zero,
+                ClusterData::Plain
+            ]
+        );
+        assert_eq!(plain.data.len(), 4 * 512);
+        assert_eq!(plain.zero_bytes(), 1024);
+        let packed = prepare_chunk(0, data, 512, Some(Compression::Zstd));
+        assert!(matches!(
+            packed.clusters[1],
+            ClusterData::Compressed { start: 0, .. }
+        ));
+        assert!(matches!(packed.clusters[3], ClusterData::Compressed { start, .. } if start > 0));
+    }
+
+    #[test]
+    fn part_file_appears_only_on_commit() {
+        let dir = TempDir::new("part");
+        let dst = dir.path().join("out.img");
+        let mut f = PartFile::create(&dst).unwrap();
+        f.write_at(b"hello", 0).unwrap();
+        assert!(dir.path().join("out.img.part").exists());
+        assert!(!dst.exists());
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"hello");
+        assert!(!dir.path().join("out.img.part").exists());
+
+        let other = dir.path().join("dropped.img");
+        drop(PartFile::create(&other).unwrap());
+        assert!(!dir.path().join("dropped.img.part").exists());
+        assert!(!other.exists());
+    }
+
+    #[test]
+    fn unwritable_destination_names_the_file() {
+        let err = PartFile::create(Path::new("/nonexistent-dir/out.qcow2")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent-dir/out.qcow2.part: "),
+            "{err}"
+        );
+    }
+}

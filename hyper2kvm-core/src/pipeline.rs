@@ -1,0 +1,290 @@
+//! The conversion pipeline: allocated ranges → cluster-aligned chunks → bounded concurrent
+//! reads → zero detection and compression on blocking threads → one writer thread.
+//!
+//! ```text
+//!   allocated_ranges ──► chunks ──► read_at ×N ──► prepare_chunk (CPU pool) ──► writer thread
+//!                                  (any order)      (≤ cores at once)            (one sink)
+//! ```
+//!
+//! Memory is bounded by `concurrency` chunks in flight plus two queued for the writer, plus
+//! the writer's metadata, whatever the disk's size. Chunks complete out of order; the
+//! pipeline tells the writer the lowest guest offset still outstanding so it can write out
+//! finished L2 tables early.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::output::{prepare_chunk, ImageSink, PreparedChunk};
+use crate::qcow2::{Compression, Qcow2Writer};
+use crate::ranges::{align_and_merge, chunks, total_len};
+use crate::raw_writer::{RawWriter, RAW_BLOCK};
+use crate::source::DiskReader;
+
+/// The image format to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// qcow2 v3: sparse, optionally compressed, portable.
+    #[default]
+    Qcow2,
+    /// A sparse raw file.
+    Raw,
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "qcow2" => Ok(OutputFormat::Qcow2),
+            "raw" => Ok(OutputFormat::Raw),
+            other => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("unknown output format {other:?}; expected qcow2 or raw"),
+            )),
+        }
+    }
+}
+
+/// How to convert.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// qcow2 or raw.
+    pub format: OutputFormat,
+    /// Compress qcow2 clusters (not allowed for raw output).
+    pub compression: Option<Compression>,
+    /// qcow2 cluster size: a power of two from 512 B to 2 MiB; 64 KiB by default.
+    pub cluster_size: u32,
+    /// Bytes per read; rounded up to whole clusters. 4 MiB by default.
+    pub chunk_size: u32,
+    /// Reads in flight at once.
+    pub concurrency: usize,
+    /// Reads closer than this many bytes are merged into one (worth it over a network).
+    pub merge_gap: u64,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            format: OutputFormat::Qcow2,
+            compression: None,
+            cluster_size: 64 << 10,
+            chunk_size: 4 << 20,
+            concurrency: 4,
+            merge_gap: 0,
+        }
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvertStats {
+    /// The disk's guest-visible size.
+    pub virtual_size: u64,
+    /// Bytes read from the source (its allocated ranges, cluster-aligned).
+    pub bytes_read: u64,
+    /// Bytes read that were all-zero clusters and not written.
+    pub zero_bytes: u64,
+    /// Bytes written to the output file, metadata included.
+    pub bytes_written: u64,
+    /// Wall time from the first read to the renamed image.
+    pub elapsed: Duration,
+}
+
+/// Progress of a running conversion: bytes of the allocated ranges processed so far, of
+/// `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes processed.
+    pub done: u64,
+    /// Bytes to process (known once the allocated ranges are).
+    pub total: u64,
+}
+
+/// Receives progress updates; called from the pipeline's task, keep it cheap.
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+enum ToWriter {
+    Chunk(PreparedChunk, u64),
+    Finish,
+}
+
+/// Owns the writer thread. Dropping it (a cancelled conversion) closes the queue without
+/// `Finish`, and waits for the thread, so the `.part` file is gone when the drop returns.
+struct WriterThread {
+    tx: Option<mpsc::Sender<ToWriter>>,
+    handle: Option<JoinHandle<Result<u64>>>,
+}
+
+impl WriterThread {
+    fn spawn(mut sink: Box<dyn ImageSink>) -> WriterThread {
+        let (tx, mut rx) = mpsc::channel::<ToWriter>(2);
+        let handle = std::thread::Builder::new()
+            .name("hyper2kvm-writer".into())
+            .spawn(move || {
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        ToWriter::Chunk(chunk, done_below) => {
+                            sink.write_chunk(&chunk)?;
+                            sink.complete_below(done_below)?;
+                        }
+                        ToWriter::Finish => return sink.finish(),
+                    }
+                }
+                Err(Error::new(ErrorKind::Cancelled, "conversion cancelled"))
+            })
+            .expect("spawning the writer thread");
+        WriterThread {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Queues a chunk; `false` if the writer has stopped (its error comes from `join`).
+    async fn send(&self, msg: ToWriter) -> bool {
+        self.tx
+            .as_ref()
+            .expect("writer open")
+            .send(msg)
+            .await
+            .is_ok()
+    }
+
+    async fn join(mut self) -> Result<u64> {
+        self.tx.take();
+        let handle = self.handle.take().expect("joined once");
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Cancelled, format!("writer wait failed: {e}")))?
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "the writer thread panicked")))
+    }
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Converts the disk behind `reader` into an image at `dst`.
+///
+/// The image appears at `dst` only when complete: it is written as `dst.part`, synced and
+/// renamed; on error or cancellation the `.part` file is removed.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use hyper2kvm_core::{convert, open_disk, ConvertOptions, InputFormat};
+///
+/// # async fn run() -> hyper2kvm_core::Result<()> {
+/// let disk = open_disk(Path::new("disk.vhd"), InputFormat::Auto)?;
+/// let stats = convert(disk, Path::new("disk.qcow2"), &ConvertOptions::default(), None).await?;
+/// println!("read {} bytes, wrote {}", stats.bytes_read, stats.bytes_written);
+/// # Ok(())
+/// # }
+/// ```
+pub async fn convert(
+    reader: Arc<dyn DiskReader>,
+    dst: &Path,
+    opts: &ConvertOptions,
+    progress: Option<ProgressFn>,
+) -> Result<ConvertStats> {
+    let started = Instant::now();
+    let size = reader.size();
+    let (granularity, sink): (usize, Box<dyn ImageSink>) = match opts.format {
+        OutputFormat::Qcow2 => (
+            opts.cluster_size as usize,
+            Box::new(Qcow2Writer::create(
+                dst,
+                size,
+                opts.cluster_size,
+                opts.compression,
+            )?),
+        ),
+        OutputFormat::Raw => {
+            if opts.compression.is_some() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "compression needs qcow2 output; raw images cannot be compressed",
+                ));
+            }
+            (RAW_BLOCK, Box::new(RawWriter::create(dst, size)?))
+        }
+    };
+    let writer = WriterThread::spawn(sink);
+    let concurrency = opts.concurrency.max(1);
+    let chunk =
+        (u64::from(opts.chunk_size).max(1)).div_ceil(granularity as u64) * granularity as u64;
+
+    let ranges = reader.allocated_ranges().await?;
+    let ranges = align_and_merge(&ranges, granularity as u64, size, opts.merge_gap);
+    let total = total_len(&ranges);
+    let report = |done| {
+        if let Some(p) = &progress {
+            p(Progress { done, total });
+        }
+    };
+    report(0);
+
+    // CPU work (zero scan, compression) runs on at most one thread per core.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cpu = Arc::new(Semaphore::new(cores));
+    let compression = opts.compression;
+    let mut pending = chunks(&ranges, chunk).peekable();
+    let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+    let mut tasks: JoinSet<Result<PreparedChunk>> = JoinSet::new();
+    let mut stats = ConvertStats {
+        virtual_size: size,
+        ..ConvertStats::default()
+    };
+    let mut done = 0u64;
+    loop {
+        while tasks.len() < concurrency {
+            let Some(range) = pending.next() else { break };
+            in_flight.insert(range.start);
+            let reader = reader.clone();
+            let cpu = cpu.clone();
+            tasks.spawn(async move {
+                let buf = vec![0u8; (range.end - range.start) as usize];
+                let data = reader.read_at(range.start, buf).await?;
+                let _permit = cpu.acquire_owned().await.expect("semaphore open");
+                tokio::task::spawn_blocking(move || {
+                    prepare_chunk(range.start, data, granularity, compression)
+                })
+                .await
+                .map_err(|e| Error::new(ErrorKind::Cancelled, format!("chunk task failed: {e}")))
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let prepared = joined
+            .map_err(|e| Error::new(ErrorKind::Cancelled, format!("read task failed: {e}")))??;
+        in_flight.remove(&prepared.offset);
+        let done_below = in_flight
+            .first()
+            .copied()
+            .or_else(|| pending.peek().map(|r| r.start))
+            .unwrap_or(u64::MAX);
+        stats.bytes_read += prepared.len;
+        stats.zero_bytes += prepared.zero_bytes();
+        done += prepared.len;
+        if !writer.send(ToWriter::Chunk(prepared, done_below)).await {
+            break; // the writer failed; join() below reports why
+        }
+        report(done);
+    }
+    // If the writer stopped early, Finish is not delivered and join() returns its error.
+    writer.send(ToWriter::Finish).await;
+    stats.bytes_written = writer.join().await?;
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}

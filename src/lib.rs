@@ -1,0 +1,1 @@
+pub use hyper2kvm_core as core;
