@@ -1,1 +1,32 @@
+/*!
+hyper2kvm moves virtual machines out of Azure onto KVM.
+
+This crate is what an embedding tool depends on. It re-exports the workspace's libraries,
+each usable on its own:
+
+* [`core`] (`hyper2kvm-core`): the domain model (VMs, disks, power states), the traits a
+  source implements, VHD and raw readers, the one-pass qcow2 writer and the conversion
+  pipeline. No network.
+
+The `hyper2kvm` binary (crate `hyper2kvm-cli`) is a thin layer over these.
+
+# Converting a local disk
+
+```no_run
+use std::path::Path;
+use hyper2kvm::core::{convert, open_disk, Compression, ConvertOptions, InputFormat};
+
+# #[tokio::main] async fn main() -> hyper2kvm::core::Result<()> {
+let disk = open_disk(Path::new("disk.vhd"), InputFormat::Auto)?;
+let opts = ConvertOptions { compression: Some(Compression::Zstd), ..Default::default() };
+let stats = convert(disk, Path::new("disk.qcow2"), &opts, None).await?;
+println!("wrote {} bytes in {:?}", stats.bytes_written, stats.elapsed);
+# Ok(()) }
+```
+
+A disk that is not a local file (an HTTP range reader, a test double) implements
+[`core::DiskReader`] and goes through the same [`core::convert`]; see `examples/`.
+*/
+#![deny(missing_docs)]
+
 pub use hyper2kvm_core as core;

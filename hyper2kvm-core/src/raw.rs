@@ -203,6 +203,7 @@ mod tests {
         let path = dir.path().join("sparse.raw");
         let file = std::fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .open(&path)
             .unwrap();

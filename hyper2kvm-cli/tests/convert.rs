@@ -1,0 +1,388 @@
+//! `hyper2kvm convert` end to end: every image it writes is held to `qemu-img check` and
+//! `qemu-img compare` against the source, and every bad input must fail cleanly.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::{
+    assert_image_matches, assert_image_matches_as, make_raw, make_vhd, s, Fill, Scratch,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn hyper2kvm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn convert_ok(src: &Path, dst: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["convert", s(src), s(dst)];
+    args.extend_from_slice(extra);
+    let out = hyper2kvm(&args);
+    assert!(
+        out.status.success(),
+        "convert {extra:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a failing convert; checks the exit code, that stderr is one line naming `names`,
+/// and that nothing was left under the destination name or as a .part file.
+fn convert_fails(dir: &Scratch, src: &Path, dst: &Path, code: i32, names: &[&str]) -> String {
+    let before = dir.files();
+    let out = hyper2kvm(&["convert", s(src), s(dst)]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line expected:\n{stderr}"
+    );
+    for name in names {
+        assert!(stderr.contains(name), "{name:?} not in: {stderr}");
+    }
+    assert_eq!(dir.files(), before, "convert left files behind");
+    stderr
+}
+
+/// A 96 MiB disk whose data is scattered: text and noise, partial clusters, explicit zeros.
+fn scattered(dir: &Scratch) -> std::path::PathBuf {
+    let raw = dir.path("scattered.raw");
+    make_raw(
+        &raw,
+        96 * MIB,
+        &[
+            (0, 4096, Fill::Text),                 // a boot sector's worth
+            (MIB + 512, 3000, Fill::Noise(1)),     // straddles a 512-byte boundary
+            (10 * MIB, 5 * MIB, Fill::Text),       // compressible run
+            (17 * MIB, 2 * MIB, Fill::Zeros),      // written zeros: dropped
+            (30 * MIB - 100, 200, Fill::Noise(2)), // crosses a 2 MiB and 64 KiB boundary
+            (64 * MIB, 3 * MIB, Fill::Noise(3)),   // incompressible run
+            (96 * MIB - 512, 512, Fill::Text),     // the last sector
+        ],
+    );
+    raw
+}
+
+#[test]
+fn matrix_of_sources_formats_clusters_and_compression() {
+    let dir = Scratch::new("matrix");
+    let raw = scattered(&dir);
+    let fixed = dir.path("fixed.vhd");
+    let dynamic = dir.path("dynamic.vhd");
+    make_vhd(&raw, &fixed, "fixed");
+    make_vhd(&raw, &dynamic, "dynamic");
+    let variants: &[&[&str]] = &[
+        &[],
+        &["--compress", "zstd"],
+        &["--compress", "deflate"],
+        &["--cluster-size", "512"],
+        &["--cluster-size", "4K", "--compress", "zstd"],
+        &["--cluster-size", "4K", "--compress", "deflate"],
+        &["--cluster-size", "2M"],
+        &["--cluster-size", "2M", "--compress", "zstd"],
+        &["--concurrency", "1", "--chunk-size", "64K"],
+    ];
+    // qemu-img rounds a dynamic VHD made without force_size up to its CHS geometry and
+    // records that in current_size, so each output is compared with its source as qemu-img
+    // reads it, and with the raw original.
+    for (src, src_format) in [(&raw, "raw"), (&fixed, "vpc"), (&dynamic, "vpc")] {
+        for extra in variants {
+            let out = dir.path("out.qcow2");
+            convert_ok(src, &out, extra);
+            assert_image_matches_as(&out, "qcow2", src, src_format);
+            support::qemu_img(&[
+                "compare",
+                "-q",
+                "-f",
+                "raw",
+                "-F",
+                "qcow2",
+                s(&raw),
+                s(&out),
+            ]);
+            std::fs::remove_file(&out).unwrap();
+        }
+        let out = dir.path("out.raw");
+        convert_ok(src, &out, &["--format", "raw"]);
+        assert_image_matches_as(&out, "raw", src, src_format);
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn empty_disk_writes_only_metadata() {
+    let dir = Scratch::new("empty");
+    let raw = dir.path("empty.raw");
+    make_raw(&raw, 64 * MIB, &[]);
+    let out = dir.path("empty.qcow2");
+    let summary = convert_ok(&raw, &out, &[]);
+    assert!(summary.contains("read 0 B"), "{summary}");
+    assert_image_matches(&out, "qcow2", &raw);
+    // qemu-img writes zeros into a VHD's first block; they must not reach the image.
+    let vhd = dir.path("empty.vhd");
+    make_vhd(&raw, &vhd, "fixed");
+    std::fs::remove_file(&out).unwrap();
+    convert_ok(&vhd, &out, &["--compress", "zstd"]);
+    assert_image_matches(&out, "qcow2", &raw);
+    // Header, refcount block and table: three clusters; no L1 cluster holds an L2 table.
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 4 * 65536);
+}
+
+#[test]
+fn dense_disk_and_odd_size() {
+    let dir = Scratch::new("dense");
+    // Every byte written, and a size that is not a multiple of any cluster size above 512.
+    let size = 24 * MIB + 3 * 512;
+    let raw = dir.path("dense.raw");
+    make_raw(
+        &raw,
+        size,
+        &[
+            (0, 12 * MIB, Fill::Noise(7)),
+            (12 * MIB, size - 12 * MIB, Fill::Text),
+        ],
+    );
+    let fixed = dir.path("dense.vhd");
+    make_vhd(&raw, &fixed, "fixed");
+    for extra in [
+        &[][..],
+        &["--compress", "zstd"],
+        &["--cluster-size", "2M", "--compress", "deflate"],
+    ] {
+        let out = dir.path("dense.qcow2");
+        convert_ok(&fixed, &out, extra);
+        assert_image_matches(&out, "qcow2", &raw);
+        std::fs::remove_file(&out).unwrap();
+    }
+}
+
+#[test]
+fn two_tib_disk_with_a_few_mib_written() {
+    let dir = Scratch::new("2tib");
+    let raw = dir.path("big.raw");
+    let tib = 1u64 << 40;
+    make_raw(
+        &raw,
+        2 * tib,
+        &[
+            (0, MIB, Fill::Text),
+            (tib - 3 * MIB, 2 * MIB, Fill::Noise(9)),
+            (2 * tib - MIB, MIB, Fill::Text),
+        ],
+    );
+    let out = dir.path("big.qcow2");
+    let summary = convert_ok(&raw, &out, &["--compress", "zstd"]);
+    assert!(summary.contains("virtual size 2.00 TiB"), "{summary}");
+    assert_image_matches(&out, "qcow2", &raw);
+    assert!(std::fs::metadata(&out).unwrap().len() < 16 * MIB);
+}
+
+#[test]
+fn not_a_vhd() {
+    let dir = Scratch::new("notvhd");
+    let src = dir.path("disk.vhd");
+    make_raw(&src, MIB, &[(0, MIB, Fill::Text)]);
+    let dst = dir.path("out.qcow2");
+    convert_fails(
+        &dir,
+        &src,
+        &dst,
+        1,
+        &["disk.vhd", "not a VHD", "--input-format raw"],
+    );
+}
+
+#[test]
+fn bad_footer_checksum() {
+    let dir = Scratch::new("checksum");
+    let raw = dir.path("d.raw");
+    make_raw(&raw, 4 * MIB, &[(0, MIB, Fill::Text)]);
+    let vhd = dir.path("d.vhd");
+    make_vhd(&raw, &vhd, "fixed");
+    let len = std::fs::metadata(&vhd).unwrap().len();
+    flip_byte(&vhd, len - 512 + 48 + 5); // inside current_size
+    let dst = dir.path("out.qcow2");
+    let err = convert_fails(&dir, &vhd, &dst, 1, &["d.vhd", "checksum"]);
+    assert!(err.contains(&format!("offset {}", len - 512)), "{err}");
+}
+
+#[test]
+fn truncated_fixed_and_dynamic_vhds() {
+    let dir = Scratch::new("truncated");
+    let raw = dir.path("d.raw");
+    make_raw(&raw, 8 * MIB, &[(0, 8 * MIB, Fill::Text)]);
+    let fixed = dir.path("fixed.vhd");
+    make_vhd(&raw, &fixed, "fixed");
+    truncate_by(&fixed, MIB);
+    let dst = dir.path("out.qcow2");
+    convert_fails(&dir, &fixed, &dst, 1, &["fixed.vhd", "truncated"]);
+
+    let dynamic = dir.path("dynamic.vhd");
+    make_vhd(&raw, &dynamic, "dynamic");
+    truncate_by(&dynamic, 3 * MIB);
+    convert_fails(&dir, &dynamic, &dst, 1, &["dynamic.vhd", "truncated"]);
+}
+
+#[test]
+fn dynamic_vhd_whose_bat_points_past_the_end() {
+    let dir = Scratch::new("bat");
+    let raw = dir.path("d.raw");
+    make_raw(&raw, 8 * MIB, &[(0, MIB, Fill::Text)]);
+    let vhd = dir.path("d.vhd");
+    make_vhd(&raw, &vhd, "dynamic");
+    // The dynamic header follows the footer copy at 512; its table offset is at +16.
+    let bytes = std::fs::read(&vhd).unwrap();
+    let table = u64::from_be_bytes(bytes[512 + 16..512 + 24].try_into().unwrap());
+    let file = std::fs::OpenOptions::new().write(true).open(&vhd).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&0x0100_0000u32.to_be_bytes(), table)
+        .unwrap(); // block 0 at 8 GiB
+    let dst = dir.path("out.qcow2");
+    let err = convert_fails(&dir, &vhd, &dst, 1, &["d.vhd", "BAT entry 0"]);
+    assert!(err.contains(&format!("offset {table}")), "{err}");
+}
+
+#[test]
+fn unwritable_destination() {
+    let dir = Scratch::new("unwritable");
+    let raw = dir.path("d.raw");
+    make_raw(&raw, MIB, &[(0, 4096, Fill::Text)]);
+    let dst = dir.path("missing-dir/out.qcow2");
+    convert_fails(
+        &dir,
+        &raw,
+        &dst,
+        1,
+        &["missing-dir/out.qcow2.part", "cannot create"],
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = Scratch::new("usage");
+    let raw = dir.path("d.raw");
+    make_raw(&raw, MIB, &[]);
+    let dst = dir.path("out.qcow2");
+    let out = hyper2kvm(&["convert", s(&raw), s(&dst), "--cluster-size", "3000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+    let out = hyper2kvm(&[
+        "convert",
+        s(&raw),
+        s(&dst),
+        "--format",
+        "raw",
+        "--compress",
+        "zstd",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    convert_fails(&dir, &raw, &raw, 1, &["destination is the source"]);
+    assert_eq!(dir.files(), vec!["d.raw"]);
+}
+
+#[test]
+fn disk_full_leaves_nothing_behind() {
+    let dir = Scratch::new("enospc");
+    let mnt = dir.path("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs", s(&mnt)])
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("skipped: mounting a 2 MiB tmpfs needs root (CI runs as root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let raw = dir.path("d.raw");
+    make_raw(&raw, 16 * MIB, &[(0, 8 * MIB, Fill::Noise(5))]);
+    let dst = mnt.join("out.qcow2");
+    let out = hyper2kvm(&["convert", s(&raw), s(&dst)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("out.qcow2.part") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap().count(),
+        0,
+        "files left on the full disk"
+    );
+}
+
+#[test]
+fn interrupted_conversion_removes_its_part_file() {
+    let dir = Scratch::new("sigint");
+    let raw = dir.path("d.raw");
+    // Slow on purpose: 512-byte clusters, deflate, 256 MiB of data.
+    make_raw(&raw, 256 * MIB, &[(0, 256 * MIB, Fill::Text)]);
+    let dst = dir.path("out.qcow2");
+    let part = dir.path("out.qcow2.part");
+    let child = Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+        .args([
+            "convert",
+            s(&raw),
+            s(&dst),
+            "--cluster-size",
+            "512",
+            "--compress",
+            "deflate",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !part.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no .part file appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!part.exists() && !dst.exists(), "{:?}", dir.files());
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x40;
+    file.write_all_at(&b, offset).unwrap();
+}
+
+fn truncate_by(path: &Path, bytes: u64) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len - bytes).unwrap();
+}

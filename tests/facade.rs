@@ -1,0 +1,153 @@
+//! The library as an embedding user sees it: `hyper2kvm::core` with a reader of their own.
+
+mod support;
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper2kvm::core::{
+    convert, open_disk, BoxFuture, Compression, ConvertOptions, DiskReader, InputFormat, Progress,
+    RawFileReader, Result,
+};
+use support::{assert_image_matches, make_raw, Fill, Scratch};
+
+const MIB: u64 = 1 << 20;
+
+/// Wraps a reader and delays each read by a pseudo-random few milliseconds, so chunks finish
+/// in a shuffled order, as they do over a network.
+struct Shuffled {
+    inner: RawFileReader,
+    calls: AtomicU64,
+}
+
+impl DiskReader for Shuffled {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn describe(&self) -> String {
+        format!("shuffled {}", self.inner.describe())
+    }
+    fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
+        self.inner.allocated_ranges()
+    }
+    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let delay = Duration::from_millis((n * 7919 + offset / 4096) % 13);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            self.inner.read_at(offset, buf).await
+        })
+    }
+}
+
+fn scattered_disk(dir: &Scratch) -> std::path::PathBuf {
+    let raw = dir.path("disk.raw");
+    let extents: Vec<(u64, u64, Fill)> = (0..40)
+        .map(|i| {
+            let fill = if i % 3 == 0 {
+                Fill::Noise(i)
+            } else {
+                Fill::Text
+            };
+            (i * 3 * MIB / 2 + i * 4096, 700 * 1024, fill)
+        })
+        .collect();
+    make_raw(&raw, 64 * MIB, &extents);
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_chunks_make_a_valid_image() -> Result<()> {
+    let dir = Scratch::new("shuffled");
+    let raw = scattered_disk(&dir);
+    for (cluster_size, compression) in [(4096, None), (4096, Some(Compression::Zstd)), (512, None)]
+    {
+        let reader = Arc::new(Shuffled {
+            inner: RawFileReader::open(&raw)?,
+            calls: AtomicU64::new(0),
+        });
+        let out = dir.path("out.qcow2");
+        let opts = ConvertOptions {
+            cluster_size,
+            compression,
+            chunk_size: 256 << 10,
+            concurrency: 16,
+            ..ConvertOptions::default()
+        };
+        let seen = Arc::new(Mutex::new(Vec::<Progress>::new()));
+        let log = seen.clone();
+        let stats = convert(
+            reader,
+            &out,
+            &opts,
+            Some(Arc::new(move |p| log.lock().unwrap().push(p))),
+        )
+        .await?;
+        assert_image_matches(&out, "qcow2", &raw);
+        let seen = seen.lock().unwrap();
+        let last = seen.last().unwrap();
+        assert_eq!(
+            (last.done, last.total),
+            (stats.bytes_read, stats.bytes_read)
+        );
+        assert!(
+            seen.windows(2).all(|w| w[0].done <= w[1].done),
+            "progress went backwards"
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_conversion_removes_the_part_file() -> Result<()> {
+    let dir = Scratch::new("dropped");
+    let raw = dir.path("disk.raw");
+    make_raw(&raw, 256 * MIB, &[(0, 256 * MIB, Fill::Text)]);
+    let out = dir.path("out.qcow2");
+    let disk = open_disk(&raw, InputFormat::Auto)?;
+    let opts = ConvertOptions {
+        cluster_size: 512,
+        compression: Some(Compression::Deflate),
+        ..ConvertOptions::default()
+    };
+    let work = convert(disk, &out, &opts, None);
+    let timed_out = tokio::time::timeout(Duration::from_millis(200), work).await;
+    assert!(
+        timed_out.is_err(),
+        "the conversion was expected to take longer than 200 ms"
+    );
+    assert!(!dir.path("out.qcow2.part").exists());
+    assert!(!out.exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn stats_count_zeros_and_unallocated_space() -> Result<()> {
+    let dir = Scratch::new("stats");
+    let raw = dir.path("disk.raw");
+    make_raw(
+        &raw,
+        32 * MIB,
+        &[(0, MIB, Fill::Text), (4 * MIB, MIB, Fill::Zeros)],
+    );
+    let out = dir.path("out.qcow2");
+    let disk = open_disk(Path::new(&raw), InputFormat::Raw)?;
+    let stats = convert(disk, &out, &ConvertOptions::default(), None).await?;
+    assert_eq!(stats.virtual_size, 32 * MIB);
+    // The file system may report a little more than we wrote as data; never less.
+    assert!(
+        stats.bytes_read >= 2 * MIB && stats.bytes_read < 4 * MIB,
+        "{stats:?}"
+    );
+    assert!(stats.zero_bytes >= MIB, "{stats:?}");
+    assert_eq!(
+        stats.bytes_written,
+        std::fs::metadata(&out).unwrap().len() - 65536 + 120
+    );
+    assert_image_matches(&out, "qcow2", &raw);
+    Ok(())
+}
