@@ -35,6 +35,7 @@ println!("{} of {} bytes held data", stats.bytes_read - stats.zero_bytes, stats.
 */
 #![deny(missing_docs)]
 
+pub mod buffers;
 pub mod error;
 pub mod model;
 pub mod open;

@@ -126,7 +126,14 @@ pub struct PartFile {
     dst: PathBuf,
     committed: bool,
     written: u64,
+    /// Bytes written since writeback was last started.
+    unflushed: u64,
 }
+
+/// Start writeback after this many bytes: the kernel would otherwise hold everything dirty
+/// until the final fsync (up to `dirty_background_ratio` of RAM), which then waits for the
+/// whole image; writing back as we go overlaps disk writes with reading and compressing.
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 impl PartFile {
     /// Creates (or truncates) `dst` + `.part`.
@@ -147,6 +154,7 @@ impl PartFile {
             dst: dst.to_owned(),
             committed: false,
             written: 0,
+            unflushed: 0,
         })
     }
 
@@ -158,6 +166,11 @@ impl PartFile {
                 .at_offset(offset)
         })?;
         self.written += buf.len() as u64;
+        self.unflushed += buf.len() as u64;
+        if self.unflushed >= WRITEBACK_EVERY {
+            self.unflushed = 0;
+            start_writeback(&self.file);
+        }
         Ok(())
     }
 
@@ -191,6 +204,16 @@ impl PartFile {
             let _ = d.sync_all();
         }
         Ok(self.written)
+    }
+}
+
+/// Asks the kernel to start writing the file's dirty pages back, without waiting for them.
+/// Only a hint: durability comes from the fsync in [`PartFile::commit`], so errors are ignored.
+fn start_writeback(file: &File) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: sync_file_range on a descriptor we own; it touches no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

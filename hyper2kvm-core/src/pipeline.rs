@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::buffers::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::{prepare_chunk, ImageSink, PreparedChunk};
 use crate::qcow2::{Compression, Qcow2Writer};
@@ -123,7 +124,7 @@ struct WriterThread {
 }
 
 impl WriterThread {
-    fn spawn(mut sink: Box<dyn ImageSink>) -> WriterThread {
+    fn spawn(mut sink: Box<dyn ImageSink>, pool: Arc<BufferPool>) -> WriterThread {
         let (tx, mut rx) = mpsc::channel::<ToWriter>(2);
         let handle = std::thread::Builder::new()
             .name("hyper2kvm-writer".into())
@@ -133,6 +134,7 @@ impl WriterThread {
                         ToWriter::Chunk(chunk, done_below) => {
                             sink.write_chunk(&chunk)?;
                             sink.complete_below(done_below)?;
+                            pool.give(chunk.data);
                         }
                         ToWriter::Finish => return sink.finish(),
                     }
@@ -219,8 +221,10 @@ pub async fn convert(
             (RAW_BLOCK, Box::new(RawWriter::create(dst, size)?))
         }
     };
-    let writer = WriterThread::spawn(sink);
     let concurrency = opts.concurrency.max(1);
+    // Chunks in flight, queued for the writer, and being written.
+    let pool = Arc::new(BufferPool::new(concurrency + 3));
+    let writer = WriterThread::spawn(sink, pool.clone());
     let chunk =
         (u64::from(opts.chunk_size).max(1)).div_ceil(granularity as u64) * granularity as u64;
 
@@ -252,8 +256,9 @@ pub async fn convert(
             in_flight.insert(range.start);
             let reader = reader.clone();
             let cpu = cpu.clone();
+            let pool = pool.clone();
             tasks.spawn(async move {
-                let buf = vec![0u8; (range.end - range.start) as usize];
+                let buf = pool.take((range.end - range.start) as usize);
                 let data = reader.read_at(range.start, buf).await?;
                 let _permit = cpu.acquire_owned().await.expect("semaphore open");
                 tokio::task::spawn_blocking(move || {

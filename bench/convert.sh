@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Benchmark: hyper2kvm convert against qemu-img convert on the same fixed VHD, in one run.
+#
+# The input is a 4 GiB fixed VHD holding an ext4 file system filled with about 1 GiB of real
+# files (hard links to /usr, so no extra disk is used for staging), the shape of a typical
+# Azure OS disk. Each tool converts it REPS times, alternating, with a warm page cache; each
+# run is timed with /usr/bin/time -v (wall clock and peak RSS) and its output is checked with
+# qemu-img compare.
+#
+# usage: bench/convert.sh [WORKDIR] [REPS]       (needs qemu-img, mke2fs, /usr/bin/time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-/tmp/hyper2kvm-bench}
+reps=${2:-3}
+mkdir -p "$work"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyper2kvm-target}"
+cargo build --release -q -p hyper2kvm-cli
+h2k="$CARGO_TARGET_DIR/release/hyper2kvm"
+
+vhd="$work/disk.vhd"
+if [[ ! -f $vhd ]]; then
+  stage="$work/stage"
+  rm -rf "$stage"; mkdir -p "$stage"
+  # Add /usr subtrees until about 1 GiB of files is staged.
+  for d in /usr/share /usr/local /usr/libexec /usr/lib/x86_64-linux-gnu /usr/lib/python3* /usr/lib/gcc; do
+    [[ -d $d ]] || continue
+    cp -al "$d" "$stage/$(echo "$d" | tr / _)" 2>/dev/null || true
+    (( $(du -sm "$stage" | cut -f1) >= 1024 )) && break
+  done
+  truncate -s 4G "$work/disk.raw"
+  mke2fs -q -F -t ext4 -d "$stage" "$work/disk.raw"
+  rm -rf "$stage"
+  qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on "$work/disk.raw" "$vhd"
+  rm -f "$work/disk.raw"
+fi
+data_mib=$(du -m "$vhd" | cut -f1)
+
+# run NAME OUT CMD...: time one conversion, print "NAME wall_s rss_mib out_mib".
+run() {
+  local name=$1 out=$2; shift 2
+  rm -f "$out"
+  /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/err.txt" || { cat "$work/err.txt"; exit 1; }
+  local wall rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$work/time.txt")
+  rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$work/time.txt")
+  qemu-img compare -q -f vpc -F qcow2 "$vhd" "$out"
+  echo "$name $wall $rss $(( $(stat -c %s "$out") >> 20 ))"
+}
+
+results="$work/results.txt"; : > "$results"
+cat "$vhd" > /dev/null   # warm the page cache for everyone
+for ((i = 1; i <= reps; i++)); do
+  run qemu-plain  "$work/q.qcow2"  qemu-img convert -f vpc -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
+  run h2k-plain   "$work/h.qcow2"  "$h2k" convert --quiet "$vhd" "$work/h.qcow2" >> "$results"
+  run qemu-zstd   "$work/qz.qcow2" qemu-img convert -W -c -o compression_type=zstd -f vpc -O qcow2 "$vhd" "$work/qz.qcow2" >> "$results"
+  run h2k-zstd    "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd "$vhd" "$work/hz.qcow2" >> "$results"
+  run qemu-deflate "$work/qd.qcow2" qemu-img convert -W -c -f vpc -O qcow2 "$vhd" "$work/qd.qcow2" >> "$results"
+  run h2k-deflate "$work/hd.qcow2" "$h2k" convert --quiet --compress deflate "$vhd" "$work/hd.qcow2" >> "$results"
+done
+rm -f "$work"/*.qcow2
+
+echo "input: 4 GiB fixed VHD, ${data_mib} MiB allocated; $(nproc) cores; $(qemu-img --version | head -1)"
+echo
+echo "| tool | median wall (s) | runs (s) | peak RSS (MiB) | output (MiB) |"
+echo "| --- | ---: | --- | ---: | ---: |"
+for name in qemu-plain h2k-plain qemu-zstd h2k-zstd qemu-deflate h2k-deflate; do
+  awk -v n="$name" '$1 == n {w[++c] = $2; r = ($3 > r ? $3 : r); o = $4}
+    END {asort(w); m = w[int((c + 1) / 2)]; runs = ""; for (i = 1; i <= c; i++) runs = runs (i > 1 ? ", " : "") w[i];
+         printf "| %s | %.2f | %s | %d | %d |\n", n, m, runs, r, o}' "$results"
+done
+echo
+for pair in plain zstd deflate; do
+  awk -v p="$pair" '$1 == "qemu-" p {q[++a] = $2} $1 == "h2k-" p {h[++b] = $2}
+    END {asort(q); asort(h); printf "%s: hyper2kvm / qemu-img wall time = %.2f\n", p, h[int((b+1)/2)] / q[int((a+1)/2)]}' "$results"
+done
