@@ -22,7 +22,7 @@ if [[ ! -f $vhd ]]; then
   stage="$work/stage"
   rm -rf "$stage"; mkdir -p "$stage"
   # Add /usr subtrees until about 1 GiB of files is staged.
-  for d in /usr/share /usr/local /usr/libexec /usr/lib/x86_64-linux-gnu /usr/lib/python3* /usr/lib/gcc; do
+  for d in /usr/share /usr/local /usr/libexec /usr/lib/gcc /usr/lib/python3* /usr/lib/x86_64-linux-gnu; do
     [[ -d $d ]] || continue
     cp -al "$d" "$stage/$(echo "$d" | tr / _)" 2>/dev/null || true
     (( $(du -sm "$stage" | cut -f1) >= 1024 )) && break
@@ -39,6 +39,7 @@ data_mib=$(du -m "$vhd" | cut -f1)
 run() {
   local name=$1 out=$2; shift 2
   rm -f "$out"
+  sync
   /usr/bin/time -v -o "$work/time.txt" "$@" >/dev/null 2>"$work/err.txt" || { cat "$work/err.txt"; exit 1; }
   local wall rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$work/time.txt")
@@ -54,22 +55,30 @@ for ((i = 1; i <= reps; i++)); do
   run h2k-plain   "$work/h.qcow2"  "$h2k" convert --quiet "$vhd" "$work/h.qcow2" >> "$results"
   run qemu-zstd   "$work/qz.qcow2" qemu-img convert -W -c -o compression_type=zstd -f vpc -O qcow2 "$vhd" "$work/qz.qcow2" >> "$results"
   run h2k-zstd    "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd "$vhd" "$work/hz.qcow2" >> "$results"
+  run h2k-zstd-l3 "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd --compress-level 3 "$vhd" "$work/hz.qcow2" >> "$results"
   run qemu-deflate "$work/qd.qcow2" qemu-img convert -W -c -f vpc -O qcow2 "$vhd" "$work/qd.qcow2" >> "$results"
   run h2k-deflate "$work/hd.qcow2" "$h2k" convert --quiet --compress deflate "$vhd" "$work/hd.qcow2" >> "$results"
 done
 rm -f "$work"/*.qcow2
 
-echo "input: 4 GiB fixed VHD, ${data_mib} MiB allocated; $(nproc) cores; $(qemu-img --version | head -1)"
+echo "input: 4 GiB fixed VHD, ${data_mib} MiB allocated ($(du -sm --apparent-size "$vhd" | cut -f1) MiB apparent); $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')); $(qemu-img --version | head -1)"
 echo
-echo "| tool | median wall (s) | runs (s) | peak RSS (MiB) | output (MiB) |"
-echo "| --- | ---: | --- | ---: | ---: |"
-for name in qemu-plain h2k-plain qemu-zstd h2k-zstd qemu-deflate h2k-deflate; do
-  awk -v n="$name" '$1 == n {w[++c] = $2; r = ($3 > r ? $3 : r); o = $4}
-    END {asort(w); m = w[int((c + 1) / 2)]; runs = ""; for (i = 1; i <= c; i++) runs = runs (i > 1 ? ", " : "") w[i];
-         printf "| %s | %.2f | %s | %d | %d |\n", n, m, runs, r, o}' "$results"
-done
-echo
-for pair in plain zstd deflate; do
-  awk -v p="$pair" '$1 == "qemu-" p {q[++a] = $2} $1 == "h2k-" p {h[++b] = $2}
-    END {asort(q); asort(h); printf "%s: hyper2kvm / qemu-img wall time = %.2f\n", p, h[int((b+1)/2)] / q[int((a+1)/2)]}' "$results"
-done
+python3 - "$results" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+runs = {}
+for name, wall, rss, out in rows:
+    runs.setdefault(name, []).append((float(wall), int(rss), int(out)))
+print("| tool | median wall (s) | runs (s) | peak RSS (MiB) | output (MiB) |")
+print("| --- | ---: | --- | ---: | ---: |")
+for name, rs in runs.items():
+    walls = [w for w, _, _ in rs]
+    print(f"| {name} | {statistics.median(walls):.2f} | {', '.join(f'{w:.2f}' for w in walls)} "
+          f"| {max(r for _, r, _ in rs)} | {rs[-1][2]} |")
+print()
+for mode in ("plain", "zstd", "zstd-l3", "deflate"):
+    ours, peer = runs.get("h2k-" + mode), runs.get("qemu-" + mode.split("-")[0])
+    if ours and peer:
+        ratio = statistics.median(w for w, _, _ in ours) / statistics.median(w for w, _, _ in peer)
+        print(f"- {mode}: hyper2kvm / qemu-img wall time = {ratio:.2f}")
+PY

@@ -36,6 +36,9 @@ pub struct ConvertArgs {
     /// Compress qcow2 clusters.
     #[arg(long, value_enum)]
     pub compress: Option<CompressArg>,
+    /// Compression level: zstd -7 (fastest) to 19, default 1; deflate 1 to 9, default 6.
+    #[arg(long, requires = "compress", allow_negative_numbers = true)]
+    pub compress_level: Option<i32>,
     /// qcow2 cluster size: a power of two from 512 to 2M.
     #[arg(long, value_parser = parse_cluster_size, default_value = "64K")]
     pub cluster_size: u32,

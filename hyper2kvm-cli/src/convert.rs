@@ -29,6 +29,7 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
             CompressArg::Zstd => Compression::Zstd,
             CompressArg::Deflate => Compression::Deflate,
         }),
+        compression_level: args.compress_level,
         cluster_size: args.cluster_size,
         chunk_size: args.chunk_size,
         concurrency: usize::from(args.concurrency),

@@ -11,8 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::qcow2::compress::compress_cluster;
-use crate::qcow2::Compression;
+use crate::qcow2::compress::{compress_cluster, Codec};
 use crate::zero::is_zero;
 
 /// The content of one cluster (or block) of a prepared chunk.
@@ -62,12 +61,12 @@ impl PreparedChunk {
 }
 
 /// Classifies `data` (the guest bytes at `offset`) in `granularity`-sized clusters, dropping
-/// zero clusters and compressing the others when `compression` is set.
+/// zero clusters and compressing the others with `compression` when it is set.
 pub fn prepare_chunk(
     offset: u64,
     mut data: Vec<u8>,
     granularity: usize,
-    compression: Option<Compression>,
+    compression: Option<Codec>,
 ) -> PreparedChunk {
     let len = data.len() as u64;
     data.resize(data.len().div_ceil(granularity) * granularity, 0);
@@ -128,12 +127,48 @@ pub struct PartFile {
     written: u64,
     /// Bytes written since writeback was last started.
     unflushed: u64,
+    flusher: Option<Flusher>,
 }
 
 /// Start writeback after this many bytes: the kernel would otherwise hold everything dirty
 /// until the final fsync (up to `dirty_background_ratio` of RAM), which then waits for the
 /// whole image; writing back as we go overlaps disk writes with reading and compressing.
 const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// A thread that asks the kernel to start writeback, so that submitting I/O (which can block
+/// on the device queue) never holds up the thread that writes.
+#[derive(Debug)]
+struct Flusher {
+    tx: std::sync::mpsc::SyncSender<()>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Flusher {
+    fn spawn(file: &File) -> Option<Flusher> {
+        let file = file.try_clone().ok()?;
+        // One pending request is enough: a request covers every dirty page of the file.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let handle = std::thread::Builder::new()
+            .name("hyper2kvm-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    start_writeback(&file);
+                }
+            })
+            .ok()?;
+        Some(Flusher { tx, handle })
+    }
+
+    /// Requests writeback unless a request is already pending.
+    fn request(&self) {
+        let _ = self.tx.try_send(());
+    }
+
+    fn stop(self) {
+        drop(self.tx);
+        let _ = self.handle.join();
+    }
+}
 
 impl PartFile {
     /// Creates (or truncates) `dst` + `.part`.
@@ -155,6 +190,7 @@ impl PartFile {
             committed: false,
             written: 0,
             unflushed: 0,
+            flusher: None,
         })
     }
 
@@ -169,7 +205,12 @@ impl PartFile {
         self.unflushed += buf.len() as u64;
         if self.unflushed >= WRITEBACK_EVERY {
             self.unflushed = 0;
-            start_writeback(&self.file);
+            if self.flusher.is_none() {
+                self.flusher = Flusher::spawn(&self.file);
+            }
+            if let Some(flusher) = &self.flusher {
+                flusher.request();
+            }
         }
         Ok(())
     }
@@ -189,6 +230,9 @@ impl PartFile {
     /// Syncs the data, renames `NAME.part` to `NAME`, and syncs the directory so the rename
     /// survives a crash.
     pub fn commit(mut self) -> Result<u64> {
+        if let Some(flusher) = self.flusher.take() {
+            flusher.stop();
+        }
         self.file
             .sync_all()
             .map_err(|e| Error::io("syncing to disk", e).with_path(&self.part))?;
@@ -219,6 +263,9 @@ fn start_writeback(file: &File) {
 
 impl Drop for PartFile {
     fn drop(&mut self) {
+        if let Some(flusher) = self.flusher.take() {
+            flusher.stop();
+        }
         if !self.committed {
             let _ = std::fs::remove_file(&self.part);
         }
@@ -247,7 +294,8 @@ mod tests {
         );
         assert_eq!(plain.data.len(), 4 * 512);
         assert_eq!(plain.zero_bytes(), 1024);
-        let packed = prepare_chunk(0, data, 512, Some(Compression::Zstd));
+        let zstd = Codec::new(crate::Compression::Zstd, None).unwrap();
+        let packed = prepare_chunk(0, data, 512, Some(zstd));
         assert!(matches!(
             packed.clusters[1],
             ClusterData::Compressed { start: 0, .. }

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::buffers::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::{prepare_chunk, ImageSink, PreparedChunk};
+use crate::qcow2::compress::Codec;
 use crate::qcow2::{Compression, Qcow2Writer};
 use crate::ranges::{align_and_merge, chunks, total_len};
 use crate::raw_writer::{RawWriter, RAW_BLOCK};
@@ -60,6 +61,8 @@ pub struct ConvertOptions {
     pub format: OutputFormat,
     /// Compress qcow2 clusters (not allowed for raw output).
     pub compression: Option<Compression>,
+    /// The compression level; each algorithm's default when `None`.
+    pub compression_level: Option<i32>,
     /// qcow2 cluster size: a power of two from 512 B to 2 MiB; 64 KiB by default.
     pub cluster_size: u32,
     /// Bytes per read; rounded up to whole clusters. 4 MiB by default.
@@ -75,6 +78,7 @@ impl Default for ConvertOptions {
         ConvertOptions {
             format: OutputFormat::Qcow2,
             compression: None,
+            compression_level: None,
             cluster_size: 64 << 10,
             chunk_size: 4 << 20,
             concurrency: 4,
@@ -201,25 +205,23 @@ pub async fn convert(
 ) -> Result<ConvertStats> {
     let started = Instant::now();
     let size = reader.size();
+    // Check every option before the output file exists.
+    let compression = opts
+        .compression
+        .map(|kind| Codec::new(kind, opts.compression_level))
+        .transpose()?;
+    if opts.format == OutputFormat::Raw && compression.is_some() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "compression needs qcow2 output; raw images cannot be compressed",
+        ));
+    }
     let (granularity, sink): (usize, Box<dyn ImageSink>) = match opts.format {
-        OutputFormat::Qcow2 => (
-            opts.cluster_size as usize,
-            Box::new(Qcow2Writer::create(
-                dst,
-                size,
-                opts.cluster_size,
-                opts.compression,
-            )?),
-        ),
-        OutputFormat::Raw => {
-            if opts.compression.is_some() {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    "compression needs qcow2 output; raw images cannot be compressed",
-                ));
-            }
-            (RAW_BLOCK, Box::new(RawWriter::create(dst, size)?))
+        OutputFormat::Qcow2 => {
+            let writer = Qcow2Writer::create(dst, size, opts.cluster_size, opts.compression)?;
+            (opts.cluster_size as usize, Box::new(writer))
         }
+        OutputFormat::Raw => (RAW_BLOCK, Box::new(RawWriter::create(dst, size)?)),
     };
     let concurrency = opts.concurrency.max(1);
     // Chunks in flight, queued for the writer, and being written.
@@ -241,7 +243,6 @@ pub async fn convert(
     // CPU work (zero scan, compression) runs on at most one thread per core.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cpu = Arc::new(Semaphore::new(cores));
-    let compression = opts.compression;
     let mut pending = chunks(&ranges, chunk).peekable();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut tasks: JoinSet<Result<PreparedChunk>> = JoinSet::new();

@@ -13,35 +13,84 @@ use std::cell::RefCell;
 use flate2::{Compress, FlushCompress, Status};
 
 use super::Compression;
+use crate::error::{Error, ErrorKind, Result};
 
-/// zstd level: 1 is the fastest standard level and still compresses file-system data well
-/// (see docs/BENCHMARKS.md for the trade-off against qemu's default of 3).
-pub const ZSTD_LEVEL: i32 = 1;
+/// zstd's default level here: 1, the fastest standard level, which still compresses
+/// file-system data well (docs/BENCHMARKS.md compares it with qemu's default of 3).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// deflate's default level: zlib's default, 6, as qemu uses.
+pub const DEFAULT_DEFLATE_LEVEL: i32 = 6;
+
+/// A compression algorithm at a level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    kind: Compression,
+    level: i32,
+}
+
+impl Codec {
+    /// `kind` at `level`, or at its default level. zstd takes -7 (fastest) to 19, deflate 1
+    /// to 9.
+    pub fn new(kind: Compression, level: Option<i32>) -> Result<Codec> {
+        let (range, default) = match kind {
+            Compression::Zstd => (-7..=19, DEFAULT_ZSTD_LEVEL),
+            Compression::Deflate => (1..=9, DEFAULT_DEFLATE_LEVEL),
+        };
+        let level = level.unwrap_or(default);
+        if !range.contains(&level) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{kind} level {level} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        Ok(Codec { kind, level })
+    }
+
+    /// The algorithm.
+    pub fn kind(&self) -> Compression {
+        self.kind
+    }
+
+    /// The level.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+}
 
 thread_local! {
-    static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-    static DEFLATE: RefCell<Option<Compress>> = const { RefCell::new(None) };
+    // One context per thread, rebuilt only when the level changes.
+    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DEFLATE: RefCell<Option<(i32, Compress)>> = const { RefCell::new(None) };
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Compresses one cluster and appends the result to `out`. Returns the number of bytes
 /// appended, or `None` (appending nothing) when compression would not save space.
-pub fn compress_cluster(kind: Compression, cluster: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+pub fn compress_cluster(codec: Codec, cluster: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let level = codec.level;
     SCRATCH.with_borrow_mut(|scratch| {
         // Room for the worst case: zlib-rs panics (rather than failing) when a stored block
         // does not fit the output, so compress fully and judge the size afterwards.
         scratch.resize(worst_case(cluster.len()), 0);
-        let n = match kind {
+        let n = match codec.kind {
             Compression::Zstd => ZSTD.with_borrow_mut(|z| {
-                let z = z.get_or_insert_with(|| {
-                    zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context")
-                });
+                if z.as_ref().is_none_or(|(l, _)| *l != level) {
+                    let c = zstd::bulk::Compressor::new(level).expect("zstd context");
+                    *z = Some((level, c));
+                }
+                let (_, z) = z.as_mut().unwrap();
                 z.compress_to_buffer(cluster, &mut scratch[..]).ok()
             }),
             Compression::Deflate => DEFLATE.with_borrow_mut(|d| {
-                let d = d.get_or_insert_with(|| {
-                    Compress::new_with_window_bits(flate2::Compression::default(), false, 12)
-                });
+                if d.as_ref().is_none_or(|(l, _)| *l != level) {
+                    let gz = flate2::Compression::new(level as u32);
+                    *d = Some((level, Compress::new_with_window_bits(gz, false, 12)));
+                }
+                let (_, d) = d.as_mut().unwrap();
                 d.reset();
                 match d.compress(cluster, &mut scratch[..], FlushCompress::Finish) {
                     Ok(Status::StreamEnd) => Some(d.total_out() as usize),
@@ -79,11 +128,33 @@ mod tests {
             .collect()
     }
 
+    fn zstd() -> Codec {
+        Codec::new(Compression::Zstd, None).unwrap()
+    }
+
+    #[test]
+    fn levels_are_checked_and_switchable() {
+        assert!(Codec::new(Compression::Zstd, Some(20)).is_err());
+        assert!(Codec::new(Compression::Deflate, Some(0)).is_err());
+        let cluster = text_cluster(65536);
+        let (mut fast, mut small) = (Vec::new(), Vec::new());
+        let fastest = Codec::new(Compression::Zstd, Some(-7)).unwrap();
+        compress_cluster(fastest, &cluster, &mut fast).unwrap();
+        compress_cluster(
+            Codec::new(Compression::Zstd, Some(19)).unwrap(),
+            &cluster,
+            &mut small,
+        )
+        .unwrap();
+        assert!(small.len() <= fast.len());
+        assert_eq!(zstd::bulk::decompress(&fast, 65536).unwrap(), cluster);
+    }
+
     #[test]
     fn zstd_round_trips() {
         let cluster = text_cluster(65536);
         let mut out = vec![7u8]; // appends after existing bytes
-        let n = compress_cluster(Compression::Zstd, &cluster, &mut out).unwrap();
+        let n = compress_cluster(zstd(), &cluster, &mut out).unwrap();
         assert_eq!(out.len(), 1 + n);
         assert!(n < 1000);
         assert_eq!(zstd::bulk::decompress(&out[1..], 65536).unwrap(), cluster);
@@ -93,7 +164,12 @@ mod tests {
     fn deflate_is_raw_with_small_window() {
         let cluster = text_cluster(65536);
         let mut out = Vec::new();
-        compress_cluster(Compression::Deflate, &cluster, &mut out).unwrap();
+        compress_cluster(
+            Codec::new(Compression::Deflate, None).unwrap(),
+            &cluster,
+            &mut out,
+        )
+        .unwrap();
         // Inflate exactly as qemu does: raw, windowBits 12.
         let mut d = Decompress::new_with_window_bits(false, 12);
         let mut back = vec![0u8; 65536];
@@ -117,7 +193,8 @@ mod tests {
             .collect();
         for kind in [Compression::Zstd, Compression::Deflate] {
             let mut out = Vec::new();
-            assert_eq!(compress_cluster(kind, &noise, &mut out), None, "{kind:?}");
+            let codec = Codec::new(kind, None).unwrap();
+            assert_eq!(compress_cluster(codec, &noise, &mut out), None, "{kind:?}");
             assert!(out.is_empty());
         }
     }
