@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper2kvm::core::ranges::{align_and_merge, total_len};
 use hyper2kvm::core::{
     convert, open_disk, BoxFuture, Compression, ConvertOptions, DiskReader, InputFormat, Progress,
     RawFileReader, Result,
@@ -148,6 +149,129 @@ async fn stats_count_zeros_and_unallocated_space() -> Result<()> {
         stats.bytes_written,
         std::fs::metadata(&out).unwrap().len() - 65536 + 120
     );
+    assert_image_matches(&out, "qcow2", &raw);
+    Ok(())
+}
+
+/// A reader that fails every read after the first `ok_reads`, like a network that drops.
+struct Failing {
+    inner: RawFileReader,
+    ok_reads: u64,
+    calls: AtomicU64,
+}
+
+impl DiskReader for Failing {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+    fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
+        self.inner.allocated_ranges()
+    }
+    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if n >= self.ok_reads {
+                return Err(hyper2kvm::core::Error::new(
+                    hyper2kvm::core::ErrorKind::Io,
+                    "connection reset (injected)",
+                ));
+            }
+            self.inner.read_at(offset, buf).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_resumes_where_it_stopped() -> Result<()> {
+    use hyper2kvm::core::OutputFormat;
+    let dir = Scratch::new("resume");
+    let raw = scattered_disk(&dir);
+    let variants = [
+        (OutputFormat::Qcow2, None, 65536),
+        (OutputFormat::Qcow2, Some(Compression::Zstd), 4096),
+        (OutputFormat::Raw, None, 65536),
+    ];
+    for (format, compression, cluster_size) in variants {
+        let out = dir.path("out.img");
+        let part = dir.path("out.img.part");
+        let journal = dir.path("out.img.part.journal");
+        let opts = ConvertOptions {
+            format,
+            compression,
+            cluster_size,
+            chunk_size: 256 << 10,
+            concurrency: 4,
+            resume: true,
+            checkpoint_bytes: 1 << 20,
+            ..ConvertOptions::default()
+        };
+        let failing = Arc::new(Failing {
+            inner: RawFileReader::open(&raw)?,
+            ok_reads: 60,
+            calls: AtomicU64::new(0),
+        });
+        let err = convert(failing, &out, &opts, None).await.unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(
+            part.exists() && journal.exists() && !out.exists(),
+            "{:?}",
+            dir.files()
+        );
+
+        let full = open_disk(&raw, InputFormat::Raw)?;
+        let granularity = if format == OutputFormat::Raw {
+            4096
+        } else {
+            cluster_size as u64
+        };
+        let allocated = full.allocated_ranges().await?;
+        let total = total_len(&align_and_merge(&allocated, granularity, full.size(), 0));
+        let stats = convert(full, &out, &opts, None).await?;
+        assert!(stats.resumed_bytes > 0, "{format:?}: nothing resumed");
+        // Exactly what the first run had not made durable is read again.
+        assert_eq!(stats.bytes_read + stats.resumed_bytes, total, "{stats:?}");
+        let fmt = if format == OutputFormat::Raw {
+            "raw"
+        } else {
+            "qcow2"
+        };
+        assert_image_matches(&out, fmt, &raw);
+        assert!(!part.exists() && !journal.exists(), "{:?}", dir.files());
+        std::fs::remove_file(&out).unwrap();
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_is_not_resumed() -> Result<()> {
+    let dir = Scratch::new("changed");
+    let raw = scattered_disk(&dir);
+    let out = dir.path("out.qcow2");
+    let opts = ConvertOptions {
+        chunk_size: 256 << 10,
+        resume: true,
+        checkpoint_bytes: 1 << 20,
+        ..ConvertOptions::default()
+    };
+    let failing = Arc::new(Failing {
+        inner: RawFileReader::open(&raw)?,
+        ok_reads: 40,
+        calls: AtomicU64::new(0),
+    });
+    convert(failing, &out, &opts, None).await.unwrap_err();
+    assert!(dir.path("out.qcow2.part.journal").exists());
+    // Rewrite part of the source: its modification time changes, so the journal no longer
+    // vouches for the partial image.
+    std::thread::sleep(Duration::from_millis(20));
+    make_raw(&raw, 64 * MIB, &[(0, 8 * MIB, Fill::Noise(99))]);
+    let stats = convert(open_disk(&raw, InputFormat::Raw)?, &out, &opts, None).await?;
+    assert_eq!(stats.resumed_bytes, 0);
     assert_image_matches(&out, "qcow2", &raw);
     Ok(())
 }

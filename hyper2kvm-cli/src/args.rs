@@ -51,6 +51,13 @@ pub struct ConvertArgs {
     /// Source format; auto looks for a VHD footer.
     #[arg(long, value_enum, default_value_t = InputFormatArg::Auto)]
     pub input_format: InputFormatArg,
+    /// Keep DST.part and a journal if interrupted (even by kill -9) or failed, and continue
+    /// from them when run again with the same source and options.
+    #[arg(long)]
+    pub resume: bool,
+    /// With --resume: bytes of data between checkpoints (each syncs the partial image).
+    #[arg(long, value_parser = parse_size, default_value = "64M", requires = "resume")]
+    pub checkpoint_every: u64,
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,

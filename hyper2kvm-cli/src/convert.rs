@@ -33,6 +33,8 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         cluster_size: args.cluster_size,
         chunk_size: args.chunk_size,
         concurrency: usize::from(args.concurrency),
+        resume: args.resume,
+        checkpoint_bytes: args.checkpoint_every,
         ..ConvertOptions::default()
     };
     let reader = open_disk(&args.src, input_format)?;
@@ -54,16 +56,25 @@ fn summary(dst: &Path, s: &ConvertStats) -> String {
     } else {
         0.0
     };
+    let resumed = if s.resumed_bytes > 0 {
+        format!(
+            " (resumed: {} were already written)",
+            human_bytes(s.resumed_bytes)
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{}: virtual size {}, read {}, wrote {}, skipped {} of zeros and {} unallocated, in {:.2} s ({:.0} MiB/s)",
+        "{}: virtual size {}, read {}, wrote {}, skipped {} of zeros and {} unallocated, in {:.2} s ({:.0} MiB/s){}",
         dst.display(),
         human_bytes(s.virtual_size),
         human_bytes(s.bytes_read),
         human_bytes(s.bytes_written),
         human_bytes(s.zero_bytes),
-        human_bytes(s.virtual_size - s.bytes_read),
+        human_bytes(s.virtual_size - s.bytes_read - s.resumed_bytes),
         secs,
         rate,
+        resumed,
     )
 }
 

@@ -386,3 +386,74 @@ fn truncate_by(path: &Path, bytes: u64) {
     let len = file.metadata().unwrap().len();
     file.set_len(len - bytes).unwrap();
 }
+
+#[test]
+fn kill_9_at_several_points_then_resume_gives_the_same_image() {
+    let dir = Scratch::new("kill9");
+    let raw = dir.path("d.raw");
+    make_raw(
+        &raw,
+        256 * MIB,
+        &[
+            (0, 96 * MIB, Fill::Text),
+            (128 * MIB, 96 * MIB, Fill::Noise(4)),
+        ],
+    );
+    let vhd = dir.path("d.vhd");
+    make_vhd(&raw, &vhd, "fixed");
+    std::fs::remove_file(&raw).unwrap();
+    let dst = dir.path("out.qcow2");
+    let journal = dir.path("out.qcow2.part.journal");
+    // zstd's slowest level: slow enough to be killed mid-way several times.
+    let args = [
+        "convert",
+        s(&vhd),
+        s(&dst),
+        "--resume",
+        "--checkpoint-every",
+        "2M",
+        "--compress",
+        "zstd",
+        "--compress-level",
+        "19",
+    ];
+    for (round, extra_ms) in [0u64, 150, 400].into_iter().enumerate() {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let before = std::fs::metadata(&journal)
+            .ok()
+            .and_then(|m| m.modified().ok());
+        // Wait for this run's first checkpoint, then a little more, then kill it hard.
+        loop {
+            let now = std::fs::metadata(&journal)
+                .ok()
+                .and_then(|m| m.modified().ok());
+            if now.is_some() && now != before {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("round {round}: finished ({status}) before it could be killed");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no checkpoint"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(extra_ms));
+        child.kill().unwrap(); // SIGKILL: no cleanup code runs
+        child.wait().unwrap();
+        assert!(
+            !dst.exists(),
+            "round {round}: a killed run published the image"
+        );
+    }
+    let summary = convert_ok(&vhd, &dst, &args[3..]);
+    assert!(summary.contains("resumed:"), "{summary}");
+    assert_image_matches_as(&dst, "qcow2", &vhd, "vpc");
+    assert_eq!(dir.files(), vec!["d.vhd", "out.qcow2"]);
+}

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::qcow2::compress::{compress_cluster, Codec};
 use crate::zero::is_zero;
 
@@ -109,6 +109,13 @@ pub trait ImageSink: Send {
     /// the disk can be written out and dropped from memory.
     fn complete_below(&mut self, guest_offset: u64) -> Result<()>;
 
+    /// Makes everything written so far durable and returns the state a resumed run needs to
+    /// carry on from here (see [`crate::journal`]).
+    fn checkpoint(&mut self) -> Result<Vec<u8>>;
+
+    /// Keeps the partial output if the sink is dropped unfinished, for a resumed run.
+    fn keep_on_failure(&mut self);
+
     /// Writes the remaining metadata, syncs, and moves the image to its final name. Returns
     /// the number of bytes written to the file.
     fn finish(self: Box<Self>) -> Result<u64>;
@@ -117,7 +124,8 @@ pub trait ImageSink: Send {
 /// A file written as `NAME.part` and renamed to `NAME` once complete.
 ///
 /// Dropping it without [`commit`](PartFile::commit) removes the `.part` file, so an error or
-/// a cancellation never leaves a half image under either name.
+/// a cancellation never leaves a half image under either name, unless it was created to be
+/// kept for a resumed run ([`PartFile::keep_on_failure`]).
 #[derive(Debug)]
 pub struct PartFile {
     file: File,
@@ -128,6 +136,7 @@ pub struct PartFile {
     /// Bytes written since writeback was last started.
     unflushed: u64,
     flusher: Option<Flusher>,
+    keep: bool,
 }
 
 /// Start writeback after this many bytes: the kernel would otherwise hold everything dirty
@@ -173,9 +182,7 @@ impl Flusher {
 impl PartFile {
     /// Creates (or truncates) `dst` + `.part`.
     pub fn create(dst: &Path) -> Result<PartFile> {
-        let mut part = dst.as_os_str().to_owned();
-        part.push(".part");
-        let part = PathBuf::from(part);
+        let part = part_path(dst);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -191,7 +198,54 @@ impl PartFile {
             written: 0,
             unflushed: 0,
             flusher: None,
+            keep: false,
         })
+    }
+
+    /// Reopens the `.part` file of an interrupted run and cuts it to `len`, the length its
+    /// resume journal vouches for (anything after that was not synced, so is not trusted).
+    pub fn reopen(dst: &Path, len: u64) -> Result<PartFile> {
+        let part = part_path(dst);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&part)
+            .map_err(|e| Error::io("cannot reopen the partial output", e).with_path(&part))?;
+        let actual = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat the partial output", e).with_path(&part))?
+            .len();
+        if actual < len {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                format!("partial output is {actual} bytes, its journal says {len}"),
+            )
+            .with_path(&part));
+        }
+        let mut out = PartFile {
+            file,
+            part,
+            dst: dst.to_owned(),
+            committed: false,
+            written: 0,
+            unflushed: 0,
+            flusher: None,
+            keep: true,
+        };
+        out.set_len(len)?;
+        Ok(out)
+    }
+
+    /// Keeps the `.part` file when dropped without commit, for a later run to resume.
+    pub fn keep_on_failure(&mut self) {
+        self.keep = true;
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub fn sync_data(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("syncing to disk", e).with_path(&self.part))
     }
 
     /// Writes all of `buf` at `offset`.
@@ -240,15 +294,16 @@ impl PartFile {
             Error::io("renaming the finished image into place", e).with_path(&self.dst)
         })?;
         self.committed = true;
-        let dir = match self.dst.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        crate::journal::sync_parent(&self.dst);
         Ok(self.written)
     }
+}
+
+/// Where the image for `dst` is written until it is complete.
+pub fn part_path(dst: &Path) -> PathBuf {
+    let mut part = dst.as_os_str().to_owned();
+    part.push(".part");
+    PathBuf::from(part)
 }
 
 /// Asks the kernel to start writing the file's dirty pages back, without waiting for them.
@@ -266,7 +321,7 @@ impl Drop for PartFile {
         if let Some(flusher) = self.flusher.take() {
             flusher.stop();
         }
-        if !self.committed {
+        if !self.committed && !self.keep {
             let _ = std::fs::remove_file(&self.part);
         }
     }

@@ -12,7 +12,7 @@
 //! finished L2 tables early.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,10 +22,11 @@ use tokio::task::JoinSet;
 
 use crate::buffers::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
+use crate::journal::{journal_path, Journal};
 use crate::output::{prepare_chunk, ImageSink, PreparedChunk};
 use crate::qcow2::compress::Codec;
 use crate::qcow2::{Compression, Qcow2Writer};
-use crate::ranges::{align_and_merge, chunks, total_len};
+use crate::ranges::{align_and_merge, chunks, total_len, RangeSet};
 use crate::raw_writer::{RawWriter, RAW_BLOCK};
 use crate::source::DiskReader;
 
@@ -71,6 +72,13 @@ pub struct ConvertOptions {
     pub concurrency: usize,
     /// Reads closer than this many bytes are merged into one (worth it over a network).
     pub merge_gap: u64,
+    /// Keep the partial image and a journal (`DST.part`, `DST.part.journal`) when the
+    /// conversion fails or is interrupted, and carry on from them when the same disk is
+    /// converted to the same place with the same options again.
+    pub resume: bool,
+    /// With `resume`, how many bytes of chunks between checkpoints (each one syncs the
+    /// partial image and rewrites the journal). A checkpoint is also taken every 5 seconds.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for ConvertOptions {
@@ -83,6 +91,8 @@ impl Default for ConvertOptions {
             chunk_size: 4 << 20,
             concurrency: 4,
             merge_gap: 0,
+            resume: false,
+            checkpoint_bytes: 64 << 20,
         }
     }
 }
@@ -98,6 +108,8 @@ pub struct ConvertStats {
     pub zero_bytes: u64,
     /// Bytes written to the output file, metadata included.
     pub bytes_written: u64,
+    /// Bytes of allocated ranges a resumed run found already written, and did not read.
+    pub resumed_bytes: u64,
     /// Wall time from the first read to the renamed image.
     pub elapsed: Duration,
 }
@@ -128,7 +140,11 @@ struct WriterThread {
 }
 
 impl WriterThread {
-    fn spawn(mut sink: Box<dyn ImageSink>, pool: Arc<BufferPool>) -> WriterThread {
+    fn spawn(
+        mut sink: Box<dyn ImageSink>,
+        pool: Arc<BufferPool>,
+        mut resume: Option<Checkpoints>,
+    ) -> WriterThread {
         let (tx, mut rx) = mpsc::channel::<ToWriter>(2);
         let handle = std::thread::Builder::new()
             .name("hyper2kvm-writer".into())
@@ -138,9 +154,18 @@ impl WriterThread {
                         ToWriter::Chunk(chunk, done_below) => {
                             sink.write_chunk(&chunk)?;
                             sink.complete_below(done_below)?;
+                            if let Some(resume) = &mut resume {
+                                resume.written(&chunk, &mut *sink)?;
+                            }
                             pool.give(chunk.data);
                         }
-                        ToWriter::Finish => return sink.finish(),
+                        ToWriter::Finish => {
+                            let written = sink.finish()?;
+                            if let Some(resume) = resume {
+                                Journal::remove(&resume.path);
+                            }
+                            return Ok(written);
+                        }
                     }
                 }
                 Err(Error::new(ErrorKind::Cancelled, "conversion cancelled"))
@@ -172,6 +197,99 @@ impl WriterThread {
     }
 }
 
+/// The writer thread's bookkeeping for a resumable conversion.
+struct Checkpoints {
+    path: PathBuf,
+    header: String,
+    completed: RangeSet,
+    every_bytes: u64,
+    since_bytes: u64,
+    since: Instant,
+}
+
+impl Checkpoints {
+    /// Records a written chunk and takes a checkpoint when one is due.
+    fn written(&mut self, chunk: &PreparedChunk, sink: &mut dyn ImageSink) -> Result<()> {
+        self.completed
+            .insert(chunk.offset..chunk.offset + chunk.len);
+        self.since_bytes += chunk.len;
+        if self.since_bytes >= self.every_bytes || self.since.elapsed() >= CHECKPOINT_INTERVAL {
+            let journal = Journal {
+                header: self.header.clone(),
+                completed: self.completed.clone(),
+                sink_state: sink.checkpoint()?,
+            };
+            journal.store(&self.path)?;
+            self.since_bytes = 0;
+            self.since = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint is taken at least this often, however slowly bytes arrive.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a journal must match for its partial image to be resumed: the source and every
+/// option that shapes the image's bytes.
+fn journal_header(reader: &dyn DiskReader, opts: &ConvertOptions, codec: Option<Codec>) -> String {
+    format!(
+        "source: {}\nformat: {:?}\ncluster: {}\ncodec: {:?}\n",
+        reader.identity(),
+        opts.format,
+        opts.cluster_size,
+        codec
+    )
+}
+
+/// Opens the output: the partial image of an interrupted run if its journal matches
+/// `header`, else a new one. Returns the sink and the guest ranges already written.
+fn open_sink(
+    dst: &Path,
+    size: u64,
+    opts: &ConvertOptions,
+    header: &str,
+) -> Result<(Box<dyn ImageSink>, RangeSet)> {
+    let journal = journal_path(dst);
+    if opts.resume {
+        // A journal that is damaged, for another source, or whose partial image is gone or
+        // does not fit means starting over: never a mixed image.
+        if let Ok(Some(j)) = Journal::load(&journal) {
+            if j.header == header {
+                let resumed: Result<Box<dyn ImageSink>> = match opts.format {
+                    OutputFormat::Qcow2 => Qcow2Writer::resume(
+                        dst,
+                        size,
+                        opts.cluster_size,
+                        opts.compression,
+                        &j.sink_state,
+                    )
+                    .map(|w| Box::new(w) as Box<dyn ImageSink>),
+                    OutputFormat::Raw => RawWriter::resume(dst, size, &j.sink_state)
+                        .map(|w| Box::new(w) as Box<dyn ImageSink>),
+                };
+                if let Ok(sink) = resumed {
+                    return Ok((sink, j.completed));
+                }
+            }
+        }
+    }
+    Journal::remove(&journal);
+    let mut sink: Box<dyn ImageSink> = match opts.format {
+        OutputFormat::Qcow2 => Box::new(Qcow2Writer::create(
+            dst,
+            size,
+            opts.cluster_size,
+            opts.compression,
+        )?),
+        OutputFormat::Raw => Box::new(RawWriter::create(dst, size)?),
+    };
+    if opts.resume {
+        sink.keep_on_failure();
+    }
+    Ok((sink, RangeSet::new()))
+}
+
 impl Drop for WriterThread {
     fn drop(&mut self) {
         self.tx.take();
@@ -187,7 +305,7 @@ impl Drop for WriterThread {
 /// renamed; on error or cancellation the `.part` file is removed.
 ///
 /// ```no_run
-/// use std::path::Path;
+/// use std::path::{Path, PathBuf};
 /// use hyper2kvm_core::{convert, open_disk, ConvertOptions, InputFormat};
 ///
 /// # async fn run() -> hyper2kvm_core::Result<()> {
@@ -216,29 +334,39 @@ pub async fn convert(
             "compression needs qcow2 output; raw images cannot be compressed",
         ));
     }
-    let (granularity, sink): (usize, Box<dyn ImageSink>) = match opts.format {
-        OutputFormat::Qcow2 => {
-            let writer = Qcow2Writer::create(dst, size, opts.cluster_size, opts.compression)?;
-            (opts.cluster_size as usize, Box::new(writer))
-        }
-        OutputFormat::Raw => (RAW_BLOCK, Box::new(RawWriter::create(dst, size)?)),
+    let granularity = match opts.format {
+        OutputFormat::Qcow2 => opts.cluster_size as usize,
+        OutputFormat::Raw => RAW_BLOCK,
     };
+    let header = journal_header(&*reader, opts, compression);
+    let (sink, completed) = open_sink(dst, size, opts, &header)?;
     let concurrency = opts.concurrency.max(1);
     // Chunks in flight, queued for the writer, and being written.
     let pool = Arc::new(BufferPool::new(concurrency + 3));
-    let writer = WriterThread::spawn(sink, pool.clone());
+    let checkpoints = opts.resume.then(|| Checkpoints {
+        path: journal_path(dst),
+        header,
+        completed: completed.clone(),
+        every_bytes: opts.checkpoint_bytes.max(1),
+        since_bytes: 0,
+        since: Instant::now(),
+    });
+    let writer = WriterThread::spawn(sink, pool.clone(), checkpoints);
     let chunk =
         (u64::from(opts.chunk_size).max(1)).div_ceil(granularity as u64) * granularity as u64;
 
     let ranges = reader.allocated_ranges().await?;
     let ranges = align_and_merge(&ranges, granularity as u64, size, opts.merge_gap);
     let total = total_len(&ranges);
+    // A resumed run reads only what the journal does not vouch for.
+    let ranges = completed.subtract_from(&ranges);
+    let resumed_bytes = total - total_len(&ranges);
     let report = |done| {
         if let Some(p) = &progress {
             p(Progress { done, total });
         }
     };
-    report(0);
+    report(resumed_bytes);
 
     // CPU work (zero scan, compression) runs on at most one thread per core.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -248,9 +376,10 @@ pub async fn convert(
     let mut tasks: JoinSet<Result<PreparedChunk>> = JoinSet::new();
     let mut stats = ConvertStats {
         virtual_size: size,
+        resumed_bytes,
         ..ConvertStats::default()
     };
-    let mut done = 0u64;
+    let mut done = resumed_bytes;
     loop {
         while tasks.len() < concurrency {
             let Some(range) = pending.next() else { break };

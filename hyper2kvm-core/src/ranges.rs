@@ -1,6 +1,7 @@
 //! Byte-range arithmetic for the pipeline: aligning a reader's allocated ranges to clusters,
 //! merging them, and cutting them into chunks.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Expands every range outwards to multiples of `align` (clipped to `size`), then merges
@@ -66,9 +67,132 @@ pub fn total_len(ranges: &[Range<u64>]) -> u64 {
     ranges.iter().map(|r| r.end - r.start).sum()
 }
 
+/// A set of byte ranges, kept disjoint and merged: what a resumable conversion has written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    /// start -> end; no two entries overlap or touch.
+    map: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `range`, merging it with ranges it overlaps or touches.
+    pub fn insert(&mut self, range: Range<u64>) {
+        if range.start >= range.end {
+            return;
+        }
+        let (mut start, mut end) = (range.start, range.end);
+        // A range starting at or before `end` and ending at or after `start` merges.
+        let touching: Vec<u64> = self
+            .map
+            .range(..=end)
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in touching {
+            let e = self.map.remove(&s).expect("present");
+            start = start.min(s);
+            end = end.max(e);
+        }
+        self.map.insert(start, end);
+    }
+
+    /// The ranges, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.map.iter().map(|(&s, &e)| s..e)
+    }
+
+    /// The total number of bytes in the set.
+    pub fn len_bytes(&self) -> u64 {
+        self.map.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// True when the set holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The parts of sorted, disjoint `ranges` not in this set.
+    pub fn subtract_from(&self, ranges: &[Range<u64>]) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        for r in ranges {
+            let mut pos = r.start;
+            // Set ranges that may overlap r: those starting before r.end.
+            let first = self
+                .map
+                .range(..=r.start)
+                .next_back()
+                .map(|(&s, _)| s)
+                .unwrap_or(0);
+            for (&s, &e) in self.map.range(first..r.end) {
+                if e <= pos {
+                    continue;
+                }
+                if s > pos {
+                    out.push(pos..s.min(r.end));
+                }
+                pos = pos.max(e);
+                if pos >= r.end {
+                    break;
+                }
+            }
+            if pos < r.end {
+                out.push(pos..r.end);
+            }
+        }
+        out
+    }
+}
+
+impl FromIterator<Range<u64>> for RangeSet {
+    fn from_iter<I: IntoIterator<Item = Range<u64>>>(iter: I) -> Self {
+        let mut set = RangeSet::new();
+        for r in iter {
+            set.insert(r);
+        }
+        set
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn range_set_merges_out_of_order_inserts() {
+        let mut set = RangeSet::new();
+        for r in [(20..30), (0..10), (10..15), (40..50), (25..45), (60..60)] {
+            set.insert(r);
+        }
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0..15, 20..50]);
+        assert_eq!(set.len_bytes(), 45);
+    }
+
+    #[test]
+    fn range_set_subtracts() {
+        let set: RangeSet = [(10..20), (30..40), (50..55)].into_iter().collect();
+        assert_eq!(
+            set.subtract_from(&[0..100, 200..200]),
+            vec![0..10, 20..30, 40..50, 55..100]
+        );
+        assert_eq!(
+            set.subtract_from(&[(12..18), (35..60)]),
+            vec![40..50, 55..60]
+        );
+        assert_eq!(
+            set.subtract_from(&[10..20, 30..40]),
+            Vec::<Range<u64>>::new()
+        );
+        assert_eq!(
+            RangeSet::new().subtract_from(&[5..7, 9..10]),
+            vec![5..7, 9..10]
+        );
+    }
 
     #[test]
     fn aligns_outwards_and_clips_to_size() {

@@ -21,6 +21,7 @@ pub struct RawFileReader {
     file: Arc<File>,
     path: PathBuf,
     size: u64,
+    identity: String,
 }
 
 impl RawFileReader {
@@ -28,19 +29,17 @@ impl RawFileReader {
     pub fn open(path: &Path) -> Result<Self> {
         let file = open_file(path)?;
         let size = file_len(&file, path)?;
-        Ok(RawFileReader {
-            file: Arc::new(file),
-            path: path.to_owned(),
-            size,
-        })
+        Ok(RawFileReader::from_region(Arc::new(file), path, size))
     }
 
     /// A reader of the first `size` bytes of an already opened `file`.
     pub(crate) fn from_region(file: Arc<File>, path: &Path, size: u64) -> Self {
+        let identity = file_identity(&file, path, size);
         RawFileReader {
             file,
             path: path.to_owned(),
             size,
+            identity,
         }
     }
 }
@@ -52,6 +51,10 @@ impl DiskReader for RawFileReader {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn identity(&self) -> String {
+        self.identity.clone()
     }
 
     fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
@@ -81,6 +84,24 @@ impl DiskReader for RawFileReader {
 /// Opens `path` for reading, with an error that names it.
 pub(crate) fn open_file(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))
+}
+
+/// Path, disk size, file length and modification time: a file changed since an interrupted
+/// conversion must not be resumed into the same image.
+pub(crate) fn file_identity(file: &File, path: &Path, size: u64) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    match file.metadata() {
+        Ok(m) => format!(
+            "{} size={size} len={} mtime={}.{:09} ino={}",
+            path.display(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ),
+        Err(_) => format!("{} size={size}", path.display()),
+    }
 }
 
 /// The length of an open file.

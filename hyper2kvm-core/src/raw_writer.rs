@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::output::{ClusterData, ImageSink, PartFile, PreparedChunk};
 
 /// The block size raw output detects zeros at: the common file-system block.
@@ -23,6 +23,26 @@ impl RawWriter {
         let mut out = PartFile::create(dst)?;
         out.set_len(size)?;
         Ok(RawWriter { out, size })
+    }
+
+    /// Carries on with the `dst.part` of an interrupted run, whose checkpoint `state` was
+    /// returned by [`ImageSink::checkpoint`].
+    pub fn resume(dst: &Path, size: u64, state: &[u8]) -> Result<RawWriter> {
+        if state != size.to_be_bytes() {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                "journal is for another disk size",
+            ));
+        }
+        Ok(RawWriter {
+            out: PartFile::reopen(dst, size)?,
+            size,
+        })
+    }
+
+    /// Keeps `dst.part` if the writer is dropped unfinished, for a resumed run.
+    pub fn keep_on_failure(&mut self) {
+        self.out.keep_on_failure();
     }
 }
 
@@ -50,6 +70,15 @@ impl ImageSink for RawWriter {
 
     fn complete_below(&mut self, _guest_offset: u64) -> Result<()> {
         Ok(())
+    }
+
+    fn keep_on_failure(&mut self) {
+        self.out.keep_on_failure();
+    }
+
+    fn checkpoint(&mut self) -> Result<Vec<u8>> {
+        self.out.sync_data()?;
+        Ok(self.size.to_be_bytes().to_vec())
     }
 
     fn finish(self: Box<Self>) -> Result<u64> {

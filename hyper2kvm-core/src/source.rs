@@ -27,6 +27,13 @@ pub trait DiskReader: Send + Sync {
     /// A name for messages: a path, or a URL with its secret query removed. Never a secret.
     fn describe(&self) -> String;
 
+    /// What a resumed conversion checks to know it reads the same disk as the interrupted
+    /// one: by default the description and size. Local files add their modification time.
+    /// Never a secret.
+    fn identity(&self) -> String {
+        format!("{} ({} bytes)", self.describe(), self.size())
+    }
+
     /// The byte ranges that may hold data, sorted and non-overlapping; everything else reads as
     /// zeros. A reader that cannot tell returns the whole disk.
     fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>>;

@@ -7,6 +7,7 @@
 //! bytes per block, one block per 2 GiB of image at 64 KiB clusters) grows.
 
 use super::types::Geometry;
+use crate::journal::{Decoder, Encoder};
 
 /// Counts for the host clusters not yet written out in a refcount block.
 #[derive(Debug)]
@@ -100,6 +101,38 @@ impl Refcounts {
     pub fn block_entries(&self) -> u64 {
         self.block_entries
     }
+
+    /// Appends the window and the table to a resume journal.
+    pub fn encode(&self, enc: &mut Encoder) {
+        enc.u64(self.window_start);
+        enc.u64(self.counts.len() as u64);
+        for &c in &self.counts {
+            enc.u16(c);
+        }
+        enc.u64(self.table.len() as u64);
+        for &t in &self.table {
+            enc.u64(t);
+        }
+    }
+
+    /// Reads what [`encode`](Self::encode) wrote, for an image of geometry `geo`.
+    pub fn decode(dec: &mut Decoder, geo: &Geometry) -> Option<Self> {
+        let block_entries = geo.refcount_block_entries();
+        let window_start = dec.u64()?;
+        if window_start % block_entries != 0 {
+            return None;
+        }
+        let n = usize::try_from(dec.u64()?).ok()?;
+        let counts = (0..n).map(|_| dec.u16()).collect::<Option<Vec<_>>>()?;
+        let n = usize::try_from(dec.u64()?).ok()?;
+        let table = (0..n).map(|_| dec.u64()).collect::<Option<Vec<_>>>()?;
+        Some(Refcounts {
+            block_entries,
+            table,
+            window_start,
+            counts,
+        })
+    }
 }
 
 /// Where the final refcount blocks and the refcount table go, at the end of an image whose
@@ -151,6 +184,23 @@ mod tests {
         assert_eq!(rc.get(5), 0);
         assert_eq!(rc.get(299), 1);
         assert_eq!(rc.first_open_block(), 1);
+    }
+
+    #[test]
+    fn encodes_for_resume() {
+        let geo = geo512();
+        let mut rc = Refcounts::new(&geo);
+        rc.add(0, 300);
+        let (block, _) = rc.take_block();
+        rc.set_block_offset(block, 4096);
+        let mut enc = Encoder::default();
+        rc.encode(&mut enc);
+        let bytes = enc.into_inner();
+        let back = Refcounts::decode(&mut Decoder::new(&bytes), &geo).unwrap();
+        assert_eq!(
+            (back.window_start, back.table(), back.get(299)),
+            (256, &[4096][..], 1)
+        );
     }
 
     #[test]

@@ -23,7 +23,32 @@ use super::table::{compressed_span, l1_entry, l2_compressed, l2_standard};
 use super::types::{Geometry, GuestOffset, HostOffset};
 use super::Compression;
 use crate::error::{Error, ErrorKind, Result};
+use crate::journal::{Decoder, Encoder};
 use crate::output::{ClusterData, ImageSink, PartFile, PreparedChunk};
+
+/// How the resume state names the compression a writer was created with.
+fn compression_tag(compression: Option<Compression>) -> u16 {
+    match compression {
+        None => 0,
+        Some(Compression::Zstd) => 1,
+        Some(Compression::Deflate) => 2,
+    }
+}
+
+/// Writes the non-zero entries of `table` as (index, value) pairs.
+fn encode_sparse(enc: &mut Encoder, table: &[u64]) {
+    let nonzero: Vec<(usize, u64)> = table
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, v)| v != 0)
+        .collect();
+    enc.u64(nonzero.len() as u64);
+    for (i, v) in nonzero {
+        enc.u64(i as u64);
+        enc.u64(v);
+    }
+}
 
 /// Writes a qcow2 v3 image from chunks that arrive in any order.
 #[must_use = "the image is only complete once finish() has run"]
@@ -64,6 +89,69 @@ impl Qcow2Writer {
             refs,
             wrote_compressed: false,
         })
+    }
+
+    /// Carries on with the `dst.part` of an interrupted run from the checkpoint `state` that
+    /// [`ImageSink::checkpoint`] returned; the options must be the ones it was started with.
+    pub fn resume(
+        dst: &Path,
+        virtual_size: u64,
+        cluster_size: u32,
+        compression: Option<Compression>,
+        state: &[u8],
+    ) -> Result<Qcow2Writer> {
+        let geo = Geometry::new(cluster_size, virtual_size)?;
+        let bad = |why: &str| {
+            Error::new(
+                ErrorKind::InvalidFormat,
+                format!("resume state does not fit: {why}"),
+            )
+        };
+        let mut dec = Decoder::new(state);
+        let mut decode = || -> Option<Result<Qcow2Writer>> {
+            if dec.u64()? != u64::from(geo.cluster_bits) || dec.u64()? != virtual_size {
+                return Some(Err(bad("other geometry")));
+            }
+            if dec.u16()? != compression_tag(compression) {
+                return Some(Err(bad("other compression")));
+            }
+            let wrote_compressed = dec.u16()? != 0;
+            let next = dec.u64()?;
+            let mut l1 = vec![0u64; geo.l1_entries() as usize];
+            for _ in 0..dec.u64()? {
+                let (i, v) = (dec.u64()? as usize, dec.u64()?);
+                *l1.get_mut(i)? = v;
+            }
+            let mut open_l2 = BTreeMap::new();
+            for _ in 0..dec.u64()? {
+                let index = dec.u64()?;
+                let mut table = vec![0u64; geo.l2_entries() as usize];
+                for _ in 0..dec.u64()? {
+                    let (i, v) = (dec.u64()? as usize, dec.u64()?);
+                    *table.get_mut(i)? = v;
+                }
+                open_l2.insert(index, table);
+            }
+            let refs = Refcounts::decode(&mut dec, &geo)?;
+            if !dec.at_end() {
+                return None;
+            }
+            let out = match PartFile::reopen(dst, next) {
+                Ok(out) => out,
+                Err(e) => return Some(Err(e)),
+            };
+            Some(Ok(Qcow2Writer {
+                out,
+                geo,
+                compression,
+                next,
+                l1,
+                open_l2,
+                refs,
+                wrote_compressed,
+            }))
+        };
+        decode().unwrap_or_else(|| Err(bad("truncated")))
     }
 
     /// Reserves `n` whole clusters at the end of the file and counts one reference to each.
@@ -225,6 +313,28 @@ impl ImageSink for Qcow2Writer {
             self.write_l2(l1_index, table)?;
         }
         Ok(())
+    }
+
+    fn keep_on_failure(&mut self) {
+        self.out.keep_on_failure();
+    }
+
+    fn checkpoint(&mut self) -> Result<Vec<u8>> {
+        self.out.sync_data()?;
+        let mut enc = Encoder::default();
+        enc.u64(u64::from(self.geo.cluster_bits));
+        enc.u64(self.geo.virtual_size);
+        enc.u16(compression_tag(self.compression));
+        enc.u16(u16::from(self.wrote_compressed));
+        enc.u64(self.next);
+        encode_sparse(&mut enc, &self.l1);
+        enc.u64(self.open_l2.len() as u64);
+        for (&index, table) in &self.open_l2 {
+            enc.u64(index);
+            encode_sparse(&mut enc, table);
+        }
+        self.refs.encode(&mut enc);
+        Ok(enc.into_inner())
     }
 
     fn finish(mut self: Box<Self>) -> Result<u64> {

@@ -33,6 +33,7 @@ pub struct DynamicVhdReader {
     block_size: u64,
     /// For each block, the file offset of its data (past the bitmap), or `None`.
     blocks: Arc<Vec<Option<u64>>>,
+    identity: String,
 }
 
 impl DynamicVhdReader {
@@ -134,6 +135,7 @@ impl DynamicVhdReader {
             blocks.push(Some(data));
         }
         Ok(DynamicVhdReader {
+            identity: crate::raw::file_identity(&file, path, size),
             file,
             path: path.to_owned(),
             size,
@@ -150,6 +152,10 @@ impl DiskReader for DynamicVhdReader {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn identity(&self) -> String {
+        self.identity.clone()
     }
 
     fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
