@@ -102,11 +102,15 @@ impl std::error::Error for Error {
     }
 }
 
-/// A URL as it may be shown: scheme, host, port and path, never the query (a SAS token lives
-/// there; ARM URLs carry none, but nothing printed should have to know that).
+/// A URL as it may be shown: without a password, and without the query when it holds a SAS
+/// signature (`sig=`) — a SAS is a secret. ARM queries (`api-version`, `$skiptoken`) stay,
+/// they help when reading an error.
 pub fn redact_url(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
-    if shown.query().is_some() {
+    let signed = shown
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("sig"));
+    if signed {
         shown.set_query(Some("REDACTED"));
     }
     let _ = shown.set_password(None);
@@ -124,6 +128,14 @@ mod tests {
                 .unwrap();
         let shown = redact_url(&url);
         assert_eq!(shown, "https://u@md-x.blob.core.windows.net/a/b?REDACTED");
+        let arm =
+            reqwest::Url::parse("https://management.azure.com/x?api-version=2025-04-01").unwrap();
+        assert_eq!(
+            redact_url(&arm),
+            "https://management.azure.com/x?api-version=2025-04-01"
+        );
+        let upper = reqwest::Url::parse("https://h/b?SIG=abc&sv=1").unwrap();
+        assert_eq!(redact_url(&upper), "https://h/b?REDACTED");
     }
 
     #[test]
