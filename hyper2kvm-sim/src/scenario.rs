@@ -624,6 +624,19 @@ subscriptions:
     }
 
     #[test]
+    fn scenario_reference_in_the_docs_is_valid() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```yaml\nsettings:").expect("scenario block") + "```yaml\n".len();
+        let len = doc[start..].find("```").unwrap();
+        let fleet = Scenario::from_yaml(&doc[start..start + len])
+            .unwrap()
+            .into_fleet()
+            .unwrap();
+        assert_eq!(fleet.vms.len(), 1001);
+        assert_eq!(fleet.vms[0].disks[1].name, "web-01-data");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_a_location() {
         let err = Scenario::from_yaml("subscriptions:\n  - id: s\n    colour: red\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidScenario);
