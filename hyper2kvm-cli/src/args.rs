@@ -1,6 +1,7 @@
 //! The command line, as clap sees it. Only parsing and validation of single values live
 //! here; commands turn these into the library's options.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -8,12 +9,42 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::units::parse_size;
 
 /// Move virtual machines from Azure to KVM.
+///
+/// `hyper2kvm -c config.yaml --list-only` lists the VMs a config selects;
+/// `hyper2kvm convert SRC DST` converts one disk image; `hyper2kvm sim` serves a simulated Azure.
 #[derive(Debug, Parser)]
-#[command(name = "hyper2kvm", version, about, propagate_version = true)]
+#[command(
+    name = "hyper2kvm",
+    version,
+    about,
+    propagate_version = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// The configuration file (YAML; see docs/config.md).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// List the selected VMs and their disks; change nothing.
+    #[arg(long, requires = "config")]
+    pub list_only: bool,
+    /// How to print the list (overrides output.format).
+    #[arg(long, value_enum, requires = "config")]
+    pub output: Option<OutputArg>,
+    /// The ARM base URL, e.g. a simulator's (overrides azure.arm_endpoint).
+    #[arg(long, value_name = "URL", requires = "config")]
+    pub arm_endpoint: Option<String>,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputArg {
+    /// Aligned columns.
+    Table,
+    /// A JSON array (schema in docs/config.md).
+    Json,
 }
 
 /// The subcommands.
@@ -21,6 +52,19 @@ pub struct Cli {
 pub enum Command {
     /// Convert a disk image (fixed or dynamic VHD, or raw) into qcow2 or sparse raw.
     Convert(ConvertArgs),
+    /// Serve a simulated Azure (ARM compute subset) from a scenario file.
+    Sim(SimArgs),
+}
+
+/// `hyper2kvm sim --scenario FILE [--listen ADDR]`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// The scenario (YAML or JSON; see docs/config.md).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: PathBuf,
+    /// The address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
 }
 
 /// `hyper2kvm convert SRC DST`.

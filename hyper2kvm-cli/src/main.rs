@@ -3,21 +3,66 @@
 //! Exit codes: 0 done, 1 failed, 2 usage or configuration error, 130 interrupted.
 
 mod args;
+mod config;
 mod convert;
+mod list;
 mod progress;
 mod signal;
+mod sim;
 mod units;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use hyper2kvm_core::ErrorKind;
 
 use crate::args::{Cli, Command};
+use crate::config::UsageError;
+
+/// What the command line asks for, once parsed and checked.
+enum Mode {
+    Convert(args::ConvertArgs),
+    Sim(args::SimArgs),
+    List(config::ListPlan),
+}
+
+/// Turns the parsed flags (and the config file they name) into one mode. Every problem here
+/// is the user's to fix: exit code 2.
+fn mode(cli: Cli) -> Result<Mode, UsageError> {
+    match (cli.command, cli.config) {
+        (Some(Command::Convert(a)), _) => Ok(Mode::Convert(a)),
+        (Some(Command::Sim(a)), _) => Ok(Mode::Sim(a)),
+        (None, None) => Err(UsageError(
+            "nothing to do: give -c CONFIG --list-only, or a subcommand (see --help)".into(),
+        )),
+        (None, Some(path)) => {
+            let file = config::load(&path)?;
+            if !cli.list_only {
+                return Err(UsageError(
+                    "only --list-only is available yet (disk export is not): add --list-only"
+                        .into(),
+                ));
+            }
+            let overrides = config::Overrides {
+                arm_endpoint: cli.arm_endpoint,
+                output: cli.output,
+            };
+            Ok(Mode::List(config::list_plan(file, overrides)))
+        }
+    }
+}
 
 fn main() -> ExitCode {
     // clap prints --help / --version and exits 0, and exits 2 on usage errors.
     let cli = Cli::parse();
+    let mode = match mode(cli) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("hyper2kvm: error: {e}");
+            eprintln!("{}", Cli::command().render_usage());
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -29,8 +74,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Convert(args) => convert::run(args).await,
+        match mode {
+            Mode::Convert(args) => convert::run(args).await,
+            Mode::Sim(args) => sim::run(args).await,
+            Mode::List(plan) => list::run(plan).await,
         }
     });
     match result {
@@ -42,9 +89,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// The exit code for an error: 2 for what the user must change in the command, 130 for an
-/// interruption, 1 for everything else.
+/// The exit code for an error: 2 for what the user must change in the command or config, 130
+/// for an interruption, 1 for everything else (authentication, network, Azure's answers).
 fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<UsageError>().is_some() {
+        return 2;
+    }
+    if let Some(e) = err.downcast_ref::<hyper2kvm_azure::Error>() {
+        return match e.kind() {
+            hyper2kvm_azure::ErrorKind::InvalidArgument => 2,
+            _ => 1,
+        };
+    }
+    if let Some(e) = err.downcast_ref::<hyper2kvm_sim::Error>() {
+        return match e.kind() {
+            hyper2kvm_sim::ErrorKind::Io => 1,
+            _ => 2,
+        };
+    }
     match err
         .downcast_ref::<hyper2kvm_core::Error>()
         .map(|e| e.kind())

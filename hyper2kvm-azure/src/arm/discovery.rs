@@ -1,0 +1,351 @@
+//! Batched discovery: per subscription, exactly three paged list calls, run concurrently —
+//!
+//! 1. `GET /subscriptions/{s}/providers/Microsoft.Compute/virtualMachines` (models: size,
+//!    tags, storage profile),
+//! 2. the same with `statusOnly=true` (instance views: power states),
+//! 3. `GET /subscriptions/{s}/providers/Microsoft.Compute/disks` (sizes in bytes, OS type,
+//!    Hyper-V generation) —
+//!
+//! joined on lower-cased resource ids. The number of requests is the number of pages, whatever
+//! the number of VMs; nothing is fetched per VM or per disk. `statusOnly` exists only for the
+//! subscription-wide list, so resource-group filters are applied here, client side, rather
+//! than by listing per resource group.
+
+use std::collections::HashMap;
+
+use hyper2kvm_core::{Disk, DiskRole, Firmware, OsType, PowerState, Vm};
+
+use super::api_version;
+use super::client::ArmClient;
+use super::models::{self, VirtualMachine};
+use crate::error::{Error, ErrorKind, Result};
+use crate::selection::Selection;
+
+/// Lists the VMs of `subscriptions` that `selection` selects, sorted by subscription, resource
+/// group and name (case-insensitively).
+pub async fn discover(
+    client: &ArmClient,
+    subscriptions: &[String],
+    selection: &Selection,
+) -> Result<Vec<Vm>> {
+    let mut vms = Vec::new();
+    for sub in subscriptions {
+        check_subscription_id(sub)?;
+        let base = format!("/subscriptions/{sub}/providers/Microsoft.Compute");
+        let models_url = client.url(
+            &format!("{base}/virtualMachines"),
+            api_version::COMPUTE,
+            &[],
+        );
+        let status_url = client.url(
+            &format!("{base}/virtualMachines"),
+            api_version::COMPUTE,
+            &[("statusOnly", "true")],
+        );
+        let disks_url = client.url(&format!("{base}/disks"), api_version::DISKS, &[]);
+        let (models, statuses, disks) = tokio::try_join!(
+            client.list::<VirtualMachine>(models_url),
+            client.list::<VirtualMachine>(status_url),
+            client.list::<models::Disk>(disks_url),
+        )
+        .map_err(|e| Error::new(e.kind(), format!("subscription {sub}: {e}")))?;
+        vms.extend(join_subscription(sub, models, statuses, disks, selection));
+    }
+    vms.sort_by_cached_key(|vm| {
+        (
+            vm.subscription.to_ascii_lowercase(),
+            vm.resource_group.to_ascii_lowercase(),
+            vm.name.to_ascii_lowercase(),
+            vm.id.to_ascii_lowercase(),
+        )
+    });
+    Ok(vms)
+}
+
+/// Subscription ids go into URL paths: accept GUID-like ids only, so a typo cannot change the
+/// request's path.
+fn check_subscription_id(sub: &str) -> Result<()> {
+    if !sub.is_empty() && sub.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("subscription id {sub:?} is not valid (expected a GUID)"),
+        ))
+    }
+}
+
+/// The resource group in an ARM id (`/subscriptions/s/resourceGroups/{rg}/…`), as spelled there.
+fn resource_group_of(id: &str) -> Option<&str> {
+    let mut parts = id.split('/');
+    while let Some(p) = parts.next() {
+        if p.eq_ignore_ascii_case("resourceGroups") {
+            return parts.next().filter(|rg| !rg.is_empty());
+        }
+    }
+    None
+}
+
+/// Joins one subscription's three lists into VMs and applies `selection`. Unsorted.
+pub fn join_subscription(
+    subscription: &str,
+    models: Vec<VirtualMachine>,
+    statuses: Vec<VirtualMachine>,
+    disks: Vec<models::Disk>,
+    selection: &Selection,
+) -> Vec<Vm> {
+    let power: HashMap<String, (PowerState, Option<String>)> = statuses
+        .into_iter()
+        .map(|s| {
+            let view = s.properties.instance_view.unwrap_or_default();
+            let state = match view.power_state_code() {
+                Some(code) => code.parse().unwrap_or_else(|e| match e {}),
+                None => PowerState::Unknown("unknown".into()),
+            };
+            (s.id.to_ascii_lowercase(), (state, view.hyper_v_generation))
+        })
+        .collect();
+    let disks: HashMap<String, models::Disk> = disks
+        .into_iter()
+        .map(|d| (d.id.to_ascii_lowercase(), d))
+        .collect();
+
+    let mut out = Vec::new();
+    for model in models {
+        let resource_group = resource_group_of(&model.id).unwrap_or_default().to_string();
+        if !selection.matches_resource_group(&resource_group) {
+            continue;
+        }
+        let (power_state, view_generation) = power
+            .get(&model.id.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or((PowerState::Unknown("unknown".into()), None));
+        let props = model.properties;
+        let storage = props.storage_profile.unwrap_or_default();
+        let mut vm_disks = Vec::new();
+        let mut os_type = OsType::Unknown;
+        let mut generation = view_generation;
+        if let Some(os) = &storage.os_disk {
+            let listed = lookup(&disks, os.managed_disk.as_ref());
+            os_type = os
+                .os_type
+                .as_deref()
+                .or(listed.and_then(|d| d.properties.os_type.as_deref()))
+                .map(|t| t.parse().unwrap_or_else(|e| match e {}))
+                .unwrap_or(OsType::Unknown);
+            // The OS disk's hyperVGeneration is authoritative; the instance view's is a
+            // fallback (ARM omits it for some VMs).
+            if let Some(g) = listed.and_then(|d| d.properties.hyper_v_generation.clone()) {
+                generation = Some(g);
+            }
+            vm_disks.push(disk(
+                DiskRole::Os,
+                os.name.as_deref(),
+                os.managed_disk.as_ref(),
+                os.vhd.as_ref(),
+                os.disk_size_gb,
+                listed,
+            ));
+        }
+        let mut data = storage.data_disks;
+        data.sort_by_key(|d| d.lun);
+        for d in &data {
+            let listed = lookup(&disks, d.managed_disk.as_ref());
+            vm_disks.push(disk(
+                DiskRole::Data { lun: d.lun },
+                d.name.as_deref(),
+                d.managed_disk.as_ref(),
+                d.vhd.as_ref(),
+                d.disk_size_gb,
+                listed,
+            ));
+        }
+        let vm = Vm {
+            id: model.id,
+            name: model.name,
+            subscription: subscription.to_string(),
+            resource_group,
+            location: model.location,
+            vm_size: props
+                .hardware_profile
+                .and_then(|h| h.vm_size)
+                .unwrap_or_default(),
+            tags: model.tags.unwrap_or_default(),
+            power_state,
+            os_type,
+            firmware: Firmware::from_hyperv_generation(generation.as_deref()),
+            disks: vm_disks,
+        };
+        if selection.matches(&vm) {
+            out.push(vm);
+        }
+    }
+    out
+}
+
+fn lookup<'a>(
+    disks: &'a HashMap<String, models::Disk>,
+    managed: Option<&models::ManagedDiskRef>,
+) -> Option<&'a models::Disk> {
+    let id = managed?.id.as_deref()?;
+    disks.get(&id.to_ascii_lowercase())
+}
+
+/// One disk of a VM: the disk list's id, name and exact size when the disk is there, else what
+/// the VM model says (an unmanaged disk's blob URL without its query, `diskSizeGB`).
+fn disk(
+    role: DiskRole,
+    name: Option<&str>,
+    managed: Option<&models::ManagedDiskRef>,
+    vhd: Option<&models::VhdRef>,
+    size_gb: Option<u64>,
+    listed: Option<&models::Disk>,
+) -> Disk {
+    match listed {
+        Some(d) => Disk {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            role,
+            size_bytes: d.size_bytes().or(size_gb.map(|gb| gb << 30)).unwrap_or(0),
+        },
+        None => {
+            let id = managed
+                .and_then(|m| m.id.clone())
+                .or_else(|| {
+                    vhd.and_then(|v| v.uri.as_deref())
+                        .map(|u| u.split('?').next().unwrap_or(u).to_string())
+                })
+                .unwrap_or_default();
+            let name = name
+                .map(str::to_string)
+                .unwrap_or_else(|| id.rsplit('/').next().unwrap_or("").to_string());
+            Disk {
+                id,
+                name,
+                role,
+                size_bytes: size_gb.map(|gb| gb << 30).unwrap_or(0),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Vec<T> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const MODELS: &str = r#"[
+      {"id": "/subscriptions/s/resourceGroups/rg-b/providers/Microsoft.Compute/virtualMachines/zeta",
+       "name": "zeta", "location": "westeurope", "tags": {"env": "prod"},
+       "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+         "storageProfile": {
+           "osDisk": {"osType": "Linux", "name": "zeta-os", "managedDisk": {"id": "/subscriptions/s/resourceGroups/RG-B/providers/Microsoft.Compute/disks/zeta-os"}, "diskSizeGB": 30},
+           "dataDisks": [
+             {"lun": 3, "name": "zeta-d3", "managedDisk": {"id": "/subscriptions/s/resourceGroups/RG-B/providers/Microsoft.Compute/disks/zeta-d3"}, "diskSizeGB": 8},
+             {"lun": 0, "name": "zeta-d0", "managedDisk": {"id": "/subscriptions/s/resourceGroups/RG-B/providers/Microsoft.Compute/disks/zeta-d0"}, "diskSizeGB": 4}
+           ]}}},
+      {"id": "/subscriptions/s/resourceGroups/rg-a/providers/Microsoft.Compute/virtualMachines/alpha",
+       "name": "alpha", "location": "northeurope",
+       "properties": {"hardwareProfile": {"vmSize": "Standard_B1s"},
+         "storageProfile": {
+           "osDisk": {"name": "alpha-os", "vhd": {"uri": "https://acct.blob.core.windows.net/vhds/alpha.vhd?sig=secret"}, "diskSizeGB": 127, "osType": "Windows"},
+           "dataDisks": []}}}
+    ]"#;
+
+    const STATUSES: &str = r#"[
+      {"id": "/subscriptions/s/resourceGroups/RG-B/providers/Microsoft.Compute/virtualMachines/ZETA", "name": "zeta",
+       "properties": {"instanceView": {"statuses": [{"code": "ProvisioningState/succeeded"}, {"code": "PowerState/deallocated"}]}}},
+      {"id": "/subscriptions/s/resourceGroups/rg-a/providers/Microsoft.Compute/virtualMachines/alpha", "name": "alpha",
+       "properties": {"instanceView": {"hyperVGeneration": "V2", "statuses": [{"code": "PowerState/running"}]}}}
+    ]"#;
+
+    const DISKS: &str = r#"[
+      {"id": "/subscriptions/s/resourceGroups/rg-b/providers/Microsoft.Compute/disks/zeta-os", "name": "zeta-os",
+       "properties": {"diskSizeBytes": 32213303296, "diskSizeGB": 30, "osType": "Linux", "hyperVGeneration": "V1"}},
+      {"id": "/subscriptions/s/resourceGroups/rg-b/providers/Microsoft.Compute/disks/zeta-d0", "name": "zeta-d0",
+       "properties": {"diskSizeBytes": 4294967296}},
+      {"id": "/subscriptions/s/resourceGroups/rg-b/providers/Microsoft.Compute/disks/zeta-d3", "name": "zeta-d3",
+       "properties": {"diskSizeGB": 8}},
+      {"id": "/subscriptions/s/resourceGroups/rg-b/providers/Microsoft.Compute/disks/orphan", "name": "orphan",
+       "properties": {"diskSizeGB": 1}}
+    ]"#;
+
+    fn joined(selection: &Selection) -> Vec<Vm> {
+        join_subscription("s", parse(MODELS), parse(STATUSES), parse(DISKS), selection)
+    }
+
+    #[test]
+    fn joins_on_lower_cased_ids() {
+        let vms = joined(&Selection::default());
+        assert_eq!(vms.len(), 2);
+        let zeta = &vms[0];
+        assert_eq!(zeta.resource_group, "rg-b");
+        assert_eq!(zeta.power_state, PowerState::Deallocated);
+        assert_eq!(zeta.os_type, OsType::Linux);
+        assert_eq!(zeta.firmware, Firmware::Bios, "the OS disk's V1 wins");
+        assert_eq!(zeta.vm_size, "Standard_D2s_v5");
+        let roles: Vec<_> = zeta.disks.iter().map(|d| (d.role, d.size_bytes)).collect();
+        assert_eq!(
+            roles,
+            [
+                (DiskRole::Os, 32213303296),
+                (DiskRole::Data { lun: 0 }, 4 << 30),
+                (DiskRole::Data { lun: 3 }, 8 << 30)
+            ]
+        );
+        // The disk list's spelling of the id wins over the VM model's upper-cased one.
+        assert!(zeta.disks[0].id.contains("/resourceGroups/rg-b/"));
+        assert_eq!(zeta.total_disk_bytes(), 32213303296 + (12 << 30));
+    }
+
+    #[test]
+    fn unmanaged_disks_and_instance_view_generation() {
+        let vms = joined(&Selection::default());
+        let alpha = &vms[1];
+        assert_eq!(alpha.power_state, PowerState::Running);
+        assert_eq!(alpha.os_type, OsType::Windows);
+        assert_eq!(alpha.firmware, Firmware::Uefi, "from the instance view");
+        assert_eq!(alpha.disks.len(), 1);
+        assert_eq!(alpha.disks[0].size_bytes, 127 << 30);
+        assert_eq!(
+            alpha.disks[0].id,
+            "https://acct.blob.core.windows.net/vhds/alpha.vhd"
+        );
+        assert!(alpha.tags.is_empty());
+    }
+
+    #[test]
+    fn missing_status_is_unknown_and_filters_apply() {
+        let vms = join_subscription(
+            "s",
+            parse(MODELS),
+            vec![],
+            parse(DISKS),
+            &Selection::default(),
+        );
+        assert!(vms
+            .iter()
+            .all(|v| v.power_state == PowerState::Unknown("unknown".into())));
+        let rg = Selection {
+            resource_groups: vec!["RG-A".into()],
+            ..Default::default()
+        };
+        let names: Vec<_> = joined(&rg).into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["alpha"]);
+    }
+
+    #[test]
+    fn resource_groups_and_subscription_ids() {
+        assert_eq!(
+            resource_group_of("/subscriptions/s/resourcegroups/My-RG/providers/x/y/z"),
+            Some("My-RG")
+        );
+        assert_eq!(resource_group_of("/subscriptions/s"), None);
+        assert!(check_subscription_id("00000000-0000-0000-0000-000000000000").is_ok());
+        assert!(check_subscription_id("../x").is_err());
+        assert!(check_subscription_id("").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! Azure Resource Manager: the client ([`ArmClient`]), the api-versions we speak
+//! ([`api_version`]), typed models of the answers ([`models`]) and batched VM discovery
+//! ([`discover`]).
+
+pub mod api_version;
+mod client;
+mod discovery;
+pub mod models;
+
+pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM_ENDPOINT};
+pub use discovery::{discover, join_subscription};

@@ -1,0 +1,150 @@
+//! The Azure crate's error: a small matchable [`ErrorKind`], a one-line message that says what
+//! failed (method, redacted URL, status, ARM's error code) and the underlying cause.
+
+use std::fmt;
+
+/// What went wrong, coarsely, so a caller can choose an exit code or a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No credential could produce a token, or ARM refused the token (401).
+    Credential,
+    /// ARM said the identity may not do this (403).
+    PermissionDenied,
+    /// The subscription or resource does not exist (404).
+    NotFound,
+    /// ARM kept answering 429 until the retry budget ran out.
+    Throttled,
+    /// Connecting or talking to the endpoint failed (after retries).
+    Network,
+    /// Requests timed out (after retries).
+    Timeout,
+    /// ARM answered with another error status.
+    Status,
+    /// ARM's answer could not be understood (bad JSON, a `nextLink` to another host).
+    InvalidResponse,
+    /// A caller passed a value that cannot work (a malformed endpoint URL, …).
+    InvalidArgument,
+}
+
+/// An error with enough context to tell the user what failed. Never holds a secret: URLs are
+/// shown without their query string.
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    status: Option<u16>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// The Azure crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A new error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            status: None,
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    pub(crate) fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The HTTP status ARM answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        // Walk the cause chain on one line: reqwest's "error sending request" alone says
+        // nothing, its source ("connection refused") does.
+        let mut source = self.source.as_deref().map(|s| s as &dyn std::error::Error);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self} ({:?})", self.kind)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A URL as it may be shown: without a password, and without the query when it holds a SAS
+/// signature (`sig=`) — a SAS is a secret. ARM queries (`api-version`, `$skiptoken`) stay,
+/// they help when reading an error.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let signed = shown
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("sig"));
+    if signed {
+        shown.set_query(Some("REDACTED"));
+    }
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_query_and_password() {
+        let url =
+            reqwest::Url::parse("https://u:pw@md-x.blob.core.windows.net/a/b?sv=1&sig=secret")
+                .unwrap();
+        let shown = redact_url(&url);
+        assert_eq!(shown, "https://u@md-x.blob.core.windows.net/a/b?REDACTED");
+        let arm =
+            reqwest::Url::parse("https://management.azure.com/x?api-version=2025-04-01").unwrap();
+        assert_eq!(
+            redact_url(&arm),
+            "https://management.azure.com/x?api-version=2025-04-01"
+        );
+        let upper = reqwest::Url::parse("https://h/b?SIG=abc&sv=1").unwrap();
+        assert_eq!(redact_url(&upper), "https://h/b?REDACTED");
+    }
+
+    #[test]
+    fn display_walks_the_cause_chain() {
+        let inner = std::io::Error::other("connection refused");
+        let err = Error::new(ErrorKind::Network, "GET http://127.0.0.1:1/x").with_source(inner);
+        assert_eq!(
+            err.to_string(),
+            "GET http://127.0.0.1:1/x: connection refused"
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! `config.yaml`: the file's schema, how it is read (unknown keys and wrong types rejected with
+//! line and column), and how it and the flags become one resolved [`ListPlan`].
+//!
+//! The reference is `docs/config.md`; keep the two in step. Secrets are never read from the
+//! file: credentials come from the environment (see `hyper2kvm_azure::credential`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use hyper2kvm_azure::{AuthMethod, RetryConfig, Selection};
+use hyper2kvm_core::PowerState;
+use serde::Deserialize;
+
+use crate::args::OutputArg;
+use crate::units::parse_size;
+
+/// A mistake the user must fix in the command line or the config file: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Where the VMs are and how to reach them.
+    pub azure: AzureSection,
+    /// How disks are exported (used from disk export on; validated now).
+    #[serde(default)]
+    pub export: ExportSection,
+    /// How disks are downloaded (used from disk export on; validated now).
+    #[serde(default)]
+    pub download: DownloadSection,
+    /// What is written where.
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+/// `azure:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSection {
+    /// Subscription ids.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    /// One subscription id (the same as a one-element `subscriptions`).
+    #[serde(default)]
+    pub subscription: Option<String>,
+    /// Resource groups to list; all when absent.
+    #[serde(default)]
+    pub resource_groups: Vec<String>,
+    /// The ARM base URL; Azure public cloud when absent.
+    #[serde(default)]
+    pub arm_endpoint: Option<String>,
+    /// Which credentials to use.
+    #[serde(default)]
+    pub auth: AuthSetting,
+    /// Which VMs to pick.
+    #[serde(default)]
+    pub selection: SelectionSection,
+    /// How often to retry throttled or failed requests.
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+/// `azure.retry`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// Retries per request after the first attempt.
+    pub max_retries: u32,
+    /// No retry starts later than this after the first attempt, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        let d = RetryConfig::default();
+        RetrySection {
+            max_retries: d.max_retries,
+            timeout_secs: d.retry_timeout.as_secs(),
+        }
+    }
+}
+
+/// `azure.auth`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSetting {
+    /// Send no token (simulator).
+    None,
+    /// The chain: client secret (env), workload identity, managed identity, Azure CLI.
+    #[default]
+    Default,
+    /// Only the client secret from `AZURE_TENANT_ID`/`AZURE_CLIENT_ID`/`AZURE_CLIENT_SECRET`.
+    ClientSecret,
+    /// Only workload identity.
+    WorkloadIdentity,
+    /// Only managed identity.
+    ManagedIdentity,
+    /// Only the Azure CLI.
+    AzureCli,
+}
+
+/// `azure.selection`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSection {
+    /// VM names, exact or globs (`web-*`, `db-0?`).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Tags that must all match.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Power states (`running`, `stopped`, `deallocated`, …).
+    #[serde(default)]
+    pub power_states: Vec<String>,
+    /// Locations.
+    #[serde(default)]
+    pub locations: Vec<String>,
+}
+
+/// `export:` (read by disk export; listed here so that configs can be written once).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// How long a read grant (SAS) stays valid, in seconds.
+    pub grant_duration_secs: u32,
+    /// `auto` (snapshot unless deallocated), `always` or `never`.
+    pub snapshot: SnapshotMode,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        ExportSection {
+            grant_duration_secs: 3600,
+            snapshot: SnapshotMode::Auto,
+        }
+    }
+}
+
+/// `export.snapshot`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    /// Snapshot disks of VMs that are not deallocated.
+    Auto,
+    /// Always export through a snapshot.
+    Always,
+    /// Never snapshot (VMs must be deallocated).
+    Never,
+}
+
+/// `download:` (read by disk export).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadSection {
+    /// Ranged reads in flight per disk.
+    pub concurrency: u16,
+    /// Bytes per read, e.g. `4M`.
+    pub chunk_size: String,
+}
+
+impl Default for DownloadSection {
+    fn default() -> Self {
+        DownloadSection {
+            concurrency: 8,
+            chunk_size: "4M".into(),
+        }
+    }
+}
+
+/// `output:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    /// `table` or `json` for `--list-only`.
+    pub format: Option<ListFormat>,
+    /// Where images go (disk export).
+    pub directory: Option<PathBuf>,
+    /// `qcow2` or `raw` (disk export).
+    pub image_format: Option<ImageFormat>,
+    /// `none`, `zstd` or `deflate` (disk export).
+    pub compression: Option<CompressionSetting>,
+}
+
+/// `output.format`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListFormat {
+    /// Aligned columns for people.
+    Table,
+    /// A JSON array for scripts.
+    Json,
+}
+
+/// `output.image_format`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageFormat {
+    /// qcow2 v3.
+    Qcow2,
+    /// Sparse raw.
+    Raw,
+}
+
+/// `output.compression`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionSetting {
+    /// No compression.
+    None,
+    /// zstd.
+    Zstd,
+    /// deflate.
+    Deflate,
+}
+
+/// Everything `--list-only` needs, resolved from the file and the flags.
+#[derive(Debug)]
+pub struct ListPlan {
+    /// Subscriptions, in the order given, without duplicates.
+    pub subscriptions: Vec<String>,
+    /// The filters.
+    pub selection: Selection,
+    /// The ARM base URL, if not Azure public cloud.
+    pub arm_endpoint: Option<String>,
+    /// Credentials.
+    pub auth: AuthMethod,
+    /// Table or JSON.
+    pub format: ListFormat,
+    /// Retries.
+    pub retry: RetryConfig,
+}
+
+/// Reads and checks `path`.
+pub fn load(path: &Path) -> Result<ConfigFile, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError(format!("cannot read config {}: {e}", path.display())))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses config text; `name` prefixes messages (`config.yaml:3:5: …`).
+pub fn parse(text: &str, name: &str) -> Result<ConfigFile, UsageError> {
+    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("{}:{}", l.line(), l.column()))
+            .map(|lc| format!("{name}:{lc}"))
+            .unwrap_or_else(|| name.to_string());
+        UsageError(format!("{at}: {}", first_line(&e.to_string())))
+    })?;
+    check(&file).map_err(|m| UsageError(format!("{name}: {m}")))?;
+    Ok(file)
+}
+
+/// serde-saphyr renders a source snippet under its message and may start the message with
+/// its own `line L column C:`; we show the message alone, after our `file:L:C:`.
+fn first_line(text: &str) -> String {
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = line.trim().trim_start_matches("error: ");
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, message)) if position.contains(" column ") => message.to_string(),
+        _ => line.to_string(),
+    }
+}
+
+fn check(file: &ConfigFile) -> Result<(), String> {
+    let a = &file.azure;
+    if a.subscription.is_some() && !a.subscriptions.is_empty() {
+        return Err("azure: give either `subscription` or `subscriptions`, not both".into());
+    }
+    if a.subscription.is_none() && a.subscriptions.is_empty() {
+        return Err("azure.subscriptions: at least one subscription id is required".into());
+    }
+    for p in &a.selection.power_states {
+        if let PowerState::Unknown(word) = p.parse::<PowerState>().unwrap_or_else(|e| match e {}) {
+            return Err(format!(
+                "azure.selection.power_states: unknown power state {word:?} (use running, stopped, deallocated, starting, stopping or deallocating)"
+            ));
+        }
+    }
+    let chunk =
+        parse_size(&file.download.chunk_size).map_err(|e| format!("download.chunk_size: {e}"))?;
+    if !(4096..=64 << 20).contains(&chunk) {
+        return Err(format!("download.chunk_size: {chunk} is outside 4K..64M"));
+    }
+    if file.download.concurrency == 0 {
+        return Err("download.concurrency must be at least 1".into());
+    }
+    if !(300..=86_400).contains(&file.export.grant_duration_secs) {
+        return Err("export.grant_duration_secs must be between 300 and 86400".into());
+    }
+    Ok(())
+}
+
+/// The flags that override the file.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    /// `--arm-endpoint`.
+    pub arm_endpoint: Option<String>,
+    /// `--output`.
+    pub output: Option<OutputArg>,
+}
+
+/// Resolves the file and the flags into the listing plan.
+pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
+    let a = file.azure;
+    let mut subscriptions: Vec<String> = Vec::new();
+    for s in a.subscription.into_iter().chain(a.subscriptions) {
+        let s = s.trim().to_string();
+        if !subscriptions.iter().any(|t| t.eq_ignore_ascii_case(&s)) {
+            subscriptions.push(s);
+        }
+    }
+    let selection = Selection {
+        resource_groups: a.resource_groups,
+        names: a.selection.names,
+        tags: a.selection.tags.into_iter().collect(),
+        power_states: a
+            .selection
+            .power_states
+            .iter()
+            .map(|p| p.parse().unwrap_or_else(|e| match e {}))
+            .collect(),
+        locations: a.selection.locations,
+    };
+    let format = match flags.output {
+        Some(OutputArg::Table) => ListFormat::Table,
+        Some(OutputArg::Json) => ListFormat::Json,
+        None => file.output.format.unwrap_or(ListFormat::Table),
+    };
+    ListPlan {
+        subscriptions,
+        selection,
+        arm_endpoint: flags.arm_endpoint.or(a.arm_endpoint),
+        auth: match a.auth {
+            AuthSetting::None => AuthMethod::None,
+            AuthSetting::Default => AuthMethod::Default,
+            AuthSetting::ClientSecret => AuthMethod::ClientSecret,
+            AuthSetting::WorkloadIdentity => AuthMethod::WorkloadIdentity,
+            AuthSetting::ManagedIdentity => AuthMethod::ManagedIdentity,
+            AuthSetting::AzureCli => AuthMethod::AzureCli,
+        },
+        format,
+        retry: RetryConfig {
+            max_retries: a.retry.max_retries,
+            retry_timeout: std::time::Duration::from_secs(a.retry.timeout_secs),
+            ..RetryConfig::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smallest_config_lists_with_defaults() {
+        let file = parse(
+            "azure:\n  subscriptions: [\"00000000-0000-0000-0000-000000000000\"]\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let plan = list_plan(file, Overrides::default());
+        assert_eq!(plan.subscriptions, ["00000000-0000-0000-0000-000000000000"]);
+        assert_eq!(plan.selection, Selection::default());
+        assert_eq!(plan.auth, AuthMethod::Default);
+        assert_eq!(plan.format, ListFormat::Table);
+        assert_eq!(plan.arm_endpoint, None);
+        assert_eq!(plan.retry.max_retries, 10);
+    }
+
+    #[test]
+    fn full_config_and_flag_overrides() {
+        let text = r#"
+azure:
+  subscriptions: [a, b, A]
+  resource_groups: [rg-web]
+  arm_endpoint: "http://127.0.0.1:8080"
+  auth: none
+  retry: { max_retries: 2, timeout_secs: 30 }
+  selection:
+    names: ["web-*"]
+    tags: { env: prod }
+    power_states: [running, deallocated]
+    locations: [westeurope]
+export: { grant_duration_secs: 7200, snapshot: always }
+download: { concurrency: 16, chunk_size: 8M }
+output: { format: json, directory: ./out, image_format: qcow2, compression: zstd }
+"#;
+        let file = parse(text, "c.yaml").unwrap();
+        assert_eq!(file.export.snapshot, SnapshotMode::Always);
+        assert_eq!(file.download.concurrency, 16);
+        let plan = list_plan(
+            file,
+            Overrides {
+                arm_endpoint: Some("http://127.0.0.1:9".into()),
+                output: Some(OutputArg::Table),
+            },
+        );
+        assert_eq!(plan.subscriptions, ["a", "b"]);
+        assert_eq!(plan.arm_endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(plan.format, ListFormat::Table);
+        assert_eq!(plan.auth, AuthMethod::None);
+        assert_eq!(plan.retry.max_retries, 2);
+        assert_eq!(plan.retry.retry_timeout.as_secs(), 30);
+        assert_eq!(
+            plan.selection.power_states,
+            [PowerState::Running, PowerState::Deallocated]
+        );
+        assert_eq!(
+            plan.selection.tags,
+            [("env".to_string(), "prod".to_string())]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_line_and_column() {
+        let err = parse("azure:\n  subscriptions: [s]\n  colour: red\n", "c.yaml").unwrap_err();
+        assert!(err.0.starts_with("c.yaml:3:"), "{err}");
+        assert!(err.0.contains("colour"), "{err}");
+        assert_eq!(err.0.lines().count(), 1, "{err}");
+        assert!(
+            !err.0.contains("line 3"),
+            "the position is said once: {err}"
+        );
+
+        let err = parse(
+            "azure:\n  subscriptions: [s]\ndownload:\n  concurrency: lots\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("c.yaml:4:"), "{err}");
+
+        let err = parse(
+            "azure:\n  subscriptions: [s]\n  client_secret: hunter2\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert!(err.0.contains("client_secret"), "{err}");
+        assert!(
+            !err.0.contains("hunter2"),
+            "the secret is not echoed: {err}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let err = parse("azure: {}\n", "c.yaml").unwrap_err();
+        assert!(err.0.contains("at least one subscription"), "{err}");
+        let err = parse(
+            "azure:\n  subscription: a\n  subscriptions: [b]\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert!(err.0.contains("not both"), "{err}");
+        let err = parse(
+            "azure:\n  subscription: a\n  selection: { power_states: [asleep] }\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert!(err.0.contains("asleep"), "{err}");
+        let err = parse("azure: { subscription: a, auth: magic }\n", "c.yaml").unwrap_err();
+        assert!(
+            err.0.contains("magic") || err.0.contains("variant"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn example_configs_are_valid() {
+        for (name, text) in [
+            (
+                "list-sim.yaml",
+                include_str!("../../examples/list-sim.yaml"),
+            ),
+            ("config.yaml", include_str!("../../examples/config.yaml")),
+        ] {
+            parse(text, name).unwrap();
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The simulator's error type: a scenario that cannot be read or makes no sense, or a socket
+//! that cannot be bound.
+
+use std::fmt;
+
+/// What went wrong, coarsely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The scenario file is not valid YAML/JSON for the scenario schema.
+    InvalidScenario,
+    /// The scenario parses but is inconsistent (duplicate names, a LUN used twice, …).
+    InconsistentScenario,
+    /// Reading the scenario file or binding the listening socket failed.
+    Io,
+}
+
+/// An error of the simulator, one line when displayed.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,364 @@
+/*!
+An Azure simulator for hyper2kvm: an HTTP server that speaks the subset of Azure Resource
+Manager (ARM) that discovery uses, with ARM's JSON shapes and paging, from a scenario file.
+It is how tests, benchmarks and offline try-outs run without an Azure account.
+
+# Design
+
+* **Scenario** ([`Scenario`]): subscriptions → resource groups → VMs → disks, written by hand
+  or generated (`generate: {count: 1000, …}`), plus settings (page size, latency, throttling).
+  It is checked and flattened into a [`Fleet`] once, at start.
+* **Routes** (ARM compute, any `api-version`):
+  `GET /subscriptions/{s}/providers/Microsoft.Compute/virtualMachines` (models; with
+  `statusOnly=true`, instance views with `PowerState/<x>` codes and no storage profile),
+  the per-resource-group VM list, `GET …/virtualMachines/{name}` (with
+  `$expand=instanceView`), `GET /subscriptions/{s}/providers/Microsoft.Compute/disks`, the
+  per-resource-group disk list and `GET …/disks/{name}`. Lists are paged with an absolute
+  `nextLink` (`$skiptoken` is an offset). Errors use ARM's `{"error": {"code", "message"}}`.
+* **Faults**: a fixed latency per request and `429 Too Many Requests` with `Retry-After`
+  for the first N requests or every Nth; both can be changed while running.
+* **Counters** ([`Counters`]): requests received and throttled per [`Route`], so a test can
+  assert that discovery made three paged list calls and nothing per VM.
+
+Page blobs, access grants and snapshots (disk export) are not served yet; they will be
+further routes on the same state.
+
+# Example
+
+```
+use hyper2kvm_sim::{Route, Scenario, Simulator};
+
+# #[tokio::main(flavor = "current_thread")] async fn main() {
+let scenario = Scenario::generated("sub-1", 250, &["rg-a", "rg-b"], 1);
+let sim = Simulator::start(&scenario).await.unwrap();
+let url = format!(
+    "{}/subscriptions/sub-1/providers/Microsoft.Compute/virtualMachines?api-version=2025-04-01",
+    sim.base_url()
+);
+// … point a client at `url` …
+assert_eq!(sim.counters().received(Route::ListVms), 0);
+sim.shutdown().await;
+# }
+```
+*/
+#![deny(missing_docs)]
+
+mod arm_json;
+mod counters;
+mod error;
+mod scenario;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use counters::{Counters, Route};
+pub use error::{Error, ErrorKind};
+pub use scenario::{
+    DiskSpec, Fleet, GenerateSpec, ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm,
+    SubscriptionSpec, Throttle, VmSpec,
+};
+
+use server::{Faults, Shared};
+
+/// Starts simulators.
+pub struct Simulator;
+
+impl Simulator {
+    /// Serves `scenario` on an ephemeral loopback port (`127.0.0.1:0`), as tests want.
+    pub async fn start(scenario: &Scenario) -> Result<SimHandle, Error> {
+        Simulator::start_on(scenario, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serves `scenario` on `addr`.
+    pub async fn start_on(scenario: &Scenario, addr: SocketAddr) -> Result<SimHandle, Error> {
+        let fleet = scenario.into_fleet()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot listen on {addr}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read local address: {e}")))?;
+        let shared = Arc::new(Shared {
+            fleet,
+            counters: Arc::new(Counters::default()),
+            faults: RwLock::new(Faults {
+                latency: Duration::from_millis(scenario.settings.latency_ms),
+                throttle: scenario.settings.throttle,
+            }),
+            page_size: AtomicUsize::new(scenario.settings.page_size),
+        });
+        let app = server::router(shared.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        Ok(SimHandle {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct SimHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// The ARM base URL to point a client at, e.g. `http://127.0.0.1:41234`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The request counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.shared.counters
+    }
+
+    /// What the simulator serves.
+    pub fn fleet(&self) -> &Fleet {
+        &self.shared.fleet
+    }
+
+    /// Changes the latency added to each request.
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared
+            .faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .latency = latency;
+    }
+
+    /// Changes when requests are throttled. Requests keep their numbering; call
+    /// [`Counters::reset`] to start again from 1.
+    pub fn set_throttle(&self, throttle: Throttle) {
+        self.shared
+            .faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .throttle = throttle;
+    }
+
+    /// Changes the page size of every list.
+    pub fn set_page_size(&self, page_size: usize) {
+        self.shared
+            .page_size
+            .store(page_size.max(1), Ordering::Relaxed);
+    }
+
+    /// Stops the server and waits until it has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    async fn get(url: &str) -> (u16, Option<String>, Value) {
+        // reqwest is built without a default TLS provider (see the workspace manifest).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let resp = reqwest::get(url).await.unwrap();
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            retry_after,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn list_url(sim: &SimHandle, what: &str, extra: &str) -> String {
+        format!(
+            "{}/subscriptions/sub-1/providers/Microsoft.Compute/{what}?api-version=2025-04-01{extra}",
+            sim.base_url()
+        )
+    }
+
+    /// Follows nextLinks and returns every item and the number of pages.
+    async fn all_pages(first: String) -> (Vec<Value>, usize) {
+        let (mut items, mut pages, mut next) = (Vec::new(), 0, Some(first));
+        while let Some(url) = next {
+            let (status, _, body) = get(&url).await;
+            assert_eq!(status, 200, "{url}: {body}");
+            pages += 1;
+            items.extend(body["value"].as_array().unwrap().iter().cloned());
+            next = body["nextLink"].as_str().map(String::from);
+        }
+        (items, pages)
+    }
+
+    #[tokio::test]
+    async fn pages_lists_with_absolute_next_links() {
+        let mut scenario = Scenario::generated("sub-1", 25, &["rg-a", "rg-b", "rg-c"], 2);
+        scenario.settings.page_size = 10;
+        let sim = Simulator::start(&scenario).await.unwrap();
+
+        let (_, _, first) = get(&list_url(&sim, "virtualMachines", "")).await;
+        let next = first["nextLink"].as_str().unwrap();
+        assert!(next.starts_with(&sim.base_url()), "{next}");
+        assert!(next.contains("$skiptoken=10"), "{next}");
+
+        let (vms, pages) = all_pages(list_url(&sim, "virtualMachines", "")).await;
+        assert_eq!((vms.len(), pages), (25, 3));
+        let vm = &vms[0];
+        assert_eq!(vm["name"], "vm-00000");
+        let os_disk = &vm["properties"]["storageProfile"]["osDisk"];
+        assert_eq!(os_disk["osType"], "Linux");
+        // Disk references carry the resource group upper-cased, as Azure often does.
+        assert!(os_disk["managedDisk"]["id"]
+            .as_str()
+            .unwrap()
+            .contains("/resourceGroups/RG-A/"));
+        let luns: Vec<_> = vm["properties"]["storageProfile"]["dataDisks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["lun"].as_u64().unwrap())
+            .collect();
+        assert_eq!(luns, [0, 1]);
+
+        let (statuses, _) = all_pages(list_url(&sim, "virtualMachines", "&statusOnly=true")).await;
+        assert_eq!(statuses.len(), 25);
+        assert!(statuses[1]["properties"].get("storageProfile").is_none());
+        assert_eq!(
+            statuses[1]["properties"]["instanceView"]["statuses"][1]["code"],
+            "PowerState/deallocated"
+        );
+
+        let (disks, pages) = all_pages(list_url(&sim, "disks", "")).await;
+        assert_eq!((disks.len(), pages), (75, 8));
+        let os = &disks[0]["properties"];
+        assert_eq!(os["diskSizeBytes"], 30u64 << 30);
+        assert_eq!(os["hyperVGeneration"], "V2");
+        assert_eq!(disks[1]["properties"].get("osType"), None);
+
+        let c = sim.counters();
+        assert_eq!(c.received(Route::ListVms), 4);
+        assert_eq!(c.received(Route::ListVmStatuses), 3);
+        assert_eq!(c.received(Route::ListDisks), 8);
+        assert_eq!(c.with_authorization(), 0);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn throttles_with_retry_after_and_counts_it() {
+        let mut scenario = Scenario::generated("sub-1", 3, &["rg"], 0);
+        scenario.settings.throttle = Throttle {
+            first: 1,
+            every: 3,
+            retry_after_secs: 7,
+        };
+        let sim = Simulator::start(&scenario).await.unwrap();
+        let url = list_url(&sim, "disks", "");
+        let codes: Vec<_> = futures_sequential(&url, 4).await;
+        assert_eq!(
+            codes,
+            [
+                (429, Some("7".into())),
+                (200, None),
+                (429, Some("7".into())),
+                (200, None)
+            ]
+        );
+        assert_eq!(sim.counters().received(Route::ListDisks), 4);
+        assert_eq!(sim.counters().throttled(Route::ListDisks), 2);
+        assert_eq!(sim.counters().served(Route::ListDisks), 2);
+    }
+
+    async fn futures_sequential(url: &str, n: usize) -> Vec<(u16, Option<String>)> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let (status, retry_after, _) = get(url).await;
+            out.push((status, retry_after));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn single_resources_and_errors() {
+        let scenario = Scenario::generated("sub-1", 2, &["rg"], 1);
+        let sim = Simulator::start(&scenario).await.unwrap();
+        let base = format!(
+            "{}/subscriptions/sub-1/resourceGroups/RG/providers/Microsoft.Compute",
+            sim.base_url()
+        );
+        let (status, _, vm) = get(&format!(
+            "{base}/virtualMachines/vm-00001?api-version=x&$expand=instanceView"
+        ))
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            vm["properties"]["instanceView"]["statuses"][1]["code"],
+            "PowerState/deallocated"
+        );
+        let (status, _, disk) =
+            get(&format!("{base}/disks/vm-00001_DataDisk_0?api-version=x")).await;
+        assert_eq!(status, 200);
+        assert_eq!(disk["properties"]["diskState"], "Reserved");
+        assert!(disk["managedBy"].as_str().unwrap().ends_with("/vm-00001"));
+
+        let (status, _, err) = get(&format!("{base}/disks/nope?api-version=x")).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (404, Some("ResourceNotFound"))
+        );
+        let (status, _, err) = get(&format!("{base}/virtualMachines")).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (400, Some("MissingApiVersionParameter"))
+        );
+        let (status, _, _) = get(&format!(
+            "{base}/virtualMachines?api-version=x&statusOnly=true"
+        ))
+        .await;
+        assert_eq!(status, 400, "statusOnly is refused per resource group");
+        let (status, _, err) = get(&format!(
+            "{}/subscriptions/other/providers/Microsoft.Compute/disks?api-version=x",
+            sim.base_url()
+        ))
+        .await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (404, Some("SubscriptionNotFound"))
+        );
+        assert_eq!(sim.counters().received(Route::GetVm), 1);
+        assert_eq!(sim.counters().received(Route::GetDisk), 2);
+    }
+}
