@@ -46,16 +46,22 @@ println!("{} requests", arm.requests_sent());
 #![deny(missing_docs)]
 
 pub mod arm;
+pub mod blob;
 pub mod credential;
 pub mod error;
 pub mod http;
 pub mod pagination;
 pub mod retry;
+pub mod sas;
 pub mod selection;
+pub mod source;
 
 pub use arm::{discover, ArmClient, ArmClientBuilder};
+pub use blob::{BlobOptions, PageBlobReader, Regrant};
 pub use credential::{ArmCredential, AuthMethod};
 pub use error::{Error, ErrorKind, Result};
 pub use http::{build_http_client, install_crypto_provider, HttpOptions};
 pub use retry::{BackoffConfig, Jitter, RetryConfig, SplitMix64};
+pub use sas::SasUrl;
 pub use selection::{glob_match, parse_tag_filter, Selection};
+pub use source::{AzureSource, ExportOptions};

@@ -70,7 +70,8 @@ pub struct SimArgs {
 /// `hyper2kvm convert SRC DST`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// The source disk: a VHD (fixed or dynamic) or raw file.
+    /// The source disk: a VHD (fixed or dynamic) or raw file, or the https URL (with its SAS
+    /// query) of a page blob holding a fixed VHD, such as a managed disk's export.
     pub src: PathBuf,
     /// The image to write; it appears only once complete (written as DST.part first).
     pub dst: PathBuf,
@@ -86,9 +87,9 @@ pub struct ConvertArgs {
     /// qcow2 cluster size: a power of two from 512 to 2M.
     #[arg(long, value_parser = parse_cluster_size, default_value = "64K")]
     pub cluster_size: u32,
-    /// Reads in flight at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub concurrency: u16,
+    /// Reads in flight at once [default: 4 for files, 16 for URLs].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
     /// Bytes per read (rounded up to whole clusters).
     #[arg(long, value_parser = parse_chunk_size, default_value = "4M")]
     pub chunk_size: u32,
@@ -96,11 +97,11 @@ pub struct ConvertArgs {
     #[arg(long, value_enum, default_value_t = InputFormatArg::Auto)]
     pub input_format: InputFormatArg,
     /// Keep DST.part and a journal if interrupted (even by kill -9) or failed, and continue
-    /// from them when run again with the same source and options.
+    /// from them when run again with the same source and options. Always on for URLs.
     #[arg(long)]
     pub resume: bool,
     /// With --resume: bytes of data between checkpoints (each syncs the partial image).
-    #[arg(long, value_parser = parse_size, default_value = "64M", requires = "resume")]
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub checkpoint_every: u64,
     /// No progress bar and no summary line.
     #[arg(long, short)]

@@ -1,10 +1,13 @@
 //! `hyper2kvm convert SRC DST`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use hyper2kvm_azure::{build_http_client, BlobOptions, HttpOptions, PageBlobReader, SasUrl};
 use hyper2kvm_core::{
-    convert, open_disk, Compression, ConvertOptions, ConvertStats, InputFormat, OutputFormat,
+    convert, open_disk, Compression, ConvertOptions, ConvertStats, DiskReader, InputFormat,
+    OutputFormat,
 };
 
 use crate::args::{CompressArg, ConvertArgs, FormatArg, InputFormatArg};
@@ -14,7 +17,14 @@ use crate::units::human_bytes;
 
 /// Runs the conversion and prints the summary line.
 pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
-    refuse_same_file(&args.src, &args.dst)?;
+    // A URL is recognised by its scheme; it is a secret, so it is never printed as given.
+    let url = args
+        .src
+        .to_str()
+        .filter(|s| s.starts_with("https://") || s.starts_with("http://"));
+    if url.is_none() {
+        refuse_same_file(&args.src, &args.dst)?;
+    }
     let input_format = match args.input_format {
         InputFormatArg::Auto => InputFormat::Auto,
         InputFormatArg::Vhd => InputFormat::Vhd,
@@ -32,12 +42,29 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         compression_level: args.compress_level,
         cluster_size: args.cluster_size,
         chunk_size: args.chunk_size,
-        concurrency: usize::from(args.concurrency),
-        resume: args.resume,
+        concurrency: usize::from(
+            args.concurrency
+                .unwrap_or(if url.is_some() { 16 } else { 4 }),
+        ),
+        // A download is worth keeping: a URL source always resumes.
+        resume: args.resume || url.is_some(),
         checkpoint_bytes: args.checkpoint_every,
         ..ConvertOptions::default()
     };
-    let reader = open_disk(&args.src, input_format)?;
+    let reader: Arc<dyn DiskReader> = match url {
+        Some(url) => {
+            if !matches!(
+                args.input_format,
+                InputFormatArg::Auto | InputFormatArg::Vhd
+            ) {
+                bail!("a URL source is always a fixed VHD page blob; drop --input-format raw");
+            }
+            let sas = SasUrl::parse(url)?;
+            let http = build_http_client(&HttpOptions::default())?;
+            Arc::new(PageBlobReader::open(http, sas, BlobOptions::default()).await?)
+        }
+        None => open_disk(&args.src, input_format)?,
+    };
     let bar = Bar::new(&args.dst.display().to_string(), args.quiet);
     let result = until_interrupted(convert(reader, &args.dst, &opts, Some(bar.callback()))).await;
     bar.finish();

@@ -82,6 +82,25 @@ impl Cleanups {
         Self::default()
     }
 
+    /// Runs `cleanup` in the background on the current Tokio runtime (or, with none left, to
+    /// completion on a private one) and tracks it for [`wait_all`](Self::wait_all).
+    pub fn spawn(&self, cleanup: BoxFuture<'static, Result<()>>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let task = handle.spawn(cleanup);
+                self.pending.lock().unwrap().push(task);
+            }
+            Err(_) => {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = rt.block_on(cleanup);
+                }
+            }
+        }
+    }
+
     /// Waits for every background cleanup started so far and returns the errors they reported.
     pub async fn wait_all(&self) -> Vec<crate::Error> {
         let handles: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap());
@@ -167,24 +186,10 @@ impl ExportedDisk {
 
 impl Drop for ExportedDisk {
     fn drop(&mut self) {
-        let Some(cleanup) = self.cleanup.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let task = handle.spawn(cleanup());
-                self.cleanups.pending.lock().unwrap().push(task);
-            }
-            // No runtime left to run it on: run it to completion on a private one rather
-            // than leave a grant open.
-            Err(_) => {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    let _ = rt.block_on(cleanup());
-                }
-            }
+        // With no runtime left, `spawn` runs it to completion on a private one rather than
+        // leave a grant open.
+        if let Some(cleanup) = self.cleanup.take() {
+            self.cleanups.spawn(cleanup());
         }
     }
 }

@@ -164,16 +164,32 @@ impl ArmClient {
         url
     }
 
-    /// `GET url` and decode the JSON body as `T`; error statuses become errors that carry
-    /// ARM's error code and message.
-    pub async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T> {
+    /// Sends one authenticated ARM request (JSON `body` if any) through the retry loop and
+    /// returns the response, whatever its status. Requests go only to the endpoint's origin:
+    /// a URL on another host (a poisoned `Location`, say) never receives our token.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response> {
+        if url.origin() != self.inner.base.origin() {
+            return Err(Error::new(
+                ErrorKind::InvalidResponse,
+                format!(
+                    "refusing to send our token to {}, which is not the ARM endpoint",
+                    redact_url(url)
+                ),
+            ));
+        }
         let auth = self
             .inner
             .credential
             .authorization(&self.inner.scope)
             .await?;
+        let body = body.map(|b| b.to_string());
         let make = || {
-            let mut request = reqwest::Request::new(Method::GET, url.clone());
+            let mut request = reqwest::Request::new(method.clone(), url.clone());
             let headers = request.headers_mut();
             headers.insert(
                 reqwest::header::ACCEPT,
@@ -185,17 +201,35 @@ impl ArmClient {
                     headers.insert(reqwest::header::AUTHORIZATION, value);
                 }
             }
+            if let Some(body) = &body {
+                headers.insert(
+                    reqwest::header::CONTENT_TYPE,
+                    reqwest::header::HeaderValue::from_static("application/json"),
+                );
+                *request.body_mut() = Some(body.clone().into());
+            } else if method == Method::POST || method == Method::PUT {
+                headers.insert(
+                    reqwest::header::CONTENT_LENGTH,
+                    reqwest::header::HeaderValue::from_static("0"),
+                );
+            }
             request
         };
         let inner = &self.inner;
-        let resp = send_retry(
+        send_retry(
             &inner.http,
             &inner.retry,
             inner.jitter.as_ref(),
             &inner.requests,
             make,
         )
-        .await?;
+        .await
+    }
+
+    /// `GET url` and decode the JSON body as `T`; error statuses become errors that carry
+    /// ARM's error code and message.
+    pub async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T> {
+        let resp = self.send(Method::GET, &url, None).await?;
         let status = resp.status();
         let shown = redact_url(&url);
         let body = resp.bytes().await.map_err(|e| {
@@ -203,7 +237,7 @@ impl ArmClient {
                 .with_source(e.without_url())
         })?;
         if !status.is_success() {
-            return Err(status_error(status, &shown, &body));
+            return Err(status_error("GET", status, &shown, &body));
         }
         serde_json::from_slice(&body).map_err(|e| {
             Error::new(
@@ -220,7 +254,7 @@ impl ArmClient {
     }
 }
 
-fn status_error(status: StatusCode, shown: &str, body: &[u8]) -> Error {
+pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: &[u8]) -> Error {
     let detail = serde_json::from_slice::<ArmErrorBody>(body)
         .map(|b| format!(" {}: {}", b.error.code, b.error.message))
         .unwrap_or_default();
@@ -230,5 +264,6 @@ fn status_error(status: StatusCode, shown: &str, body: &[u8]) -> Error {
         StatusCode::NOT_FOUND => ErrorKind::NotFound,
         _ => ErrorKind::Status,
     };
-    Error::new(kind, format!("GET {shown}: HTTP {status}{detail}")).with_status(status.as_u16())
+    Error::new(kind, format!("{method} {shown}: HTTP {status}{detail}"))
+        .with_status(status.as_u16())
 }

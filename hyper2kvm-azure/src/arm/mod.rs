@@ -5,7 +5,9 @@
 pub mod api_version;
 mod client;
 mod discovery;
+pub mod export;
 pub mod models;
 
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM_ENDPOINT};
 pub use discovery::{discover, join_subscription};
+pub use export::LroOptions;

@@ -1,0 +1,184 @@
+//! Azure as a core [`VmSource`]: VMs from batched discovery, disks exported through read
+//! grants and read as page blobs.
+//!
+//! Every grant is revoked: the revoke is armed *before* `beginGetAccess` is sent (revoking a
+//! disk that has no grant is harmless), so a failure, a dropped future or Ctrl-C at any
+//! point still runs `endGetAccess`, through the [`ExportedDisk`] or through the guard.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper2kvm_core::{BoxFuture, Cleanups, Disk, ExportedDisk, Vm, VmSource};
+
+use crate::arm::{discover, ArmClient, LroOptions};
+use crate::blob::reader::to_core;
+use crate::blob::{BlobOptions, PageBlobReader, Regrant};
+use crate::selection::Selection;
+
+/// How disks are exported.
+#[derive(Clone)]
+pub struct ExportOptions {
+    /// How long each SAS stays valid; an expired one is renewed while reading.
+    pub sas_duration: Duration,
+    /// Limits for grant and revoke operations.
+    pub lro: LroOptions,
+    /// Retries and the rest for reading the blobs.
+    pub blob: BlobOptions,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            sas_duration: Duration::from_secs(4 * 3600),
+            lro: LroOptions::default(),
+            blob: BlobOptions::default(),
+        }
+    }
+}
+
+/// VMs and disks of one or more Azure subscriptions.
+#[derive(Clone)]
+pub struct AzureSource {
+    arm: ArmClient,
+    http: reqwest::Client,
+    subscriptions: Vec<String>,
+    selection: Selection,
+    export: ExportOptions,
+    cleanups: Cleanups,
+}
+
+impl AzureSource {
+    /// A source over `subscriptions`, filtered by `selection`. `http` is the process's one
+    /// client (the blob reads share its pool with ARM); background cleanups are tracked in
+    /// `cleanups` so the program can wait for them before it exits.
+    pub fn new(
+        arm: ArmClient,
+        http: reqwest::Client,
+        subscriptions: Vec<String>,
+        selection: Selection,
+        export: ExportOptions,
+        cleanups: Cleanups,
+    ) -> Self {
+        AzureSource {
+            arm,
+            http,
+            subscriptions,
+            selection,
+            export,
+            cleanups,
+        }
+    }
+
+    /// The ARM client.
+    pub fn arm(&self) -> &ArmClient {
+        &self.arm
+    }
+
+    async fn export(&self, disk: &Disk) -> hyper2kvm_core::Result<ExportedDisk> {
+        let revoke = Revoke::new(self.arm.clone(), disk.id.clone(), self.export.lro.clone());
+        let guard = RevokeGuard {
+            revoke: Some(revoke.clone()),
+            cleanups: self.cleanups.clone(),
+        };
+        let sas = self
+            .arm
+            .begin_get_access(&disk.id, self.export.sas_duration, &self.export.lro)
+            .await
+            .map_err(to_core)?;
+        let regrant: Regrant = {
+            let (arm, id, lro) = (self.arm.clone(), disk.id.clone(), self.export.lro.clone());
+            let duration = self.export.sas_duration;
+            Arc::new(move || {
+                let (arm, id, lro) = (arm.clone(), id.clone(), lro.clone());
+                Box::pin(async move { arm.begin_get_access(&id, duration, &lro).await })
+            })
+        };
+        let opts = BlobOptions {
+            regrant: Some(regrant),
+            name: Some(disk.name.clone()),
+            identity: Some(format!("{} ({} bytes)", disk.id, disk.size_bytes)),
+            ..self.export.blob.clone()
+        };
+        let reader = PageBlobReader::open(self.http.clone(), sas, opts)
+            .await
+            .map_err(to_core)?;
+        // From here the ExportedDisk owns the revoke.
+        let revoke = guard.disarm();
+        Ok(ExportedDisk::new(
+            Arc::new(reader),
+            self.cleanups.clone(),
+            move || revoke.run(),
+        ))
+    }
+}
+
+impl VmSource for AzureSource {
+    fn list_vms(&self) -> BoxFuture<'_, hyper2kvm_core::Result<Vec<Vm>>> {
+        Box::pin(async move {
+            discover(&self.arm, &self.subscriptions, &self.selection)
+                .await
+                .map_err(to_core)
+        })
+    }
+
+    fn export_disk<'a>(
+        &'a self,
+        _vm: &'a Vm,
+        disk: &'a Disk,
+    ) -> BoxFuture<'a, hyper2kvm_core::Result<ExportedDisk>> {
+        Box::pin(self.export(disk))
+    }
+}
+
+/// `endGetAccess` for one disk, runnable once from wherever the export ends.
+#[derive(Clone)]
+struct Revoke {
+    arm: ArmClient,
+    id: String,
+    lro: LroOptions,
+    done: Arc<Mutex<bool>>,
+}
+
+impl Revoke {
+    fn new(arm: ArmClient, id: String, lro: LroOptions) -> Self {
+        Revoke {
+            arm,
+            id,
+            lro,
+            done: Arc::new(Mutex::new(false)),
+        }
+    }
+
+    fn run(self) -> BoxFuture<'static, hyper2kvm_core::Result<()>> {
+        Box::pin(async move {
+            if std::mem::replace(&mut *self.done.lock().unwrap(), true) {
+                return Ok(());
+            }
+            self.arm
+                .end_get_access(&self.id, &self.lro)
+                .await
+                .map_err(to_core)
+        })
+    }
+}
+
+/// Revokes in the background if dropped before [`disarm`](RevokeGuard::disarm): the export
+/// failed or was cancelled between the grant and the reader.
+struct RevokeGuard {
+    revoke: Option<Revoke>,
+    cleanups: Cleanups,
+}
+
+impl RevokeGuard {
+    fn disarm(mut self) -> Revoke {
+        self.revoke.take().expect("disarmed once")
+    }
+}
+
+impl Drop for RevokeGuard {
+    fn drop(&mut self) {
+        if let Some(revoke) = self.revoke.take() {
+            self.cleanups.spawn(revoke.run());
+        }
+    }
+}
