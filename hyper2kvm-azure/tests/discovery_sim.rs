@@ -9,7 +9,7 @@ use hyper2kvm_azure::{
     Selection, SplitMix64,
 };
 use hyper2kvm_core::{DiskRole, PowerState, Vm};
-use hyper2kvm_sim::{Route, Scenario, SimHandle, Simulator, Throttle};
+use hyper2kvm_sim::{Failures, Route, Scenario, SimHandle, Simulator, Throttle};
 
 const SUB: &str = "00000000-0000-0000-0000-00000000abcd";
 
@@ -157,6 +157,28 @@ async fn throttling_with_retry_after_is_waited_out() {
     // The three first requests were told to come back after a second, and were not retried
     // sooner (our own backoff would have been 5 ms).
     assert!(waited >= Duration::from_millis(950), "{waited:?}");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff() {
+    let sim = fleet_sim(1000, 100).await;
+    sim.set_failures(Failures {
+        every: 4,
+        status: 503,
+    });
+    let arm = client(&sim, fast_retry());
+    let vms = discover(&arm, &[SUB.to_string()], &Selection::default())
+        .await
+        .unwrap();
+    assert_complete(&vms, 1000);
+    let c = sim.counters();
+    assert_eq!(c.served(Route::ListVms), 10);
+    assert_eq!(c.served(Route::ListVmStatuses), 10);
+    assert_eq!(c.served(Route::ListDisks), 20);
+    // Every fourth request failed: 40 answered out of n means n / 4 failures.
+    assert_eq!(c.total_failed(), c.total() / 4);
+    assert!(c.total_failed() >= 10);
+    assert_eq!(arm.requests_sent(), c.total());
 }
 
 #[tokio::test]
