@@ -103,6 +103,32 @@ async fn thousand_vms_cost_only_the_pages_of_three_lists() {
 }
 
 #[tokio::test]
+async fn several_subscriptions_are_listed_and_sorted() {
+    let mut scenario = Scenario::generated(SUB, 150, &["rg-x"], 1);
+    let other = Scenario::generated("00000000-0000-0000-0000-000000000001", 50, &["rg-y"], 1);
+    scenario.subscriptions.extend(other.subscriptions);
+    scenario.settings.page_size = 100;
+    let sim = Simulator::start(&scenario).await.unwrap();
+    let arm = client(&sim, fast_retry());
+    let subs = vec![
+        SUB.to_string(),
+        "00000000-0000-0000-0000-000000000001".to_string(),
+    ];
+    let vms = discover(&arm, &subs, &Selection::default()).await.unwrap();
+    assert_eq!(vms.len(), 200);
+    // Sorted by subscription first: ...0001 before ...abcd.
+    assert_eq!(vms[0].subscription, "00000000-0000-0000-0000-000000000001");
+    assert_eq!(vms[0].resource_group, "rg-y");
+    assert_eq!(vms[50].subscription, SUB);
+    // Pages: 2 + 2 + 3 for 150 VMs, 1 + 1 + 1 for 50.
+    let c = sim.counters();
+    assert_eq!(c.received(Route::ListVms), 3);
+    assert_eq!(c.received(Route::ListVmStatuses), 3);
+    assert_eq!(c.received(Route::ListDisks), 4);
+    assert_eq!(c.total(), 10);
+}
+
+#[tokio::test]
 async fn filters_do_not_add_requests() {
     let sim = fleet_sim(300, 100).await;
     let arm = client(&sim, fast_retry());
