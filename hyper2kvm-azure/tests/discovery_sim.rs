@@ -207,6 +207,60 @@ async fn server_errors_are_retried_with_backoff() {
     assert_eq!(arm.requests_sent(), c.total());
 }
 
+/// A credential that hands out a fixed token and counts how often it was asked.
+#[derive(Debug, Default)]
+struct FixedToken(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for FixedToken {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        assert_eq!(scopes, ["https://management.azure.com/.default"]);
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(azure_core::credentials::AccessToken::new(
+            "token-value",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn the_token_goes_with_every_page_and_every_retry() {
+    use hyper2kvm_azure::credential::Source;
+    let sim = fleet_sim(250, 100).await;
+    sim.set_throttle(Throttle {
+        first: 0,
+        every: 5,
+        retry_after_secs: 0,
+    });
+    let token = Arc::new(FixedToken::default());
+    let http = build_http_client(&HttpOptions::default()).unwrap();
+    let arm = ArmClient::builder(http)
+        .endpoint(sim.base_url())
+        .credential(hyper2kvm_azure::ArmCredential::from_links(vec![(
+            Source::AzureCli,
+            token.clone(),
+        )]))
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    let vms = discover(&arm, &[SUB.to_string()], &Selection::default())
+        .await
+        .unwrap();
+    assert_eq!(vms.len(), 250);
+    let c = sim.counters();
+    assert!(c.total_throttled() > 0);
+    assert_eq!(c.with_authorization(), c.total());
+    // One token request per page (the credential caches; we do not add our own cache).
+    assert_eq!(
+        token.0.load(std::sync::atomic::Ordering::SeqCst) as u64,
+        c.total() - c.total_throttled()
+    );
+}
+
 #[tokio::test]
 async fn endless_throttling_gives_up_with_a_clear_error() {
     let sim = fleet_sim(10, 100).await;

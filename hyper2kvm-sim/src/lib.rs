@@ -356,6 +356,15 @@ mod tests {
         assert_eq!(disk["properties"]["diskState"], "Reserved");
         assert!(disk["managedBy"].as_str().unwrap().ends_with("/vm-00001"));
 
+        let (in_group, _) = all_pages(format!("{base}/virtualMachines?api-version=x")).await;
+        assert_eq!(in_group.len(), 2);
+        assert!(in_group[0]["properties"]["storageProfile"].is_object());
+        let (disks, _) = all_pages(format!("{base}/disks?api-version=x")).await;
+        assert_eq!(disks.len(), 4);
+        let other = base.replace("/RG/", "/rg-empty/");
+        let (none, _) = all_pages(format!("{other}/virtualMachines?api-version=x")).await;
+        assert!(none.is_empty());
+
         let (status, _, err) = get(&format!("{base}/disks/nope?api-version=x")).await;
         assert_eq!(
             (status, err["error"]["code"].as_str()),
@@ -382,5 +391,7 @@ mod tests {
         );
         assert_eq!(sim.counters().received(Route::GetVm), 1);
         assert_eq!(sim.counters().received(Route::GetDisk), 2);
+        assert_eq!(sim.counters().received(Route::ListVmsInGroup), 4);
+        assert_eq!(sim.counters().received(Route::ListDisksInGroup), 1);
     }
 }
