@@ -7,6 +7,9 @@ each usable on its own:
 * [`core`] (`hyper2kvm-core`): the domain model (VMs, disks, power states), the traits a
   source implements, VHD and raw readers, the one-pass qcow2 writer and the conversion
   pipeline. No network.
+* [`azure`] (`hyper2kvm-azure`): one pooled HTTP client, the ARM client (retries, paging,
+  credentials), batched discovery, access grants, and the page-blob reader that streams an
+  exported disk into the pipeline. [`azure::AzureSource`] implements [`core::VmSource`].
 
 The `hyper2kvm` binary (crate `hyper2kvm-cli`) is a thin layer over these.
 
@@ -29,4 +32,5 @@ A disk that is not a local file (an HTTP range reader, a test double) implements
 */
 #![deny(missing_docs)]
 
+pub use hyper2kvm_azure as azure;
 pub use hyper2kvm_core as core;

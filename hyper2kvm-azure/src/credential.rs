@@ -136,6 +136,9 @@ impl ArmCredential {
         if method == AuthMethod::None {
             return Ok(ArmCredential::none());
         }
+        // azure_core builds a reqwest client of its own for any credential left without a
+        // transport; with rustls-no-provider that needs the process-wide provider.
+        crate::http::install_crypto_provider();
         let env = |k: &str| std::env::var(k).ok();
         let transport = || ClientOptions {
             transport: Some(Transport::new(Arc::new(http.clone()))),
@@ -145,30 +148,7 @@ impl ArmCredential {
         let mut unusable = Vec::new();
         for source in sources(method, env) {
             let made: azure_core::Result<Arc<dyn TokenCredential>> = match source {
-                Source::ClientSecret => (|| {
-                    let missing = |k: &str| {
-                        azure_core::Error::with_message(
-                            azure_core::error::ErrorKind::Credential,
-                            format!("{k} is not set"),
-                        )
-                    };
-                    let tenant =
-                        env("AZURE_TENANT_ID").ok_or_else(|| missing("AZURE_TENANT_ID"))?;
-                    let client =
-                        env("AZURE_CLIENT_ID").ok_or_else(|| missing("AZURE_CLIENT_ID"))?;
-                    let secret =
-                        env("AZURE_CLIENT_SECRET").ok_or_else(|| missing("AZURE_CLIENT_SECRET"))?;
-                    let options = ClientSecretCredentialOptions {
-                        client_options: transport(),
-                    };
-                    let c = ClientSecretCredential::new(
-                        &tenant,
-                        client,
-                        Secret::new(secret),
-                        Some(options),
-                    )?;
-                    Ok(c as Arc<dyn TokenCredential>)
-                })(),
+                Source::ClientSecret => client_secret_from_env(&env, transport()),
                 Source::WorkloadIdentity => {
                     let options = WorkloadIdentityCredentialOptions {
                         credential_options: ClientAssertionCredentialOptions {
@@ -252,6 +232,31 @@ impl ArmCredential {
             ),
         ))
     }
+}
+
+/// The client-secret credential from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
+/// `AZURE_CLIENT_SECRET`.
+fn client_secret_from_env(
+    env: &impl Fn(&str) -> Option<String>,
+    client_options: ClientOptions,
+) -> azure_core::Result<Arc<dyn TokenCredential>> {
+    let var = |k: &str| {
+        env(k).ok_or_else(|| {
+            azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                format!("{k} is not set"),
+            )
+        })
+    };
+    let (tenant, client, secret) = (
+        var("AZURE_TENANT_ID")?,
+        var("AZURE_CLIENT_ID")?,
+        var("AZURE_CLIENT_SECRET")?,
+    );
+    let options = ClientSecretCredentialOptions { client_options };
+    let credential =
+        ClientSecretCredential::new(&tenant, client, Secret::new(secret), Some(options))?;
+    Ok(credential)
 }
 
 fn one_line(e: &dyn std::error::Error) -> String {
@@ -339,6 +344,37 @@ mod tests {
         );
         assert!(sources(AuthMethod::None, env(all)).is_empty());
         assert_eq!(sources(AuthMethod::AzureCli, env(none)), [Source::AzureCli]);
+    }
+
+    #[test]
+    fn client_secret_reads_the_environment_without_echoing_it() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let http = crate::http::build_http_client(&Default::default()).unwrap();
+        let ours = || ClientOptions {
+            transport: Some(Transport::new(Arc::new(http.clone()))),
+            ..Default::default()
+        };
+        let missing = &[("AZURE_CLIENT_ID", "c"), ("AZURE_CLIENT_SECRET", "s3cr3t")];
+        let err = client_secret_from_env(&env(missing), ours()).unwrap_err();
+        assert!(
+            err.to_string().contains("AZURE_TENANT_ID is not set"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cr3t"));
+        let all = &[
+            ("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000001"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_CLIENT_SECRET", "s3cr3t"),
+        ];
+        // Building the credential sends nothing; a token is asked for only on first use.
+        let credential = client_secret_from_env(&env(all), ours()).unwrap();
+        assert!(!format!("{credential:?}").contains("s3cr3t"));
     }
 
     #[tokio::test]

@@ -55,6 +55,13 @@ impl Error {
         self
     }
 
+    pub(crate) fn with_status_opt(self, status: Option<u16>) -> Self {
+        match status {
+            Some(s) => self.with_status(s),
+            None => self,
+        }
+    }
+
     pub(crate) fn with_source(
         mut self,
         source: impl std::error::Error + Send + Sync + 'static,

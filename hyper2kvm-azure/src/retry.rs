@@ -201,15 +201,6 @@ pub(crate) async fn send_retry(
     }
 }
 
-impl Error {
-    fn with_status_opt(self, status: Option<u16>) -> Self {
-        match status {
-            Some(s) => self.with_status(s),
-            None => self,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

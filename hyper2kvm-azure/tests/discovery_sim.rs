@@ -9,7 +9,7 @@ use hyper2kvm_azure::{
     Selection, SplitMix64,
 };
 use hyper2kvm_core::{DiskRole, PowerState, Vm};
-use hyper2kvm_sim::{Route, Scenario, SimHandle, Simulator, Throttle};
+use hyper2kvm_sim::{Failures, Route, Scenario, SimHandle, Simulator, Throttle};
 
 const SUB: &str = "00000000-0000-0000-0000-00000000abcd";
 
@@ -103,6 +103,32 @@ async fn thousand_vms_cost_only_the_pages_of_three_lists() {
 }
 
 #[tokio::test]
+async fn several_subscriptions_are_listed_and_sorted() {
+    let mut scenario = Scenario::generated(SUB, 150, &["rg-x"], 1);
+    let other = Scenario::generated("00000000-0000-0000-0000-000000000001", 50, &["rg-y"], 1);
+    scenario.subscriptions.extend(other.subscriptions);
+    scenario.settings.page_size = 100;
+    let sim = Simulator::start(&scenario).await.unwrap();
+    let arm = client(&sim, fast_retry());
+    let subs = vec![
+        SUB.to_string(),
+        "00000000-0000-0000-0000-000000000001".to_string(),
+    ];
+    let vms = discover(&arm, &subs, &Selection::default()).await.unwrap();
+    assert_eq!(vms.len(), 200);
+    // Sorted by subscription first: ...0001 before ...abcd.
+    assert_eq!(vms[0].subscription, "00000000-0000-0000-0000-000000000001");
+    assert_eq!(vms[0].resource_group, "rg-y");
+    assert_eq!(vms[50].subscription, SUB);
+    // Pages: 2 + 2 + 3 for 150 VMs, 1 + 1 + 1 for 50.
+    let c = sim.counters();
+    assert_eq!(c.received(Route::ListVms), 3);
+    assert_eq!(c.received(Route::ListVmStatuses), 3);
+    assert_eq!(c.received(Route::ListDisks), 4);
+    assert_eq!(c.total(), 10);
+}
+
+#[tokio::test]
 async fn filters_do_not_add_requests() {
     let sim = fleet_sim(300, 100).await;
     let arm = client(&sim, fast_retry());
@@ -157,6 +183,82 @@ async fn throttling_with_retry_after_is_waited_out() {
     // The three first requests were told to come back after a second, and were not retried
     // sooner (our own backoff would have been 5 ms).
     assert!(waited >= Duration::from_millis(950), "{waited:?}");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff() {
+    let sim = fleet_sim(1000, 100).await;
+    sim.set_failures(Failures {
+        every: 4,
+        status: 503,
+    });
+    let arm = client(&sim, fast_retry());
+    let vms = discover(&arm, &[SUB.to_string()], &Selection::default())
+        .await
+        .unwrap();
+    assert_complete(&vms, 1000);
+    let c = sim.counters();
+    assert_eq!(c.served(Route::ListVms), 10);
+    assert_eq!(c.served(Route::ListVmStatuses), 10);
+    assert_eq!(c.served(Route::ListDisks), 20);
+    // Every fourth request failed: 40 answered out of n means n / 4 failures.
+    assert_eq!(c.total_failed(), c.total() / 4);
+    assert!(c.total_failed() >= 10);
+    assert_eq!(arm.requests_sent(), c.total());
+}
+
+/// A credential that hands out a fixed token and counts how often it was asked.
+#[derive(Debug, Default)]
+struct FixedToken(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for FixedToken {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        assert_eq!(scopes, ["https://management.azure.com/.default"]);
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(azure_core::credentials::AccessToken::new(
+            "token-value",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn the_token_goes_with_every_page_and_every_retry() {
+    use hyper2kvm_azure::credential::Source;
+    let sim = fleet_sim(250, 100).await;
+    sim.set_throttle(Throttle {
+        first: 0,
+        every: 5,
+        retry_after_secs: 0,
+    });
+    let token = Arc::new(FixedToken::default());
+    let http = build_http_client(&HttpOptions::default()).unwrap();
+    let arm = ArmClient::builder(http)
+        .endpoint(sim.base_url())
+        .credential(hyper2kvm_azure::ArmCredential::from_links(vec![(
+            Source::AzureCli,
+            token.clone(),
+        )]))
+        .retry(fast_retry())
+        .build()
+        .unwrap();
+    let vms = discover(&arm, &[SUB.to_string()], &Selection::default())
+        .await
+        .unwrap();
+    assert_eq!(vms.len(), 250);
+    let c = sim.counters();
+    assert!(c.total_throttled() > 0);
+    assert_eq!(c.with_authorization(), c.total());
+    // One token request per page (the credential caches; we do not add our own cache).
+    assert_eq!(
+        token.0.load(std::sync::atomic::Ordering::SeqCst) as u64,
+        c.total() - c.total_throttled()
+    );
 }
 
 #[tokio::test]

@@ -60,9 +60,12 @@ pub struct AzureSection {
     /// The ARM base URL; Azure public cloud when absent.
     #[serde(default)]
     pub arm_endpoint: Option<String>,
-    /// Which credentials to use.
+    /// Which credentials to use (`default` when absent; `none` with a simulator).
     #[serde(default)]
-    pub auth: AuthSetting,
+    pub auth: Option<AuthSetting>,
+    /// Serve this scenario in-process and list it instead of Azure.
+    #[serde(default)]
+    pub simulator: Option<SimulatorSection>,
     /// Which VMs to pick.
     #[serde(default)]
     pub selection: SelectionSection,
@@ -89,6 +92,14 @@ impl Default for RetrySection {
             timeout_secs: d.retry_timeout.as_secs(),
         }
     }
+}
+
+/// `azure.simulator`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSection {
+    /// The scenario file, relative to the config file's directory.
+    pub scenario: PathBuf,
 }
 
 /// `azure.auth`.
@@ -233,6 +244,8 @@ pub struct ListPlan {
     pub selection: Selection,
     /// The ARM base URL, if not Azure public cloud.
     pub arm_endpoint: Option<String>,
+    /// A scenario to serve in-process when no endpoint is given.
+    pub simulator: Option<PathBuf>,
     /// Credentials.
     pub auth: AuthMethod,
     /// Table or JSON.
@@ -241,11 +254,19 @@ pub struct ListPlan {
     pub retry: RetryConfig,
 }
 
-/// Reads and checks `path`.
+/// Reads and checks `path`; a simulator scenario's path is made relative to the file's
+/// directory.
 pub fn load(path: &Path) -> Result<ConfigFile, UsageError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("cannot read config {}: {e}", path.display())))?;
-    parse(&text, &path.display().to_string())
+    let mut file = parse(&text, &path.display().to_string())?;
+    if let Some(sim) = &mut file.azure.simulator {
+        if sim.scenario.is_relative() {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            sim.scenario = dir.join(&sim.scenario);
+        }
+    }
+    Ok(file)
 }
 
 /// Parses config text; `name` prefixes messages (`config.yaml:3:5: …`).
@@ -283,6 +304,17 @@ fn check(file: &ConfigFile) -> Result<(), String> {
     }
     if a.subscription.is_none() && a.subscriptions.is_empty() {
         return Err("azure.subscriptions: at least one subscription id is required".into());
+    }
+    if a.simulator.is_some() {
+        if a.arm_endpoint.is_some() {
+            return Err("azure: give either `simulator` or `arm_endpoint`, not both".into());
+        }
+        if a.auth.is_some_and(|auth| auth != AuthSetting::None) {
+            return Err(
+                "azure.auth: the simulator takes no credentials; use `auth: none` or leave it out"
+                    .into(),
+            );
+        }
     }
     for p in &a.selection.power_states {
         if let PowerState::Unknown(word) = p.parse::<PowerState>().unwrap_or_else(|e| match e {}) {
@@ -345,7 +377,11 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
         subscriptions,
         selection,
         arm_endpoint: flags.arm_endpoint.or(a.arm_endpoint),
-        auth: match a.auth {
+        auth: match a.auth.unwrap_or(if a.simulator.is_some() {
+            AuthSetting::None
+        } else {
+            AuthSetting::Default
+        }) {
             AuthSetting::None => AuthMethod::None,
             AuthSetting::Default => AuthMethod::Default,
             AuthSetting::ClientSecret => AuthMethod::ClientSecret,
@@ -354,6 +390,7 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
             AuthSetting::AzureCli => AuthMethod::AzureCli,
         },
         format,
+        simulator: a.simulator.map(|s| s.scenario),
         retry: RetryConfig {
             max_retries: a.retry.max_retries,
             retry_timeout: std::time::Duration::from_secs(a.retry.timeout_secs),
@@ -454,6 +491,31 @@ output: { format: json, directory: ./out, image_format: qcow2, compression: zstd
             !err.0.contains("hunter2"),
             "the secret is not echoed: {err}"
         );
+    }
+
+    #[test]
+    fn simulator_section() {
+        let dir = std::env::temp_dir().join(format!("h2k-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.yaml");
+        std::fs::write(
+            &path,
+            "azure:\n  subscription: a\n  simulator: { scenario: fleet.yaml }\n",
+        )
+        .unwrap();
+        let file = load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let plan = list_plan(file, Overrides::default());
+        assert_eq!(plan.simulator, Some(dir.join("fleet.yaml")));
+        assert_eq!(plan.auth, AuthMethod::None);
+        assert_eq!(plan.arm_endpoint, None);
+
+        let both =
+            "azure:\n  subscription: a\n  arm_endpoint: http://x\n  simulator: { scenario: f }\n";
+        assert!(parse(both, "c").unwrap_err().0.contains("not both"));
+        let real_auth =
+            "azure:\n  subscription: a\n  auth: azure_cli\n  simulator: { scenario: f }\n";
+        assert!(parse(real_auth, "c").unwrap_err().0.contains("auth: none"));
     }
 
     #[test]

@@ -9,22 +9,39 @@ use hyper2kvm_azure::{build_http_client, discover, ArmClient, ArmCredential, Htt
 use hyper2kvm_core::{DiskRole, Vm};
 use serde::Serialize;
 
-use crate::config::{ListFormat, ListPlan};
+use hyper2kvm_sim::{Scenario, SimHandle, Simulator};
+
+use crate::config::{ListFormat, ListPlan, UsageError};
 use crate::units::human_bytes;
 
 /// Lists and prints; a one-line summary goes to stderr so stdout stays machine-readable.
 pub async fn run(plan: ListPlan) -> anyhow::Result<()> {
     let started = Instant::now();
+    // A scenario in the config is served in-process, unless an endpoint (the flag) wins.
+    let sim = match (&plan.arm_endpoint, &plan.simulator) {
+        (None, Some(path)) => {
+            let scenario = Scenario::from_file(path).map_err(|e| UsageError(e.to_string()))?;
+            Some(Simulator::start(&scenario).await?)
+        }
+        _ => None,
+    };
+    let endpoint = sim
+        .as_ref()
+        .map(SimHandle::base_url)
+        .or(plan.arm_endpoint.clone());
     let http = build_http_client(&HttpOptions::default())?;
     let credential = ArmCredential::from_env(plan.auth, &http)?;
     let mut builder = ArmClient::builder(http)
         .credential(credential)
         .retry(plan.retry.clone());
-    if let Some(endpoint) = &plan.arm_endpoint {
-        builder = builder.endpoint(endpoint.clone());
+    if let Some(endpoint) = endpoint {
+        builder = builder.endpoint(endpoint);
     }
     let arm = builder.build()?;
     let vms = discover(&arm, &plan.subscriptions, &plan.selection).await?;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
     let text = match plan.format {
         ListFormat::Table => render_table(&vms),
         ListFormat::Json => {

@@ -23,7 +23,7 @@ use crate::config::UsageError;
 enum Mode {
     Convert(args::ConvertArgs),
     Sim(args::SimArgs),
-    List(config::ListPlan),
+    List(Box<config::ListPlan>),
 }
 
 /// Turns the parsed flags (and the config file they name) into one mode. Every problem here
@@ -47,7 +47,7 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
                 arm_endpoint: cli.arm_endpoint,
                 output: cli.output,
             };
-            Ok(Mode::List(config::list_plan(file, overrides)))
+            Ok(Mode::List(Box::new(config::list_plan(file, overrides))))
         }
     }
 }
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         match mode {
             Mode::Convert(args) => convert::run(args).await,
             Mode::Sim(args) => sim::run(args).await,
-            Mode::List(plan) => list::run(plan).await,
+            Mode::List(plan) => list::run(*plan).await,
         }
     });
     match result {

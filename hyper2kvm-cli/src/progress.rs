@@ -92,11 +92,7 @@ impl Bar {
 fn plain_line(label: &str, p: Progress, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate = p.done as f64 / secs;
-    let percent = if p.total > 0 {
-        p.done * 100 / p.total
-    } else {
-        100
-    };
+    let percent = (p.done * 100).checked_div(p.total).unwrap_or(100);
     let left = if rate > 0.0 {
         format!(", about {:.0} s left", (p.total - p.done) as f64 / rate)
     } else {

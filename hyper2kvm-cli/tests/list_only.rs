@@ -351,10 +351,15 @@ async fn unreachable_endpoint_exits_1_with_one_line() {
 }
 
 #[test]
-fn sim_subcommand_serves_the_example_scenario() {
+fn sim_subcommand_serves_a_scenario_and_the_flag_wins() {
+    let dir = Scratch::new("sim");
+    let scenario = dir.write(
+        "two.yaml",
+        &format!("subscriptions:\n  - id: {SUB}\n    generate: [{{ count: 2, resource_groups: [rg-z] }}]\n"),
+    );
     let mut child = Command::new(BIN)
         .args(["sim", "--scenario"])
-        .arg(workspace().join("examples/sim-fleet.yaml"))
+        .arg(&scenario)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -367,6 +372,8 @@ fn sim_subcommand_serves_the_example_scenario() {
     let url = url.trim().to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
 
+    // The example config names an in-process simulator with five VMs; --arm-endpoint wins,
+    // so the two VMs of the server above are listed.
     let out = Command::new(BIN)
         .args(["-c"])
         .arg(workspace().join("examples/list-sim.yaml"))
@@ -377,13 +384,37 @@ fn sim_subcommand_serves_the_example_scenario() {
     let _ = child.wait();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let vms: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(vms.as_array().unwrap().len(), 5);
+    let names: Vec<_> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vm-00000", "vm-00001"]);
 
     let bad = Command::new(BIN)
         .args(["sim", "--scenario", "/nonexistent/scenario.yaml"])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_config_lists_the_example_scenario_in_process() {
+    let out = run(vec![
+        "-c".into(),
+        workspace()
+            .join("examples/list-sim.yaml")
+            .display()
+            .to_string(),
+        "--list-only".into(),
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("NAME "), "{stdout}");
+    assert!(stdout.ends_with("5 VMs, 11 disks, 3.27 TiB\n"), "{stdout}");
+    assert!(text(&out.stderr).contains("8 ARM requests"));
 }
 
 #[test]

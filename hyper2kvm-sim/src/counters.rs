@@ -68,6 +68,7 @@ impl fmt::Display for Route {
 pub struct Counters {
     received: [AtomicU64; 8],
     throttled: [AtomicU64; 8],
+    failed: [AtomicU64; 8],
     sequence: AtomicU64,
     authorized: AtomicU64,
 }
@@ -86,7 +87,21 @@ impl Counters {
         self.throttled[route.index()].fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Requests received on `route`, throttled ones included.
+    pub(crate) fn record_failed(&self, route: Route) {
+        self.failed[route.index()].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Requests on `route` answered with an injected server error.
+    pub fn failed(&self, route: Route) -> u64 {
+        self.failed[route.index()].load(Ordering::SeqCst)
+    }
+
+    /// Requests answered with an injected server error on all routes.
+    pub fn total_failed(&self) -> u64 {
+        Route::ALL.iter().map(|&r| self.failed(r)).sum()
+    }
+
+    /// Requests received on `route`, throttled and failed ones included.
     pub fn received(&self, route: Route) -> u64 {
         self.received[route.index()].load(Ordering::SeqCst)
     }
@@ -96,9 +111,9 @@ impl Counters {
         self.throttled[route.index()].load(Ordering::SeqCst)
     }
 
-    /// Requests on `route` answered with data (received minus throttled).
+    /// Requests on `route` answered normally (received minus throttled and failed).
     pub fn served(&self, route: Route) -> u64 {
-        self.received(route) - self.throttled(route)
+        self.received(route) - self.throttled(route) - self.failed(route)
     }
 
     /// Requests received on all routes.
@@ -118,7 +133,12 @@ impl Counters {
 
     /// Sets every count back to zero (throttling restarts from request 1).
     pub fn reset(&self) {
-        for c in self.received.iter().chain(&self.throttled) {
+        for c in self
+            .received
+            .iter()
+            .chain(&self.throttled)
+            .chain(&self.failed)
+        {
             c.store(0, Ordering::SeqCst);
         }
         self.sequence.store(0, Ordering::SeqCst);

@@ -15,8 +15,9 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   `$expand=instanceView`), `GET /subscriptions/{s}/providers/Microsoft.Compute/disks`, the
   per-resource-group disk list and `GET …/disks/{name}`. Lists are paged with an absolute
   `nextLink` (`$skiptoken` is an offset). Errors use ARM's `{"error": {"code", "message"}}`.
-* **Faults**: a fixed latency per request and `429 Too Many Requests` with `Retry-After`
-  for the first N requests or every Nth; both can be changed while running.
+* **Faults**: a fixed latency per request, `429 Too Many Requests` with `Retry-After` for
+  the first N requests or every Nth, and a 5xx for every Nth; all can be changed while
+  running.
 * **Counters** ([`Counters`]): requests received and throttled per [`Route`], so a test can
   assert that discovery made three paged list calls and nothing per VM.
 
@@ -57,7 +58,7 @@ use std::time::Duration;
 pub use counters::{Counters, Route};
 pub use error::{Error, ErrorKind};
 pub use scenario::{
-    DiskSpec, Fleet, GenerateSpec, ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm,
+    DiskSpec, Failures, Fleet, GenerateSpec, ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm,
     SubscriptionSpec, Throttle, VmSpec,
 };
 
@@ -87,6 +88,7 @@ impl Simulator {
             faults: RwLock::new(Faults {
                 latency: Duration::from_millis(scenario.settings.latency_ms),
                 throttle: scenario.settings.throttle,
+                failures: scenario.settings.failures,
             }),
             page_size: AtomicUsize::new(scenario.settings.page_size),
         });
@@ -154,6 +156,15 @@ impl SimHandle {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .throttle = throttle;
+    }
+
+    /// Changes when requests fail with a server error.
+    pub fn set_failures(&self, failures: Failures) {
+        self.shared
+            .faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .failures = failures;
     }
 
     /// Changes the page size of every list.
@@ -300,6 +311,17 @@ mod tests {
         assert_eq!(sim.counters().received(Route::ListDisks), 4);
         assert_eq!(sim.counters().throttled(Route::ListDisks), 2);
         assert_eq!(sim.counters().served(Route::ListDisks), 2);
+
+        sim.set_throttle(Throttle::default());
+        sim.set_failures(Failures {
+            every: 2,
+            status: 500,
+        });
+        sim.counters().reset();
+        let codes = futures_sequential(&url, 4).await;
+        assert_eq!(codes, [(200, None), (500, None), (200, None), (500, None)]);
+        assert_eq!(sim.counters().failed(Route::ListDisks), 2);
+        assert_eq!(sim.counters().served(Route::ListDisks), 2);
     }
 
     async fn futures_sequential(url: &str, n: usize) -> Vec<(u16, Option<String>)> {
@@ -334,6 +356,15 @@ mod tests {
         assert_eq!(disk["properties"]["diskState"], "Reserved");
         assert!(disk["managedBy"].as_str().unwrap().ends_with("/vm-00001"));
 
+        let (in_group, _) = all_pages(format!("{base}/virtualMachines?api-version=x")).await;
+        assert_eq!(in_group.len(), 2);
+        assert!(in_group[0]["properties"]["storageProfile"].is_object());
+        let (disks, _) = all_pages(format!("{base}/disks?api-version=x")).await;
+        assert_eq!(disks.len(), 4);
+        let other = base.replace("/RG/", "/rg-empty/");
+        let (none, _) = all_pages(format!("{other}/virtualMachines?api-version=x")).await;
+        assert!(none.is_empty());
+
         let (status, _, err) = get(&format!("{base}/disks/nope?api-version=x")).await;
         assert_eq!(
             (status, err["error"]["code"].as_str()),
@@ -360,5 +391,7 @@ mod tests {
         );
         assert_eq!(sim.counters().received(Route::GetVm), 1);
         assert_eq!(sim.counters().received(Route::GetDisk), 2);
+        assert_eq!(sim.counters().received(Route::ListVmsInGroup), 4);
+        assert_eq!(sim.counters().received(Route::ListDisksInGroup), 1);
     }
 }

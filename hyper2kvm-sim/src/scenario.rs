@@ -51,6 +51,8 @@ pub struct Settings {
     pub latency_ms: u64,
     /// When to answer 429 Too Many Requests.
     pub throttle: Throttle,
+    /// When to answer with a server error.
+    pub failures: Failures,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             page_size: 100,
             latency_ms: 0,
             throttle: Throttle::default(),
+            failures: Failures::default(),
         }
     }
 }
@@ -82,6 +85,26 @@ impl Default for Throttle {
             first: 0,
             every: 0,
             retry_after_secs: 1,
+        }
+    }
+}
+
+/// Server errors: request `n` (numbered as for [`Throttle`]) is answered `status` without
+/// `Retry-After` when `every > 0` and `n % every == 0` (throttling wins when both apply).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Failures {
+    /// Fail every Nth request (0: never).
+    pub every: u64,
+    /// The HTTP status to answer, 500 to 599.
+    pub status: u16,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        Failures {
+            every: 0,
+            status: 503,
         }
     }
 }
@@ -379,6 +402,9 @@ impl Scenario {
         if self.settings.page_size == 0 {
             return Err(bad("settings.page_size must be at least 1".into()));
         }
+        if !(500..=599).contains(&self.settings.failures.status) {
+            return Err(bad("settings.failures.status must be 500 to 599".into()));
+        }
         let mut fleet = Fleet::default();
         let mut disk_names = HashSet::new();
         let mut seen_subs = HashSet::new();
@@ -568,6 +594,7 @@ mod tests {
 settings:
   page_size: 2
   throttle: { first: 1, retry_after_secs: 3 }
+  failures: { every: 4, status: 502 }
 subscriptions:
   - id: sub-1
     resource_groups:
@@ -591,6 +618,13 @@ subscriptions:
         assert_eq!(scenario.settings.page_size, 2);
         assert_eq!(scenario.settings.throttle.first, 1);
         assert_eq!(scenario.settings.throttle.retry_after_secs, 3);
+        assert_eq!(
+            scenario.settings.failures,
+            Failures {
+                every: 4,
+                status: 502
+            }
+        );
         let fleet = scenario.into_fleet().unwrap();
         assert_eq!(fleet.vms.len(), 5);
         assert_eq!(fleet.disk_count(), 3 + 4 * 2 + 1);

@@ -15,13 +15,14 @@ use serde_json::{json, Value};
 
 use crate::arm_json;
 use crate::counters::{Counters, Route};
-use crate::scenario::{Fleet, SimDisk, SimVm, Throttle};
+use crate::scenario::{Failures, Fleet, SimDisk, SimVm, Throttle};
 
 /// Faults that can be changed while the server runs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Faults {
     pub latency: Duration,
     pub throttle: Throttle,
+    pub failures: Failures,
 }
 
 /// What every handler shares.
@@ -80,6 +81,16 @@ async fn gate(st: &Shared, route: Route, headers: &HeaderMap) -> Option<Response
             HeaderValue::from_static("0"),
         );
         return Some(resp);
+    }
+    let f = faults.failures;
+    if f.every > 0 && n.is_multiple_of(f.every) {
+        st.counters.record_failed(route);
+        let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Some(arm_error(
+            status,
+            "InternalServerError",
+            "The simulator was told to fail this request.",
+        ));
     }
     None
 }

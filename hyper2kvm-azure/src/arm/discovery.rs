@@ -12,6 +12,10 @@
 //! than by listing per resource group.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use hyper2kvm_core::{Disk, DiskRole, Firmware, OsType, PowerState, Vm};
 
@@ -21,36 +25,42 @@ use super::models::{self, VirtualMachine};
 use crate::error::{Error, ErrorKind, Result};
 use crate::selection::Selection;
 
+/// Subscriptions listed at once; each runs three lists concurrently, so this bounds the
+/// requests in flight to 3 × this (ARM throttles per subscription, not per client).
+const SUBSCRIPTIONS_IN_FLIGHT: usize = 4;
+
 /// Lists the VMs of `subscriptions` that `selection` selects, sorted by subscription, resource
-/// group and name (case-insensitively).
+/// group and name (case-insensitively). Subscriptions are listed concurrently (a few at a
+/// time); the first failure ends the listing.
 pub async fn discover(
     client: &ArmClient,
     subscriptions: &[String],
     selection: &Selection,
 ) -> Result<Vec<Vm>> {
-    let mut vms = Vec::new();
     for sub in subscriptions {
         check_subscription_id(sub)?;
-        let base = format!("/subscriptions/{sub}/providers/Microsoft.Compute");
-        let models_url = client.url(
-            &format!("{base}/virtualMachines"),
-            api_version::COMPUTE,
-            &[],
-        );
-        let status_url = client.url(
-            &format!("{base}/virtualMachines"),
-            api_version::COMPUTE,
-            &[("statusOnly", "true")],
-        );
-        let disks_url = client.url(&format!("{base}/disks"), api_version::DISKS, &[]);
-        let (models, statuses, disks) = tokio::try_join!(
-            client.list::<VirtualMachine>(models_url),
-            client.list::<VirtualMachine>(status_url),
-            client.list::<models::Disk>(disks_url),
-        )
-        .map_err(|e| Error::new(e.kind(), format!("subscription {sub}: {e}")))?;
-        vms.extend(join_subscription(sub, models, statuses, disks, selection));
     }
+    let gate = Arc::new(Semaphore::new(SUBSCRIPTIONS_IN_FLIGHT));
+    let mut tasks = JoinSet::new();
+    for (index, sub) in subscriptions.iter().enumerate() {
+        let (client, selection, sub, gate) =
+            (client.clone(), selection.clone(), sub.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            (
+                index,
+                discover_subscription(&client, &sub, &selection).await,
+            )
+        });
+    }
+    let mut per_sub: Vec<(usize, Vec<Vm>)> = Vec::with_capacity(subscriptions.len());
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) = joined.map_err(|e| {
+            Error::new(ErrorKind::InvalidResponse, "a discovery task failed").with_source(e)
+        })?;
+        per_sub.push((index, result?));
+    }
+    let mut vms: Vec<Vm> = per_sub.into_iter().flat_map(|(_, vms)| vms).collect();
     vms.sort_by_cached_key(|vm| {
         (
             vm.subscription.to_ascii_lowercase(),
@@ -60,6 +70,33 @@ pub async fn discover(
         )
     });
     Ok(vms)
+}
+
+/// One subscription: its three lists, concurrently, joined.
+async fn discover_subscription(
+    client: &ArmClient,
+    sub: &str,
+    selection: &Selection,
+) -> Result<Vec<Vm>> {
+    let base = format!("/subscriptions/{sub}/providers/Microsoft.Compute");
+    let models_url = client.url(
+        &format!("{base}/virtualMachines"),
+        api_version::COMPUTE,
+        &[],
+    );
+    let status_url = client.url(
+        &format!("{base}/virtualMachines"),
+        api_version::COMPUTE,
+        &[("statusOnly", "true")],
+    );
+    let disks_url = client.url(&format!("{base}/disks"), api_version::DISKS, &[]);
+    let (models, statuses, disks) = tokio::try_join!(
+        client.list::<VirtualMachine>(models_url),
+        client.list::<VirtualMachine>(status_url),
+        client.list::<models::Disk>(disks_url),
+    )
+    .map_err(|e| Error::new(e.kind(), format!("subscription {sub}: {e}")))?;
+    Ok(join_subscription(sub, models, statuses, disks, selection))
 }
 
 /// Subscription ids go into URL paths: accept GUID-like ids only, so a typo cannot change the
