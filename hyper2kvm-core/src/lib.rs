@@ -38,6 +38,7 @@ println!("{} of {} bytes held data", stats.bytes_read - stats.zero_bytes, stats.
 pub mod buffers;
 pub mod error;
 pub mod journal;
+pub mod libvirt;
 pub mod model;
 pub mod open;
 pub mod output;
