@@ -50,6 +50,7 @@ pub mod blob;
 pub mod credential;
 pub mod error;
 pub mod http;
+pub mod migrate;
 pub mod pagination;
 pub mod retry;
 pub mod sas;
