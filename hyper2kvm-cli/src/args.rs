@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Convert a disk image (fixed or dynamic VHD, or raw) into qcow2 or sparse raw.
     Convert(ConvertArgs),
+    /// Make a migrated Azure Linux guest KVM-ready, in place (through libguestfs).
+    Fix(crate::fix::FixArgs),
 }
 
 /// `hyper2kvm convert SRC DST`.

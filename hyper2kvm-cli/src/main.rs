@@ -4,6 +4,7 @@
 
 mod args;
 mod convert;
+mod fix;
 mod progress;
 mod signal;
 mod units;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Convert(args) => convert::run(args).await,
+            Command::Fix(args) => fix::run(args).await,
         }
     });
     match result {
