@@ -145,13 +145,14 @@ pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
         .to_string();
     let mountpoints = parse_pairs(&gf.call(&["inspect-get-mountpoints", &root])?);
     let mut uuid_by_device = BTreeMap::new();
-    for (device, fs_type) in parse_pairs(&gf.call(&["list-filesystems"])?) {
+    let filesystems = parse_pairs(&gf.call(&["list-filesystems"])?);
+    for (device, fs_type) in &filesystems {
         if fs_type == "unknown" || fs_type.is_empty() {
             continue;
         }
-        let uuid = gf.call(&["vfs-uuid", &device])?.trim().to_string();
+        let uuid = gf.call(&["vfs-uuid", device])?.trim().to_string();
         if !uuid.is_empty() {
-            uuid_by_device.insert(device, uuid);
+            uuid_by_device.insert(device.clone(), uuid);
         }
     }
     let mut inspection = Inspection {
@@ -171,8 +172,14 @@ pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
     if os != OsType::Linux {
         return Ok(inspection);
     }
-    // Parents before children: "/" before "/boot" before "/boot/efi".
-    let mut order = inspection.mountpoints.clone();
+    // Parents before children: "/" before "/boot" before "/boot/efi". Only file systems on
+    // this disk: the fstab also names the resource disk, data disks and network shares.
+    let mut order: Vec<(String, String)> = inspection
+        .mountpoints
+        .iter()
+        .filter(|(_, device)| filesystems.iter().any(|(fs, _)| fs == device))
+        .cloned()
+        .collect();
     order.sort_by_key(|(mountpoint, _)| mountpoint.len());
     let mount = if gf.readonly() { "mount-ro" } else { "mount" };
     for (mountpoint, device) in &order {
