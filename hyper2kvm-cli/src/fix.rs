@@ -37,7 +37,10 @@ pub async fn run(args: FixArgs) -> anyhow::Result<()> {
     // guestfish calls block: keep them off the async runtime's workers.
     let report = tokio::task::spawn_blocking(move || fix_image(&image, &config))
         .await
-        .context("the fix-up task panicked")??;
+        .context("the fix-up task panicked")?
+        // The guest error's Display already ends with its cause; as a plain message, main's
+        // `{:#}` does not print the cause a second time.
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{report}");
     if !report.succeeded() {
         bail!("{}: guest not fixed", args.image.display());

@@ -272,6 +272,24 @@ mod tests {
     }
 
     #[test]
+    fn windows_is_reported_not_fixed_and_untouched() {
+        let mut guest = azure_debian();
+        let before = guest.files.clone();
+        let mut windows = debian();
+        windows.os = OsType::Windows;
+        windows.distro = "windows".into();
+        let report = report_for("win.qcow2", &windows, &mut guest, &GuestConfig::default());
+        assert!(
+            matches!(report.outcome, Outcome::NotFixed(ref why) if why.starts_with("windows guests are not fixed")),
+            "{report}"
+        );
+        assert!(report.fixups.is_empty());
+        assert!(!report.succeeded());
+        assert_eq!(guest.files, before);
+        assert!(guest.commands.is_empty());
+    }
+
+    #[test]
     fn unknown_skip_names_are_rejected() {
         let config = GuestConfig {
             skip: vec!["netplna".into()],
