@@ -9,8 +9,9 @@
 # The Debian archive this machine's apt is configured with (never a hard-coded host): the first
 # enabled `deb` source that serves the suite `bookworm`, from one-line or deb822 files.
 h2k_debian_mirror() {
-  local f
-  {
+  local f all
+  # Collected first, then cut to the first line: `| head` under pipefail could fail the pipe.
+  all="$({
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
       [[ -f $f ]] || continue
       awk '$1 == "deb" {
@@ -33,7 +34,8 @@ h2k_debian_mirror() {
                split(uris, u, /[ \t]+/); for (j in u) if (u[j] != "") { print u[j]; break }
              } }' "$f"
     done
-  } | head -n 1
+  })"
+  printf '%s\n' "${all%%$'\n'*}"
 }
 
 h2k_guest_setup() {
@@ -87,24 +89,23 @@ h2k_guest_setup() {
 
   # libguestfs boots a small appliance built by supermin from the host's own kernel, and this
   # machine has none (/boot is empty, /lib/modules absent). Give it Debian's cloud kernel,
-  # unpacked from its package into the cache (the same kernel the boot test's guest runs).
+  # unpacked from its package into the cache (the kernel package the boot test's guest installs).
   local kdir="$cache/supermin-kernel"
   if [[ ! -f $kdir/.complete ]]; then
     local pkg tmp
-    pkg="$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')"
+    pkg="$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ && !p { print $2; p = 1 }')"
     tmp="$(mktemp -d)"
     (cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>&1 || apt-get download "$pkg")
     rm -rf "$kdir" && mkdir -p "$kdir"
     dpkg-deb -x "$tmp"/*.deb "$kdir"
     rm -rf "$tmp"
     # The package leaves modules.dep to its postinst; supermin needs it to pick modules.
-    local v
-    v="$(basename "$(ls -d "$kdir"/lib/modules/* | head -n 1)")"
-    depmod -b "$kdir" "$v"
+    local unpacked=("$kdir"/lib/modules/*)
+    depmod -b "$kdir" "${unpacked[0]##*/}"
     touch "$kdir/.complete"
   fi
-  local kver
-  kver="$(basename "$(ls -d "$kdir"/lib/modules/* | head -n 1)")"
+  local modules=("$kdir"/lib/modules/*)
+  local kver="${modules[0]##*/}"
   export SUPERMIN_KERNEL="$kdir/boot/vmlinuz-$kver"
   export SUPERMIN_MODULES="$kdir/lib/modules/$kver"
   export SUPERMIN_KERNEL_VERSION="$kver"
