@@ -23,8 +23,10 @@
 //!
 //! There is no YAML parser here (the crate keeps to `std`): the file is read for its shape,
 //! by indentation. Only the shape cloud-init writes — `network:` holding `version`, `renderer`
-//! and `ethernets` — is rewritten; a file that also defines bonds, bridges, VLANs or Wi-Fi
-//! refers to its ethernets by name and is left alone with the reason, for a person to review.
+//! and `ethernets`, each ethernet holding only DHCP settings and its match — is rewritten. A
+//! file that also defines bonds, bridges, VLANs or Wi-Fi refers to its ethernets by name, and
+//! an ethernet with routes, addresses or nameservers has settings for one particular NIC:
+//! those are left alone with the reason, for a person to review.
 
 use super::Edit;
 
@@ -82,15 +84,36 @@ pub fn rewrite(text: &str) -> Rewrite {
     let Some(ethernets_at) = ethernets_at else {
         return Rewrite::LeftAlone("network: has no ethernets:".into());
     };
-    let names: Vec<&str> = body[ethernets_at + 1..]
+    let ethernets: Vec<&Line> = body[ethernets_at + 1..]
         .iter()
         .take_while(|l| l.indent > child_indent)
-        .scan(None, |entry_indent, l| {
-            let indent = *entry_indent.get_or_insert(l.indent);
-            Some((l.indent == indent).then_some(l.key.as_str()))
-        })
-        .flatten()
         .collect();
+    let entry_indent = ethernets.first().map_or(0, |l| l.indent);
+    let names: Vec<&str> = ethernets
+        .iter()
+        .filter(|l| l.indent == entry_indent)
+        .map(|l| l.key.as_str())
+        .collect();
+    // Settings other than DHCP and the NIC's identity (routes, addresses, nameservers…) belong
+    // to one particular NIC, and which KVM NIC that is cannot be told from the file.
+    let mut entry = "";
+    let mut setting_indent = None;
+    for line in &ethernets {
+        if line.indent == entry_indent {
+            entry = &line.key;
+            setting_indent = None;
+            continue;
+        }
+        if *setting_indent.get_or_insert(line.indent) != line.indent {
+            continue;
+        }
+        if !CLOUD_INIT_KEYS.contains(&line.key.as_str()) {
+            return Rewrite::LeftAlone(format!(
+                "{entry} has {}:, which belongs to one Azure NIC; say which KVM NIC gets it",
+                line.key
+            ));
+        }
+    }
 
     let mut text = String::from(
         "# Written by hyper2kvm: DHCP on any ethernet NIC. On Azure, cloud-init's file matched\n\
@@ -114,6 +137,18 @@ pub fn rewrite(text: &str) -> Rewrite {
         ],
     })
 }
+
+/// The settings cloud-init writes for an Azure NIC: DHCP and the NIC's identity, nothing a
+/// rewrite to DHCP on any NIC loses.
+const CLOUD_INIT_KEYS: [&str; 7] = [
+    "dhcp4",
+    "dhcp4-overrides",
+    "dhcp6",
+    "dhcp6-overrides",
+    "match",
+    "set-name",
+    "optional",
+];
 
 /// What ties the file to the Hyper-V NIC, for the report.
 fn pins(lines: &[Line]) -> Vec<String> {
@@ -280,6 +315,42 @@ network:
 ";
         match rewrite(text) {
             Rewrite::LeftAlone(why) => assert!(why.contains("bridges"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn per_nic_routes_are_left_for_review() {
+        // A second NIC to which the user added a static route, as Azure's docs for network
+        // virtual appliances have users do in cloud-init's file.
+        let text = "\
+network:
+    ethernets:
+        eth0:
+            dhcp4: true
+            dhcp4-overrides:
+                route-metric: 100
+            dhcp6: false
+            match:
+                driver: hv_netvsc
+                macaddress: 00:0d:3a:96:4a:15
+            set-name: eth0
+        eth1:
+            dhcp4: true
+            dhcp4-overrides:
+                route-metric: 200
+            dhcp6: false
+            match:
+                driver: hv_netvsc
+                macaddress: 00:0d:3a:42:00:81
+            set-name: eth1
+            routes:
+              - to: 10.0.1.64/27
+                via: 10.0.1.1
+    version: 2
+";
+        match rewrite(text) {
+            Rewrite::LeftAlone(why) => assert!(why.starts_with("eth1 has routes:"), "{why}"),
             other => panic!("{other:?}"),
         }
     }
