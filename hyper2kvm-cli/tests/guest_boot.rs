@@ -4,7 +4,8 @@
 //! 12 disk (`guest/build-image.sh`: an initramfs with Hyper-V drivers only, netplan matching
 //! `hv_netvsc` and a MAC, `rootdelay=300`, the resource-disk fstab line, an agent stand-in),
 //! make it a fixed VHD as Azure exports it, run `hyper2kvm convert` twice and `hyper2kvm fix`
-//! on one copy, and boot both copies under `qemu-system-x86_64` (software emulation, q35,
+//! on one copy (then again, to find nothing left to fix, and `--dry-run` on the other copy, to
+//! change nothing), and boot both copies under `qemu-system-x86_64` (software emulation, q35,
 //! virtio-blk disk, virtio-net NIC on user-mode networking, serial console to a file). The
 //! fixed copy must reach a login prompt and print a DHCP address (the image's
 //! `h2k-report.service` writes `H2K-IP: <nic> <address>` to the console) within the time
@@ -95,6 +96,19 @@ fn boot_test(gen: Gen) {
         );
     }
 
+    // Once fixed, nothing is left to fix.
+    let checks_started = Instant::now();
+    let again = hyper2kvm(&["fix", s(&fixed)]);
+    assert!(again.contains("result: nothing to fix"), "{again}");
+    // A dry run reports what it would do and leaves the image byte for byte as it was (the
+    // unfixed copy then boots as the proof that the fix-ups matter).
+    let before = sha256(&unfixed);
+    let dry = hyper2kvm(&["fix", "--dry-run", s(&unfixed)]);
+    assert!(dry.contains("result: dry run, nothing changed"), "{dry}");
+    assert!(dry.contains("would apply"), "{dry}");
+    assert_eq!(sha256(&unfixed), before, "--dry-run changed the image");
+    let checks_secs = checks_started.elapsed().as_secs();
+
     let limit = Duration::from_secs(
         std::env::var("H2K_BOOT_TIMEOUT")
             .ok()
@@ -108,7 +122,8 @@ fn boot_test(gen: Gen) {
         (a.join().unwrap(), b.join().unwrap())
     });
     eprintln!(
-        "{}: convert {convert_secs} s, fix {fix_secs} s, fixed boot {}, unfixed boot {}",
+        "{}: convert {convert_secs} s, fix {fix_secs} s, fix again + dry run {checks_secs} s, \
+         fixed boot {}, unfixed boot {}",
         gen.name(),
         fixed_boot.summary(),
         unfixed_boot.summary()
@@ -236,6 +251,16 @@ fn build_base_images() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
     Ok(dir)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Runs the binary; panics with its output unless it succeeds; returns its standard output.
