@@ -68,6 +68,26 @@ fn gen2_uefi_gpt_boots_only_after_fixups() {
     }
 }
 
+#[test]
+fn a_disk_without_an_os_is_an_error_and_unchanged() {
+    if !enabled() {
+        return;
+    }
+    check_tools();
+    let dir = Scratch::new("fix-no-os");
+    let image = dir.path("data.raw");
+    support::make_raw(&image, 64 << 20, &[(1 << 20, 1 << 20, support::Fill::Text)]);
+    let before = sha256(&image);
+    let out = Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+        .args(["fix", s(&image)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no operating system found"), "{stderr}");
+    assert_eq!(sha256(&image), before);
+}
+
 fn boot_test(gen: Gen) {
     check_tools();
     let images = base_images();
