@@ -10,6 +10,8 @@ each usable on its own:
 * [`azure`] (`hyper2kvm-azure`): one pooled HTTP client, the ARM client (retries, paging,
   credentials), batched discovery, access grants, and the page-blob reader that streams an
   exported disk into the pipeline. [`azure::AzureSource`] implements [`core::VmSource`].
+* [`guest`] (`hyper2kvm-guest`): offline fix-ups that make a migrated Azure Linux guest
+  boot and reach the network on KVM, driven through libguestfs.
 
 The `hyper2kvm` binary (crate `hyper2kvm-cli`) is a thin layer over these.
 
@@ -34,3 +36,4 @@ A disk that is not a local file (an HTTP range reader, a test double) implements
 
 pub use hyper2kvm_azure as azure;
 pub use hyper2kvm_core as core;
+pub use hyper2kvm_guest as guest;

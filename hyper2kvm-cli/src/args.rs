@@ -52,6 +52,8 @@ pub enum OutputArg {
 pub enum Command {
     /// Convert a disk image (fixed or dynamic VHD, or raw) into qcow2 or sparse raw.
     Convert(ConvertArgs),
+    /// Make a migrated Azure Linux guest KVM-ready, in place (through libguestfs).
+    Fix(crate::fix::FixArgs),
     /// Serve a simulated Azure (ARM compute subset) from a scenario file.
     Sim(SimArgs),
 }

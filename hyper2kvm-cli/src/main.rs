@@ -5,6 +5,7 @@
 mod args;
 mod config;
 mod convert;
+mod fix;
 mod list;
 mod progress;
 mod signal;
@@ -23,6 +24,7 @@ use crate::config::UsageError;
 enum Mode {
     Convert(args::ConvertArgs),
     Sim(args::SimArgs),
+    Fix(crate::fix::FixArgs),
     List(Box<config::ListPlan>),
 }
 
@@ -32,6 +34,7 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
     match (cli.command, cli.config) {
         (Some(Command::Convert(a)), _) => Ok(Mode::Convert(a)),
         (Some(Command::Sim(a)), _) => Ok(Mode::Sim(a)),
+        (Some(Command::Fix(a)), _) => Ok(Mode::Fix(a)),
         (None, None) => Err(UsageError(
             "nothing to do: give -c CONFIG --list-only, or a subcommand (see --help)".into(),
         )),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         match mode {
             Mode::Convert(args) => convert::run(args).await,
             Mode::Sim(args) => sim::run(args).await,
+            Mode::Fix(args) => fix::run(args).await,
             Mode::List(plan) => list::run(*plan).await,
         }
     });

@@ -448,7 +448,7 @@ mod tests {
     fn snapshot_names_fit_azure_limits_and_paths_are_safe() {
         let long = "d".repeat(100);
         assert_eq!(snapshot_name(&long, "run-1").len(), 80);
-        assert_eq!(safe_name("../etc"), "_etc".replace('_', "_"));
+        assert_eq!(safe_name("../etc"), "_etc");
         assert_eq!(safe_name(".."), "_");
         assert_eq!(safe_name("a/b"), "a_b");
     }

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Installs what the guest fix-ups and their boot test need on a Debian bookworm machine, and
+# exports libguestfs' settings for a machine without a host kernel or KVM.
+#
+# Sourced by .ci/run (`. .ci/guest-setup.sh`), so its exports reach `cargo test`; it can also be
+# run on its own to install (then source it, or copy the exports it prints, into your shell).
+# See docs/guest.md for what each step is for.
+
+# The Debian archive this machine's apt is configured with (never a hard-coded host): the first
+# enabled `deb` source that serves the suite `bookworm`, from one-line or deb822 files.
+h2k_debian_mirror() {
+  local f all
+  # Collected first, then cut to the first line: `| head` under pipefail could fail the pipe.
+  all="$({
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [[ -f $f ]] || continue
+      awk '$1 == "deb" {
+             i = 2; if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+             if ($(i+1) == "bookworm") print $i }' "$f"
+    done
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [[ -f $f ]] || continue
+      awk 'BEGIN { RS = ""; FS = "\n" }
+           { types = uris = suites = ""; enabled = 1
+             for (i = 1; i <= NF; i++) {
+               line = $i
+               if (line ~ /^#/) continue
+               if (line ~ /^Types:/)   types = " " substr(line, 7) " "
+               if (line ~ /^URIs:/)    uris = substr(line, 6)
+               if (line ~ /^Suites:/)  suites = " " substr(line, 8) " "
+               if (line ~ /^Enabled:[ \t]*no/) enabled = 0
+             }
+             if (enabled && types ~ / deb / && suites ~ /[ \t]bookworm[ \t]/) {
+               split(uris, u, /[ \t]+/); for (j in u) if (u[j] != "") { print u[j]; break }
+             } }' "$f"
+    done
+  })"
+  printf '%s\n' "${all%%$'\n'*}"
+}
+
+h2k_guest_setup() {
+  local cache="${H2K_GUEST_CACHE:-$HOME/.cache/hyper2kvm-guest-images}"
+  local start=$SECONDS
+  local mirror
+  mirror="$(h2k_debian_mirror)"
+  if [[ -z $mirror ]]; then
+    echo "guest-setup: no Debian bookworm source in the apt configuration" >&2
+    return 1
+  fi
+
+  # qemu-system-x86 must be the exact version of the installed qemu-utils: both come from
+  # one source package, and apt removes qemu-utils (and qemu-img with it) to resolve a mismatch.
+  local qemu_version release=()
+  qemu_version="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)"
+  if [[ $qemu_version == *bpo12* ]]; then
+    release=(-t bookworm-backports)
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      echo "guest-setup: adding bookworm-backports from $mirror"
+      echo "deb $mirror bookworm-backports main" >/etc/apt/sources.list.d/hyper2kvm-backports.list
+    fi
+  fi
+
+  local want=()
+  command -v debootstrap >/dev/null || want+=(debootstrap)
+  command -v guestfish >/dev/null || want+=(libguestfs-tools)
+  [[ -f /usr/share/OVMF/OVMF_CODE.fd || -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || want+=(ovmf)
+  command -v mkfs.vfat >/dev/null || want+=(dosfstools)
+  command -v sfdisk >/dev/null || want+=(fdisk)
+  [[ -x /usr/sbin/depmod || -x /sbin/depmod ]] || want+=(kmod)
+  if ((${#want[@]})) || ! command -v qemu-system-x86_64 >/dev/null; then
+    apt-get update -qq
+    export DEBIAN_FRONTEND=noninteractive
+    if ! command -v qemu-system-x86_64 >/dev/null; then
+      if [[ -n $qemu_version ]]; then
+        echo "guest-setup: installing qemu-system-x86=$qemu_version ${release[*]}"
+        apt-get install -y -qq "${release[@]}" "qemu-system-x86=$qemu_version" >/dev/null
+      else
+        apt-get install -y -qq qemu-system-x86 qemu-utils >/dev/null
+      fi
+    fi
+    if ((${#want[@]})); then
+      echo "guest-setup: installing ${want[*]}"
+      apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+    fi
+  fi
+  # The whole point of pinning: qemu-img must have survived.
+  qemu-img --version | head -n 1
+  qemu-system-x86_64 --version | head -n 1
+
+  # libguestfs boots a small appliance built by supermin from the host's own kernel, and this
+  # machine has none (/boot is empty, /lib/modules absent). Give it Debian's cloud kernel,
+  # unpacked from its package into the cache (the kernel package the boot test's guest installs).
+  local kdir="$cache/supermin-kernel"
+  if [[ ! -f $kdir/.complete ]]; then
+    local pkg tmp
+    pkg="$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ && !p { print $2; p = 1 }')"
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>&1 || apt-get download "$pkg")
+    rm -rf "$kdir" && mkdir -p "$kdir"
+    dpkg-deb -x "$tmp"/*.deb "$kdir"
+    rm -rf "$tmp"
+    # The package leaves modules.dep to its postinst; supermin needs it to pick modules.
+    local unpacked=("$kdir"/lib/modules/*)
+    depmod -b "$kdir" "${unpacked[0]##*/}"
+    touch "$kdir/.complete"
+  fi
+  local modules=("$kdir"/lib/modules/*)
+  local kver="${modules[0]##*/}"
+  export SUPERMIN_KERNEL="$kdir/boot/vmlinuz-$kver"
+  export SUPERMIN_MODULES="$kdir/lib/modules/$kver"
+  export SUPERMIN_KERNEL_VERSION="$kver"
+  # supermin reads the host's module directory even when told to use another kernel.
+  mkdir -p /lib/modules
+  # No libvirt daemon here, and no KVM for the appliance: qemu directly, software emulation.
+  export LIBGUESTFS_BACKEND=direct
+  export LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+  export H2K_DEBIAN_MIRROR="$mirror"
+  echo "guest-setup: ready in $((SECONDS - start)) s (kernel $kver)"
+  echo "export SUPERMIN_KERNEL=$SUPERMIN_KERNEL SUPERMIN_MODULES=$SUPERMIN_MODULES SUPERMIN_KERNEL_VERSION=$kver LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg"
+}
+
+h2k_guest_setup

@@ -1,0 +1,425 @@
+//! The proof of the guest fix-ups: boot the guest.
+//!
+//! For Azure Gen1 (BIOS, MBR) and Gen2 (UEFI with OVMF, GPT): take a small Azure-like Debian
+//! 12 disk (`guest/build-image.sh`: an initramfs with Hyper-V drivers only, netplan matching
+//! `hv_netvsc` and a MAC, `rootdelay=300`, the resource-disk fstab line, an agent stand-in),
+//! make it a fixed VHD as Azure exports it, run `hyper2kvm convert` twice and `hyper2kvm fix`
+//! on one copy (then again, to find nothing left to fix, and `--dry-run` on the other copy, to
+//! change nothing), and boot both copies under `qemu-system-x86_64` (software emulation, q35,
+//! virtio-blk disk, virtio-net NIC on user-mode networking, serial console to a file). The
+//! fixed copy must reach a login prompt and print a DHCP address (the image's
+//! `h2k-report.service` writes `H2K-IP: <nic> <address>` to the console) within the time
+//! limit; the unfixed copy, the same disk without the fix-ups, must not.
+//!
+//! Gate: runs when `H2K_BOOT_TEST=1` (CI sets it, after `.ci/guest-setup.sh`); then a missing
+//! tool is a failure, not a skip. Base images are cached under
+//! `~/.cache/hyper2kvm-guest-images/<hash of build-image.sh>/` (or `$H2K_GUEST_CACHE`).
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::{make_vhd, s, Scratch};
+
+/// How long a boot may take to reach login and an address. A fixed guest needs about half a
+/// minute alone on this kind of machine; four boots and a libguestfs appliance share 2 cores.
+const DEFAULT_LIMIT_SECS: u64 = 180;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Gen {
+    One,
+    Two,
+}
+
+impl Gen {
+    fn name(self) -> &'static str {
+        match self {
+            Gen::One => "gen1",
+            Gen::Two => "gen2",
+        }
+    }
+}
+
+fn enabled() -> bool {
+    match std::env::var("H2K_BOOT_TEST").as_deref() {
+        Ok("1") => true,
+        _ => {
+            eprintln!("guest boot test not run: set H2K_BOOT_TEST=1 (see docs/guest.md)");
+            false
+        }
+    }
+}
+
+#[test]
+fn gen1_bios_mbr_boots_only_after_fixups() {
+    if enabled() {
+        boot_test(Gen::One);
+    }
+}
+
+#[test]
+fn gen2_uefi_gpt_boots_only_after_fixups() {
+    if enabled() {
+        boot_test(Gen::Two);
+    }
+}
+
+#[test]
+fn a_disk_without_an_os_is_an_error_and_unchanged() {
+    if !enabled() {
+        return;
+    }
+    check_tools();
+    let dir = Scratch::new("fix-no-os");
+    let image = dir.path("data.raw");
+    support::make_raw(&image, 64 << 20, &[(1 << 20, 1 << 20, support::Fill::Text)]);
+    let before = sha256(&image);
+    let out = Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+        .args(["fix", s(&image)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no operating system found"), "{stderr}");
+    assert_eq!(sha256(&image), before);
+}
+
+fn boot_test(gen: Gen) {
+    check_tools();
+    let images = base_images();
+    let dir = Scratch::new(&format!("boot-{}", gen.name()));
+    let started = Instant::now();
+
+    let vhd = dir.path("azure-os.vhd");
+    make_vhd(&images.join(format!("{}.raw", gen.name())), &vhd, "fixed");
+    let fixed = dir.path("fixed.qcow2");
+    let unfixed = dir.path("unfixed.qcow2");
+    hyper2kvm(&["convert", "--quiet", s(&vhd), s(&fixed)]);
+    hyper2kvm(&["convert", "--quiet", s(&vhd), s(&unfixed)]);
+    std::fs::remove_file(&vhd).unwrap();
+    let convert_secs = started.elapsed().as_secs();
+
+    let fix_started = Instant::now();
+    let report = hyper2kvm(&["fix", s(&fixed)]);
+    let fix_secs = fix_started.elapsed().as_secs();
+    assert!(report.contains("result: fixed for KVM"), "{report}");
+    for fixup in ["netplan", "initramfs", "grub", "fstab", "azure-agent"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.trim_start().starts_with(fixup) && l.ends_with("applied")),
+            "{fixup} not applied:\n{report}"
+        );
+    }
+
+    // Once fixed, nothing is left to fix.
+    let checks_started = Instant::now();
+    let again = hyper2kvm(&["fix", s(&fixed)]);
+    assert!(again.contains("result: nothing to fix"), "{again}");
+    // A dry run reports what it would do and leaves the image byte for byte as it was (the
+    // unfixed copy then boots as the proof that the fix-ups matter).
+    let before = sha256(&unfixed);
+    let dry = hyper2kvm(&["fix", "--dry-run", s(&unfixed)]);
+    assert!(dry.contains("result: dry run, nothing changed"), "{dry}");
+    assert!(dry.contains("would apply"), "{dry}");
+    assert_eq!(sha256(&unfixed), before, "--dry-run changed the image");
+    let checks_secs = checks_started.elapsed().as_secs();
+
+    let limit = Duration::from_secs(
+        std::env::var("H2K_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_LIMIT_SECS),
+    );
+    // Both boots at once: the unfixed one runs out the whole limit.
+    let (fixed_boot, unfixed_boot) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| boot(gen, &fixed, &dir.path("fixed.console"), &dir, limit));
+        let b = scope.spawn(|| boot(gen, &unfixed, &dir.path("unfixed.console"), &dir, limit));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    eprintln!(
+        "{}: convert {convert_secs} s, fix {fix_secs} s, fix again + dry run {checks_secs} s, \
+         fixed boot {}, unfixed boot {}",
+        gen.name(),
+        fixed_boot.summary(),
+        unfixed_boot.summary()
+    );
+
+    assert!(
+        fixed_boot.succeeded(),
+        "{}: the fixed guest did not reach login with a DHCP address in {limit:?}: {}\n--- console ---\n{}",
+        gen.name(),
+        fixed_boot.summary(),
+        fixed_boot.tail()
+    );
+    let address = fixed_boot.address.as_deref().unwrap();
+    assert!(address.starts_with("10.0.2."), "not QEMU's DHCP: {address}");
+    let cmdline = fixed_boot.marker("H2K-CMDLINE: ").unwrap_or_default();
+    assert!(!cmdline.contains("rootdelay"), "{cmdline}");
+    assert!(cmdline.contains("console=ttyS0"), "{cmdline}");
+    assert!(
+        !fixed_boot.console.contains("H2K-AGENT"),
+        "the Azure agent stand-in still started"
+    );
+
+    assert!(
+        !unfixed_boot.succeeded(),
+        "{}: the guest booted to login with an address WITHOUT the fix-ups, so this test proves \
+         nothing: {}\n--- console ---\n{}",
+        gen.name(),
+        unfixed_boot.summary(),
+        unfixed_boot.tail()
+    );
+}
+
+/// Fails, naming what to install, when a tool the test needs is missing.
+fn check_tools() {
+    let mut missing = Vec::new();
+    for tool in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "guestfish",
+        "debootstrap",
+        "sha256sum",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            missing.push(tool);
+        }
+    }
+    if ovmf().is_none() {
+        missing.push("OVMF (Debian ovmf)");
+    }
+    assert!(
+        missing.is_empty(),
+        "H2K_BOOT_TEST=1 but missing: {}; `. .ci/guest-setup.sh` installs them",
+        missing.join(", ")
+    );
+}
+
+/// OVMF's code and variable-store templates.
+fn ovmf() -> Option<(PathBuf, PathBuf)> {
+    [
+        ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+        ("OVMF_CODE.fd", "OVMF_VARS.fd"),
+    ]
+    .iter()
+    .map(|(c, v)| {
+        (
+            Path::new("/usr/share/OVMF").join(c),
+            Path::new("/usr/share/OVMF").join(v),
+        )
+    })
+    .find(|(c, v)| c.is_file() && v.is_file())
+}
+
+/// The directory holding gen1.raw and gen2.raw, built once per version of the build script.
+fn base_images() -> PathBuf {
+    static IMAGES: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    IMAGES.get_or_init(build_base_images).clone().unwrap()
+}
+
+fn build_base_images() -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build-image.sh");
+    let out = Command::new("sha256sum")
+        .arg(&script)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let hash: String = String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .take(16)
+        .collect();
+    let cache = match std::env::var_os("H2K_GUEST_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?)
+            .join(".cache/hyper2kvm-guest-images"),
+    };
+    let dir = cache.join(&hash);
+    if dir.join("gen1.raw").is_file() && dir.join("gen2.raw").is_file() {
+        return Ok(dir);
+    }
+    let tmp = cache.join(format!("{hash}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&tmp)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the base images failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprintln!(
+        "built base images in {} s:\n{}",
+        started.elapsed().as_secs(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Runs the binary; panics with its output unless it succeeds; returns its standard output.
+fn hyper2kvm(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "hyper2kvm {args:?} failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// What a boot showed on its serial console.
+struct Boot {
+    console: String,
+    login: bool,
+    address: Option<String>,
+    elapsed: Duration,
+}
+
+impl Boot {
+    fn succeeded(&self) -> bool {
+        self.login && self.address.is_some()
+    }
+
+    fn marker(&self, prefix: &str) -> Option<String> {
+        self.console.lines().find_map(|l| {
+            l.find(prefix)
+                .map(|i| l[i + prefix.len()..].trim().to_string())
+        })
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} after {} s (login prompt: {}, address: {})",
+            if self.succeeded() {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            self.elapsed.as_secs(),
+            self.login,
+            self.address.as_deref().unwrap_or("none")
+        )
+    }
+
+    fn tail(&self) -> String {
+        let lines: Vec<&str> = self.console.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// Boots `image` until the console shows a login prompt and an address, or `limit` passes.
+fn boot(gen: Gen, image: &Path, console: &Path, dir: &Scratch, limit: Duration) -> Boot {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-machine",
+        "q35,accel=tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+    ])
+    .args(["-nodefaults", "-display", "none", "-no-reboot"])
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=qcow2,if=none,id=disk0,snapshot=on",
+        s(image)
+    ))
+    .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
+    .args([
+        "-netdev",
+        "user,id=net0",
+        "-device",
+        "virtio-net-pci,netdev=net0",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", s(console)));
+    if gen == Gen::Two {
+        let (code, vars_template) = ovmf().unwrap();
+        let vars = dir.path(&format!(
+            "{}.vars.fd",
+            console.file_stem().unwrap().to_string_lossy()
+        ));
+        std::fs::copy(&vars_template, &vars).unwrap();
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                s(&code)
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", s(&vars)));
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 starts");
+    let mut boot = Boot {
+        console: String::new(),
+        login: false,
+        address: None,
+        elapsed: Duration::ZERO,
+    };
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        boot.console =
+            String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).replace('\r', "");
+        boot.login = boot.console.contains(" login:");
+        boot.address = boot.marker("H2K-IP: ").and_then(|rest| {
+            // "enp0s2 10.0.2.15/24", or "none" when the guest got no address.
+            let address = rest.split_whitespace().nth(1)?;
+            Some(address.split('/').next()?.to_string())
+        });
+        boot.elapsed = started.elapsed();
+        let exited = child.try_wait().unwrap();
+        if boot.succeeded() || boot.elapsed >= limit || exited.is_some() {
+            break;
+        }
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let qemu_stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        boot.elapsed >= limit || boot.succeeded() || out.status.success(),
+        "qemu-system-x86_64 failed ({}): {qemu_stderr}",
+        out.status
+    );
+    boot
+}

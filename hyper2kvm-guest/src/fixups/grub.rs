@@ -1,0 +1,157 @@
+//! The kernel command line: `rootdelay=` out, grub's configuration regenerated.
+
+use super::{FixUp, Plan};
+use crate::edits::grub_default;
+use crate::guestfs::GuestFs;
+use crate::inspect::{DistroFamily, Inspection};
+use crate::Result;
+
+/// The grub fix-up.
+pub struct GrubCmdline;
+
+impl FixUp for GrubCmdline {
+    fn name(&self) -> &'static str {
+        "grub"
+    }
+    fn description(&self) -> &'static str {
+        "kernel command line: rootdelay removed (console=ttyS0 kept), grub config regenerated"
+    }
+    fn plan(&self, guest: &mut dyn GuestFs, inspection: &Inspection) -> Result<Plan> {
+        let mut plan = Plan::default();
+        let mut regenerate = false;
+        if let Some(edit) = guest
+            .read(grub_default::PATH)?
+            .as_deref()
+            .and_then(grub_default::fix)
+        {
+            plan.changes.extend(edit.changes);
+            plan.write(grub_default::PATH, edit.text);
+            regenerate = true;
+        }
+        // A configuration generated before (or without) the defaults' edit still has it.
+        for path in &inspection.boot.grub_configs {
+            if guest
+                .read(path)?
+                .is_some_and(|cfg| cfg.contains("rootdelay="))
+            {
+                regenerate = true;
+            }
+        }
+        if !regenerate {
+            return Ok(plan);
+        }
+        if inspection.boot.grub_configs.is_empty() {
+            plan.notes.push(
+                "no grub.cfg found: the boot loader's configuration was not regenerated".into(),
+            );
+            return Ok(plan);
+        }
+        // RHEL 8+ keeps each kernel's arguments in BLS entries; grubby edits them.
+        if guest.exists("/usr/sbin/grubby")? {
+            plan.run("grubby --update-kernel=ALL --remove-args=rootdelay");
+            plan.changes
+                .push("grubby --update-kernel=ALL --remove-args=rootdelay".into());
+        }
+        let debian_tools =
+            inspection.family == DistroFamily::Debian && guest.exists("/usr/sbin/update-grub")?;
+        if debian_tools {
+            plan.run("update-grub");
+            plan.changes.push("update-grub".into());
+        } else {
+            let mkconfig = if guest.exists("/usr/sbin/grub2-mkconfig")? {
+                "grub2-mkconfig"
+            } else {
+                "grub-mkconfig"
+            };
+            for path in &inspection.boot.grub_configs {
+                let command = format!("{mkconfig} -o {path}");
+                plan.changes.push(command.clone());
+                plan.run(command);
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixups::testing::{debian, rhel};
+    use crate::fixups::{apply, Action};
+    use crate::guestfs::memory::MemoryGuest;
+
+    const AZURE_DEFAULTS: &str = "GRUB_CMDLINE_LINUX=\"console=tty1 console=ttyS0,115200n8 earlyprintk=ttyS0,115200 rootdelay=300\"\n";
+
+    #[test]
+    fn debian_edits_defaults_and_runs_update_grub() {
+        let mut guest = MemoryGuest::with(&[
+            ("/etc/default/grub", AZURE_DEFAULTS),
+            (
+                "/boot/grub/grub.cfg",
+                "linux /boot/vmlinuz root=UUID=x ro console=ttyS0 rootdelay=300\n",
+            ),
+            ("/usr/sbin/update-grub", ""),
+        ]);
+        let plan = GrubCmdline.plan(&mut guest, &debian()).unwrap();
+        assert_eq!(
+            plan.actions.last(),
+            Some(&Action::Run {
+                command: "update-grub".into()
+            })
+        );
+        apply(&mut guest, &plan).unwrap();
+        assert!(!guest.files["/etc/default/grub"].contains("rootdelay"));
+        assert!(guest.files["/etc/default/grub"].contains("console=ttyS0,115200n8"));
+    }
+
+    #[test]
+    fn rhel_uses_grubby_and_grub2_mkconfig() {
+        let mut guest = MemoryGuest::with(&[
+            ("/etc/default/grub", AZURE_DEFAULTS),
+            ("/usr/sbin/grubby", ""),
+            ("/usr/sbin/grub2-mkconfig", ""),
+        ]);
+        let plan = GrubCmdline.plan(&mut guest, &rhel()).unwrap();
+        let commands: Vec<&str> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Run { command } => Some(command.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "grubby --update-kernel=ALL --remove-args=rootdelay",
+                "grub2-mkconfig -o /boot/grub2/grub.cfg"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stale_grub_cfg_alone_triggers_regeneration() {
+        let mut guest = MemoryGuest::with(&[
+            (
+                "/etc/default/grub",
+                "GRUB_CMDLINE_LINUX=\"console=ttyS0\"\n",
+            ),
+            ("/boot/grub/grub.cfg", "linux /vmlinuz rootdelay=300\n"),
+            ("/usr/sbin/update-grub", ""),
+        ]);
+        let plan = GrubCmdline.plan(&mut guest, &debian()).unwrap();
+        assert_eq!(plan.changes, ["update-grub"]);
+    }
+
+    #[test]
+    fn clean_guest_needs_nothing() {
+        let mut guest = MemoryGuest::with(&[
+            (
+                "/etc/default/grub",
+                "GRUB_CMDLINE_LINUX=\"console=ttyS0\"\n",
+            ),
+            ("/boot/grub/grub.cfg", "linux /vmlinuz console=ttyS0\n"),
+        ]);
+        assert!(!GrubCmdline.plan(&mut guest, &debian()).unwrap().is_needed());
+    }
+}
