@@ -27,6 +27,10 @@ pub struct Cli {
     /// List the selected VMs and their disks; change nothing.
     #[arg(long, requires = "config")]
     pub list_only: bool,
+    /// With -c: show what a migration would do (VMs, disks, snapshots, outputs) and change
+    /// nothing.
+    #[arg(long, requires = "config", conflicts_with = "list_only")]
+    pub dry_run: bool,
     /// How to print the list (overrides output.format).
     #[arg(long, value_enum, requires = "config")]
     pub output: Option<OutputArg>,

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use hyper2kvm_azure::migrate::{DiskChoice, Layout, PlanOptions, RunningVmPolicy};
 use hyper2kvm_azure::{AuthMethod, RetryConfig, Selection};
+use hyper2kvm_core::OutputFormat;
 use hyper2kvm_core::PowerState;
 use serde::Deserialize;
 
@@ -72,6 +74,28 @@ pub struct AzureSection {
     /// How often to retry throttled or failed requests.
     #[serde(default)]
     pub retry: RetrySection,
+    /// VMs that are not deallocated: `snapshot` (default), `deallocate`, `stop` or `refuse`.
+    #[serde(default = "default_running_vm")]
+    pub running_vm: RunningVmPolicy,
+    /// Which disks to migrate: `all` (default), `os` or `data`.
+    #[serde(default = "default_disks")]
+    pub disks: DiskChoice,
+    /// Start VMs again once their snapshots are taken (`stop`) or disks exported
+    /// (`deallocate`).
+    #[serde(default)]
+    pub restart_vms: bool,
+    /// Allow a migration without `resource_groups`, i.e. of every selected VM of the
+    /// subscriptions. Off: naming the groups is a guard against migrating too much.
+    #[serde(default)]
+    pub allow_whole_subscription: bool,
+}
+
+fn default_running_vm() -> RunningVmPolicy {
+    RunningVmPolicy::Snapshot
+}
+
+fn default_disks() -> DiskChoice {
+    DiskChoice::All
 }
 
 /// `azure.retry`.
@@ -143,31 +167,19 @@ pub struct SelectionSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportSection {
-    /// How long a read grant (SAS) stays valid, in seconds.
+    /// How long a read grant (SAS) stays valid, in seconds; an expired one is renewed.
     pub grant_duration_secs: u32,
-    /// `auto` (snapshot unless deallocated), `always` or `never`.
-    pub snapshot: SnapshotMode,
+    /// Keep the snapshots a run creates instead of deleting them after the export.
+    pub keep_snapshots: bool,
 }
 
 impl Default for ExportSection {
     fn default() -> Self {
         ExportSection {
             grant_duration_secs: 3600,
-            snapshot: SnapshotMode::Auto,
+            keep_snapshots: false,
         }
     }
-}
-
-/// `export.snapshot`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SnapshotMode {
-    /// Snapshot disks of VMs that are not deallocated.
-    Auto,
-    /// Always export through a snapshot.
-    Always,
-    /// Never snapshot (VMs must be deallocated).
-    Never,
 }
 
 /// `download:` (read by disk export).
@@ -193,17 +205,19 @@ impl Default for DownloadSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
-    /// `table` or `json` for `--list-only`.
-    pub format: Option<ListFormat>,
-    /// Where images go (disk export).
-    pub directory: Option<PathBuf>,
-    /// `qcow2` or `raw` (disk export).
-    pub image_format: Option<ImageFormat>,
-    /// `none`, `zstd` or `deflate` (disk export).
-    pub compression: Option<CompressionSetting>,
+    /// Where migrated VMs go, one folder per VM (`./out` when absent).
+    pub dir: Option<PathBuf>,
+    /// Image format: `qcow2` (default) or `raw`.
+    pub format: Option<ImageFormat>,
+    /// `zstd` or `deflate`; no compression when absent or `none`.
+    pub compress: Option<CompressionSetting>,
+    /// `vm` (default: `<dir>/<vm>/`) or `resource-group` (`<dir>/<rg>/<vm>/`).
+    pub layout: Option<Layout>,
+    /// `table` or `json` for `--list-only` and `--dry-run` (the `--output` flag wins).
+    pub list_format: Option<ListFormat>,
 }
 
-/// `output.format`.
+/// `output.list_format`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ListFormat {
@@ -213,7 +227,7 @@ pub enum ListFormat {
     Json,
 }
 
-/// `output.image_format`.
+/// `output.format`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageFormat {
@@ -223,7 +237,7 @@ pub enum ImageFormat {
     Raw,
 }
 
-/// `output.compression`.
+/// `output.compress`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CompressionSetting {
@@ -252,6 +266,12 @@ pub struct ListPlan {
     pub format: ListFormat,
     /// Retries.
     pub retry: RetryConfig,
+    /// How a migration of these VMs would go (for `--dry-run`).
+    pub migration: PlanOptions,
+    /// True when the config names no resource group (a whole-subscription migration).
+    pub whole_subscription: bool,
+    /// `azure.allow_whole_subscription`.
+    pub allow_whole_subscription: bool,
 }
 
 /// Reads and checks `path`; a simulator scenario's path is made relative to the file's
@@ -356,6 +376,7 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
             subscriptions.push(s);
         }
     }
+    let whole_subscription = a.resource_groups.is_empty();
     let selection = Selection {
         resource_groups: a.resource_groups,
         names: a.selection.names,
@@ -371,7 +392,23 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
     let format = match flags.output {
         Some(OutputArg::Table) => ListFormat::Table,
         Some(OutputArg::Json) => ListFormat::Json,
-        None => file.output.format.unwrap_or(ListFormat::Table),
+        None => file.output.list_format.unwrap_or(ListFormat::Table),
+    };
+    let migration = PlanOptions {
+        run_id: new_run_id(),
+        running_vm: a.running_vm,
+        disks: a.disks,
+        layout: file.output.layout.unwrap_or(Layout::Vm),
+        dir: file
+            .output
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("out")),
+        format: match file.output.format {
+            Some(ImageFormat::Raw) => OutputFormat::Raw,
+            _ => OutputFormat::Qcow2,
+        },
+        restart: a.restart_vms,
     };
     ListPlan {
         subscriptions,
@@ -396,7 +433,40 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
             retry_timeout: std::time::Duration::from_secs(a.retry.timeout_secs),
             ..RetryConfig::default()
         },
+        migration,
+        whole_subscription,
+        allow_whole_subscription: a.allow_whole_subscription,
     }
+}
+
+/// `h2k-YYYYMMDDtHHMMSSz-xxxx`: sortable, unique enough, valid in Azure names and tags.
+fn new_run_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let salt = (std::process::id() as u64 ^ secs.rotate_left(17)) & 0xffff;
+    format!(
+        "h2k-{y:04}{m:02}{d:02}t{:02}{:02}{:02}z-{salt:04x}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -417,6 +487,43 @@ mod tests {
         assert_eq!(plan.format, ListFormat::Table);
         assert_eq!(plan.arm_endpoint, None);
         assert_eq!(plan.retry.max_retries, 10);
+        assert_eq!(plan.migration.running_vm, RunningVmPolicy::Snapshot);
+        assert_eq!(plan.migration.disks, DiskChoice::All);
+        assert!(plan.whole_subscription && !plan.allow_whole_subscription);
+    }
+
+    #[test]
+    fn run_ids_are_dated() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
+        let id = new_run_id();
+        assert!(
+            id.starts_with("h2k-20") && id.len() == "h2k-20261126t083500z-abcd".len(),
+            "{id}"
+        );
+    }
+
+    #[test]
+    fn migration_settings_are_read() {
+        let file = parse(
+            "azure:\n  subscription: s\n  resource_groups: [rg]\n  running_vm: stop\n  disks: os\n  restart_vms: true\noutput:\n  dir: /srv/kvm\n  format: raw\n  layout: resource-group\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let plan = list_plan(file, Overrides::default());
+        let m = &plan.migration;
+        assert_eq!(
+            (m.running_vm, m.disks, m.restart),
+            (RunningVmPolicy::Stop, DiskChoice::Os, true)
+        );
+        assert_eq!(
+            (m.format, m.layout),
+            (OutputFormat::Raw, Layout::ResourceGroup)
+        );
+        assert_eq!(m.dir, PathBuf::from("/srv/kvm"));
+        assert!(!plan.whole_subscription);
+        let err = parse("azure:\n  subscription: s\n  running_vm: pause\n", "c.yaml").unwrap_err();
+        assert!(err.0.starts_with("c.yaml:3:"), "{}", err.0);
     }
 
     #[test]
@@ -433,12 +540,12 @@ azure:
     tags: { env: prod }
     power_states: [running, deallocated]
     locations: [westeurope]
-export: { grant_duration_secs: 7200, snapshot: always }
+export: { grant_duration_secs: 7200, keep_snapshots: true }
 download: { concurrency: 16, chunk_size: 8M }
-output: { format: json, directory: ./out, image_format: qcow2, compression: zstd }
+output: { list_format: json, dir: ./out, format: qcow2, compress: zstd }
 "#;
         let file = parse(text, "c.yaml").unwrap();
-        assert_eq!(file.export.snapshot, SnapshotMode::Always);
+        assert!(file.export.keep_snapshots);
         assert_eq!(file.download.concurrency, 16);
         let plan = list_plan(
             file,

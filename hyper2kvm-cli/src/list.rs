@@ -5,7 +5,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use hyper2kvm_azure::{build_http_client, discover, ArmClient, ArmCredential, HttpOptions};
+use hyper2kvm_azure::{
+    build_http_client, discover, migrate, ArmClient, ArmCredential, HttpOptions,
+};
 use hyper2kvm_core::{DiskRole, Vm};
 use serde::Serialize;
 
@@ -17,6 +19,38 @@ use crate::units::human_bytes;
 /// Lists and prints; a one-line summary goes to stderr so stdout stays machine-readable.
 pub async fn run(plan: ListPlan) -> anyhow::Result<()> {
     let started = Instant::now();
+    let (vms, requests) = fleet(&plan).await?;
+    let text = match plan.format {
+        ListFormat::Table => render_table(&vms),
+        ListFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&json_vms(&vms))?;
+            s.push('\n');
+            s
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        // `hyper2kvm … | head` is not a failure.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing the list");
+        }
+    }
+    eprintln!(
+        "hyper2kvm: {} VMs in {} subscription(s), {} ARM requests, {:.2}s",
+        vms.len(),
+        plan.subscriptions.len(),
+        requests,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Discovers the selected VMs: serves the configured scenario in-process unless an
+/// endpoint is given, builds the client, lists. Returns the VMs and the requests it took.
+async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
     // A scenario in the config is served in-process, unless an endpoint (the flag) wins.
     let sim = match (&plan.arm_endpoint, &plan.simulator) {
         (None, Some(path)) => {
@@ -42,10 +76,18 @@ pub async fn run(plan: ListPlan) -> anyhow::Result<()> {
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
+    Ok((vms, arm.requests_sent()))
+}
+
+/// `--dry-run`: the migration plan for the selected VMs; only list requests are sent and no
+/// file is written.
+pub async fn dry_run(plan: ListPlan) -> anyhow::Result<()> {
+    let (vms, requests) = fleet(&plan).await?;
+    let migration = migrate::plan(&vms, &plan.migration).map_err(|e| UsageError(e.0))?;
     let text = match plan.format {
-        ListFormat::Table => render_table(&vms),
+        ListFormat::Table => render_plan(&migration),
         ListFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&json_vms(&vms))?;
+            let mut s = serde_json::to_string_pretty(&migration)?;
             s.push('\n');
             s
         }
@@ -55,19 +97,52 @@ pub async fn run(plan: ListPlan) -> anyhow::Result<()> {
         .write_all(text.as_bytes())
         .and_then(|_| stdout.flush())
     {
-        // `hyper2kvm … | head` is not a failure.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e).context("writing the list");
+            return Err(e).context("writing the plan");
         }
     }
+    if plan.whole_subscription && !plan.allow_whole_subscription {
+        eprintln!(
+            "hyper2kvm: note: no azure.resource_groups named: a real run over whole subscriptions is refused unless azure.allow_whole_subscription is true"
+        );
+    }
     eprintln!(
-        "hyper2kvm: {} VMs in {} subscription(s), {} ARM requests, {:.2}s",
-        vms.len(),
-        plan.subscriptions.len(),
-        arm.requests_sent(),
-        started.elapsed().as_secs_f64()
+        "hyper2kvm: dry run: {} VMs, {} disks ({}), {} snapshots to create; {requests} ARM requests, nothing changed",
+        migration.vms.len(),
+        migration.vms.iter().map(|v| v.disks.len()).sum::<usize>(),
+        human_bytes(migration.total_bytes()),
+        migration.snapshot_count(),
     );
     Ok(())
+}
+
+/// One block per VM: its action and each disk with its size and output.
+fn render_plan(plan: &migrate::Plan) -> String {
+    let mut out = format!("run {}\n", plan.run_id);
+    for vm in &plan.vms {
+        out.push_str(&format!(
+            "\n{} ({}, {}): {}\n",
+            vm.name, vm.resource_group, vm.power_state, vm.action
+        ));
+        for d in &vm.disks {
+            let via = d
+                .snapshot
+                .as_deref()
+                .map(|s| format!(" via snapshot {s}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {:<5} {:>10}  {} -> {}{via}\n",
+                d.lun
+                    .map(|l| format!("lun{l}"))
+                    .unwrap_or_else(|| "os".into()),
+                human_bytes(d.size_bytes),
+                d.name,
+                d.output.display()
+            ));
+        }
+        out.push_str(&format!("  domain {}\n", vm.domain_xml.display()));
+    }
+    out
 }
 
 /// One VM of the JSON output.

@@ -26,6 +26,7 @@ enum Mode {
     Sim(args::SimArgs),
     Fix(crate::fix::FixArgs),
     List(Box<config::ListPlan>),
+    DryRun(Box<config::ListPlan>),
 }
 
 /// Turns the parsed flags (and the config file they name) into one mode. Every problem here
@@ -40,9 +41,9 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
         )),
         (None, Some(path)) => {
             let file = config::load(&path)?;
-            if !cli.list_only {
+            if !cli.list_only && !cli.dry_run {
                 return Err(UsageError(
-                    "only --list-only is available yet (disk export is not): add --list-only"
+                    "migration runs are not in this build yet: add --dry-run to see the plan, or --list-only"
                         .into(),
                 ));
             }
@@ -50,7 +51,12 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
                 arm_endpoint: cli.arm_endpoint,
                 output: cli.output,
             };
-            Ok(Mode::List(Box::new(config::list_plan(file, overrides))))
+            let plan = Box::new(config::list_plan(file, overrides));
+            Ok(if cli.dry_run {
+                Mode::DryRun(plan)
+            } else {
+                Mode::List(plan)
+            })
         }
     }
 }
@@ -82,6 +88,7 @@ fn main() -> ExitCode {
             Mode::Sim(args) => sim::run(args).await,
             Mode::Fix(args) => fix::run(args).await,
             Mode::List(plan) => list::run(*plan).await,
+            Mode::DryRun(plan) => list::dry_run(*plan).await,
         }
     });
     match result {

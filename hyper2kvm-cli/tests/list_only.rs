@@ -155,7 +155,7 @@ async fn list_only_json_with_flags_overriding_the_file() {
     // The file points at a closed port and asks for a table; the flags win.
     let cfg = dir.write(
         "config.yaml",
-        &config("http://127.0.0.1:1", "output:\n  format: table\n"),
+        &config("http://127.0.0.1:1", "output:\n  list_format: table\n"),
     );
     let out = run(args(&[
         "-c",
@@ -434,4 +434,84 @@ fn convert_still_works() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_plans_every_vm_and_changes_nothing() {
+    let sim = example_sim().await;
+    let dir = Scratch::new("dry-run");
+    let out_dir = dir.0.join("out");
+    let extra = format!(
+        "  running_vm: snapshot\noutput:\n  dir: {}\n  format: qcow2\n",
+        out_dir.display()
+    );
+    let cfg = dir.write("config.yaml", &config(&sim.base_url(), &extra));
+    let out = run(args(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "--dry-run",
+        "--output",
+        "json",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vms = plan["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 5);
+    for vm in vms {
+        let kind = vm["action"]["kind"].as_str().unwrap();
+        let want = if vm["power_state"] == "deallocated" {
+            "export_disks"
+        } else {
+            "snapshot"
+        };
+        assert_eq!(kind, want, "{vm}");
+        let name = vm["name"].as_str().unwrap();
+        for disk in vm["disks"].as_array().unwrap() {
+            let output = disk["output"].as_str().unwrap();
+            let file = match disk["lun"].as_u64() {
+                None => format!("{name}-os.qcow2"),
+                Some(lun) => format!("{name}-data-lun{lun}.qcow2"),
+            };
+            assert_eq!(output, out_dir.join(name).join(file).display().to_string());
+            assert_eq!(disk["snapshot"].is_string(), kind == "snapshot", "{disk}");
+        }
+    }
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("dry run: 5 VMs, 11 disks") && stderr.contains("nothing changed"));
+    assert!(stderr.contains("allow_whole_subscription"), "{stderr}");
+    // Nothing written, and only the three list calls reached the simulator.
+    assert!(!out_dir.exists());
+    let c = sim.counters();
+    let lists = c.received(Route::ListVms)
+        + c.received(Route::ListVmStatuses)
+        + c.received(Route::ListDisks);
+    assert_eq!(c.total(), lists, "{:?}", c.snapshot());
+
+    let table = run(args(&["-c", cfg.to_str().unwrap(), "--dry-run"])).await;
+    let stdout = text(&table.stdout);
+    assert!(
+        stdout.contains("db-01 (rg-data, running): snapshot, export snapshots"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("win-app (rg-data, deallocated): export disks"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_migration_run_without_dry_run_is_not_offered_yet() {
+    let dir = Scratch::new("no-run");
+    let cfg = dir.write("config.yaml", &config("http://127.0.0.1:1", ""));
+    let out = Command::new(BIN)
+        .args(["-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--dry-run"),
+        "{}",
+        text(&out.stderr)
+    );
 }
