@@ -28,16 +28,7 @@ pub async fn run(plan: ListPlan) -> anyhow::Result<()> {
             s
         }
     };
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(text.as_bytes())
-        .and_then(|_| stdout.flush())
-    {
-        // `hyper2kvm … | head` is not a failure.
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e).context("writing the list");
-        }
-    }
+    print_stdout(&text, "writing the list")?;
     eprintln!(
         "hyper2kvm: {} VMs in {} subscription(s), {} ARM requests, {:.2}s",
         vms.len(),
@@ -46,6 +37,18 @@ pub async fn run(plan: ListPlan) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Writes `text` to stdout; a closed pipe (`hyper2kvm … | head`) is not a failure.
+fn print_stdout(text: &str, what: &'static str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context(what),
+        _ => Ok(()),
+    }
 }
 
 /// Discovers the selected VMs: serves the configured scenario in-process unless an
@@ -92,15 +95,7 @@ pub async fn dry_run(plan: ListPlan) -> anyhow::Result<()> {
             s
         }
     };
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(text.as_bytes())
-        .and_then(|_| stdout.flush())
-    {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e).context("writing the plan");
-        }
-    }
+    print_stdout(&text, "writing the plan")?;
     if plan.whole_subscription && !plan.allow_whole_subscription {
         eprintln!(
             "hyper2kvm: note: no azure.resource_groups named: a real run over whole subscriptions is refused unless azure.allow_whole_subscription is true"
