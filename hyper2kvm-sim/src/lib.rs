@@ -45,23 +45,28 @@ sim.shutdown().await;
 #![deny(missing_docs)]
 
 mod arm_json;
+mod blob;
+mod content;
 mod counters;
 mod error;
+mod export;
 mod scenario;
 mod server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+pub use content::{ContentSpec, DiskContent, ExtentSpec, ScatterSpec};
 pub use counters::{Counters, Route};
 pub use error::{Error, ErrorKind};
 pub use scenario::{
-    DiskSpec, Failures, Fleet, GenerateSpec, ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm,
-    SubscriptionSpec, Throttle, VmSpec,
+    BlobFaults, DiskSpec, Failures, Fleet, GenerateSpec, OperationSettings, ResourceGroupSpec,
+    Scenario, Settings, SimDisk, SimVm, SubscriptionSpec, Throttle, VmSpec,
 };
 
+use export::ExportState;
 use server::{Faults, Shared};
 
 /// Starts simulators.
@@ -91,6 +96,10 @@ impl Simulator {
                 failures: scenario.settings.failures,
             }),
             page_size: AtomicUsize::new(scenario.settings.page_size),
+            page_list_size: AtomicUsize::new(scenario.settings.page_list_size.max(1)),
+            blob_faults: RwLock::new(scenario.settings.blob_faults),
+            operations: RwLock::new(scenario.settings.operations),
+            export: Mutex::new(ExportState::default()),
         });
         let app = server::router(shared.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -172,6 +181,84 @@ impl SimHandle {
         self.shared
             .page_size
             .store(page_size.max(1), Ordering::Relaxed);
+    }
+
+    /// Changes the blob data plane's faults (and injected grant conflicts).
+    pub fn set_blob_faults(&self, faults: BlobFaults) {
+        *self
+            .shared
+            .blob_faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = faults;
+    }
+
+    /// The blob faults in force.
+    pub fn blob_faults(&self) -> BlobFaults {
+        self.shared.blob_faults()
+    }
+
+    /// Changes how long-running operations answer.
+    pub fn set_operations(&self, operations: OperationSettings) {
+        *self
+            .shared
+            .operations
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = operations;
+    }
+
+    /// Changes how many ranges a Get Page Ranges page holds at most.
+    pub fn set_page_list_size(&self, size: usize) {
+        self.shared
+            .page_list_size
+            .store(size.max(1), Ordering::Relaxed);
+    }
+
+    /// The disk named `name` (case-insensitive), attached or not, with what it holds.
+    pub fn disk(&self, name: &str) -> Option<&SimDisk> {
+        let fleet = &self.shared.fleet;
+        fleet
+            .vms
+            .iter()
+            .flat_map(|vm| vm.disks.iter())
+            .chain(fleet.unattached.iter().map(|(_, d)| d))
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Grants read access to the disk or snapshot `resource_id` as `beginGetAccess` would
+    /// (same checks, counted the same) and returns the SAS URL: for tests and benchmarks
+    /// that need a URL without going through ARM.
+    pub fn grant_access(&self, resource_id: &str, duration: Duration) -> Option<String> {
+        let source = self.shared.source_for_grant(resource_id)?;
+        let mut state = self.shared.export.lock().unwrap_or_else(|e| e.into_inner());
+        Some(state.grant(
+            &self.shared,
+            &self.addr.to_string(),
+            &resource_id.to_ascii_lowercase(),
+            source.0,
+            source.1,
+            duration,
+        ))
+    }
+
+    /// Every SAS signature handed out so far: what must never appear in a client's output.
+    pub fn signatures(&self) -> Vec<String> {
+        self.shared
+            .export
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .signatures
+            .clone()
+    }
+
+    /// The power state of a VM now (after power operations), e.g. `deallocated`.
+    pub fn power_state(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        vm: &str,
+    ) -> Option<String> {
+        let vm = self.shared.fleet.vm(subscription, resource_group, vm)?;
+        Some(self.shared.power_state(vm))
     }
 
     /// Stops the server and waits until it has stopped.
