@@ -559,9 +559,8 @@ subscriptions:
             (409, Some("OperationNotAllowed"))
         );
         let snap = format!("{base}/snapshots/snap-1");
-        let source = format!(
-            "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/disks/web_OsDisk_1"
-        );
+        let source =
+            "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/disks/web_OsDisk_1";
         let put = http
             .put(format!("{snap}?api-version=2025-01-02"))
             .header("content-type", "application/json")
