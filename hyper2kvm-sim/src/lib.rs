@@ -1,6 +1,7 @@
 /*!
 An Azure simulator for hyper2kvm: an HTTP server that speaks the subset of Azure Resource
-Manager (ARM) that discovery uses, with ARM's JSON shapes and paging, from a scenario file.
+Manager (ARM) that discovery and disk export use, with ARM's JSON shapes and paging, and the
+page-blob data plane of exported disks, from a scenario file.
 It is how tests, benchmarks and offline try-outs run without an Azure account.
 
 # Design
@@ -15,14 +16,28 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   `$expand=instanceView`), `GET /subscriptions/{s}/providers/Microsoft.Compute/disks`, the
   per-resource-group disk list and `GET …/disks/{name}`. Lists are paged with an absolute
   `nextLink` (`$skiptoken` is an offset). Errors use ARM's `{"error": {"code", "message"}}`.
-* **Faults**: a fixed latency per request, `429 Too Many Requests` with `Retry-After` for
-  the first N requests or every Nth, and a 5xx for every Nth; all can be changed while
-  running.
+* **Disk export**: `POST …/disks/{d}/beginGetAccess` and `endGetAccess` (also on snapshots), `PUT` / `GET` / `DELETE …/snapshots/{s}`,
+  `POST …/virtualMachines/{vm}/powerOff|deallocate|start` and
+  `GET …/locations/{loc}/vmSizes`, answered with ARM's long-running-operation shapes
+  (`202` + `Location` + `Azure-AsyncOperation` + `Retry-After`, polled
+  [`OperationSettings::polls`] times, or `200` at once) and Azure's rules: no grant on the
+  disk of a VM that is not deallocated (`409`), no delete of a snapshot with an open grant.
+* **Page blobs**: a grant's SAS URL (`http://HOST/{container}/abcd?sv=…&sr=b&sig=…&se=…&sp=r`)
+  serves the disk plus a fixed-VHD footer: `HEAD`, ranged `GET` (`206`, `Content-Range`,
+  `Content-MD5` for ranges up to 4 MiB, `400` above) and `GET ?comp=pagelist` paged by
+  `marker`. The signature is checked: revoked, expired or wrong is `403 AuthenticationFailed`.
+* **Disk content** ([`DiskContent`]): written extents listed or scattered, with bytes that
+  are a pure function of `(seed, offset)` (noise, text and zero blocks), so a 1 TiB disk
+  costs no memory; or a local raw file / fixed VHD. [`SimDisk::write_raw_reference`] writes
+  the expected image for `qemu-img compare`.
+* **Faults**: for ARM, a fixed latency per request, `429 Too Many Requests` with
+  `Retry-After` for the first N requests or every Nth, and a 5xx for every Nth; for blobs
+  ([`BlobFaults`]), latency, 5xx, 429, connection resets mid-body, truncated bodies, wrong
+  `Content-MD5`, SAS expiry after N requests or seconds, and `409` on grants. All can be
+  changed while running.
 * **Counters** ([`Counters`]): requests received and throttled per [`Route`], so a test can
-  assert that discovery made three paged list calls and nothing per VM.
-
-Page blobs, access grants and snapshots (disk export) are not served yet; they will be
-further routes on the same state.
+  assert that discovery made three paged list calls and nothing per VM; open grants,
+  grants and revokes, snapshots alive, body bytes served and faults injected.
 
 # Example
 
