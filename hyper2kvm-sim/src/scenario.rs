@@ -790,6 +790,11 @@ subscriptions:
             .unwrap();
         assert_eq!(fleet.vms.len(), 1001);
         assert_eq!(fleet.vms[0].disks[1].name, "web-01-data");
+        let written = fleet.vms[0].disks[1].content.written_bytes();
+        assert!(
+            (900 << 20..=(1 << 30) + (1 << 20)).contains(&written),
+            "{written}"
+        );
     }
 
     #[test]
