@@ -192,10 +192,10 @@ fn requested_range(headers: &HeaderMap) -> Option<Result<(u64, Option<u64>), ()>
     })
 }
 
-/// `HEAD`, `GET` and `GET ?comp=pagelist` of `/{container}/abcd`.
+/// `HEAD`, `GET` and `GET ?comp=pagelist` of `/mdsim/{container}/abcd`.
 pub(crate) async fn serve(
     State(st): State<Arc<Shared>>,
-    Path((container, _blob)): Path<(String, String)>,
+    Path((account, container, _blob)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
     method: Method,
     headers: HeaderMap,
@@ -208,6 +208,22 @@ pub(crate) async fn serve(
         Route::BlobGet
     };
     let n = st.counters.record_blob(route);
+    if account != crate::export::BLOB_ACCOUNT {
+        return storage_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidUri",
+            "The requested URI does not represent any resource on the server.",
+        );
+    }
+    // Only Get Page Ranges among the `comp` operations; anything else (a container listing,
+    // blob properties by query) must not be answered with the blob's bytes.
+    if q.contains_key("restype") || q.get("comp").is_some_and(|c| c != "pagelist") {
+        return storage_error(
+            StatusCode::BAD_REQUEST,
+            "UnsupportedQueryParameter",
+            "The simulator serves HEAD, GET and Get Page Ranges of a blob only.",
+        );
+    }
     if let Some(r) = blob_gate(&st, n).await {
         return r;
     }

@@ -151,7 +151,7 @@ impl ExportState {
         st.counters.open_grants.fetch_add(1, Ordering::SeqCst);
         st.counters.grants.fetch_add(1, Ordering::SeqCst);
         format!(
-            "http://{host}/{container}/abcd?sv=2018-03-28&sr=b&sig={}&se={}&sp=r",
+            "http://{host}/{BLOB_ACCOUNT}/{container}/abcd?sv=2018-03-28&sr=b&sig={}&se={}&sp=r",
             percent(&sig),
             percent(&se)
         )
@@ -166,6 +166,12 @@ impl ExportState {
         st.counters.revokes.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+/// The first path segment of a SAS URL. An IP-address URL is read path-style by Azure's
+/// tools (AzCopy, the SDKs), as Azurite's: `http://IP:PORT/{account}/{container}/{blob}`, so
+/// the simulator's URLs have an account segment, or AzCopy takes the container for the
+/// account and lists the blob as a container.
+pub(crate) const BLOB_ACCOUNT: &str = "mdsim";
 
 /// Percent-encodes everything but unreserved characters, as a query value needs.
 fn percent(text: &str) -> String {

@@ -22,7 +22,7 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   (`202` + `Location` + `Azure-AsyncOperation` + `Retry-After`, polled
   [`OperationSettings::polls`] times, or `200` at once) and Azure's rules: no grant on the
   disk of a VM that is not deallocated (`409`), no delete of a snapshot with an open grant.
-* **Page blobs**: a grant's SAS URL (`http://HOST/{container}/abcd?sv=…&sr=b&sig=…&se=…&sp=r`)
+* **Page blobs**: a grant's SAS URL (`http://HOST/mdsim/{container}/abcd?sv=…&sr=b&sig=…&se=…&sp=r`)
   serves the disk plus a fixed-VHD footer: `HEAD`, ranged `GET` (`206`, `Content-Range`,
   `Content-MD5` for ranges up to 4 MiB, `400` above) and `GET ?comp=pagelist` paged by
   `marker`. The signature is checked: revoked, expired or wrong is `403 AuthenticationFailed`.
@@ -611,6 +611,15 @@ subscriptions:
             ((16u64 << 20) + 512).to_string().as_str()
         );
         assert_eq!(head.headers()["x-ms-blob-type"], "PageBlob");
+        // Path-style, as AzCopy reads an IP-address URL: account, container, blob. A
+        // container listing is refused, never answered with the blob's bytes.
+        assert!(sas.contains("/mdsim/"), "{sas}");
+        let list = http
+            .get(format!("{sas}&restype=container&comp=list"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), 400);
 
         // Ranged GET with MD5; the footer is a valid fixed VHD footer.
         let total = (16u64 << 20) + 512;

@@ -100,7 +100,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(crate::export::poll),
         )
         .route(
-            "/{container}/{blob}",
+            "/{account}/{container}/{blob}",
             get(crate::blob::serve).head(crate::blob::serve),
         )
         .fallback(not_found)
