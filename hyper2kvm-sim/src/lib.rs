@@ -1,6 +1,7 @@
 /*!
 An Azure simulator for hyper2kvm: an HTTP server that speaks the subset of Azure Resource
-Manager (ARM) that discovery uses, with ARM's JSON shapes and paging, from a scenario file.
+Manager (ARM) that discovery and disk export use, with ARM's JSON shapes and paging, and the
+page-blob data plane of exported disks, from a scenario file.
 It is how tests, benchmarks and offline try-outs run without an Azure account.
 
 # Design
@@ -15,14 +16,28 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   `$expand=instanceView`), `GET /subscriptions/{s}/providers/Microsoft.Compute/disks`, the
   per-resource-group disk list and `GET …/disks/{name}`. Lists are paged with an absolute
   `nextLink` (`$skiptoken` is an offset). Errors use ARM's `{"error": {"code", "message"}}`.
-* **Faults**: a fixed latency per request, `429 Too Many Requests` with `Retry-After` for
-  the first N requests or every Nth, and a 5xx for every Nth; all can be changed while
-  running.
+* **Disk export**: `POST …/disks/{d}/beginGetAccess` and `endGetAccess` (also on snapshots), `PUT` / `GET` / `DELETE …/snapshots/{s}`,
+  `POST …/virtualMachines/{vm}/powerOff|deallocate|start` and
+  `GET …/locations/{loc}/vmSizes`, answered with ARM's long-running-operation shapes
+  (`202` + `Location` + `Azure-AsyncOperation` + `Retry-After`, polled
+  [`OperationSettings::polls`] times, or `200` at once) and Azure's rules: no grant on the
+  disk of a VM that is not deallocated (`409`), no delete of a snapshot with an open grant.
+* **Page blobs**: a grant's SAS URL (`http://HOST/mdsim/{container}/abcd?sv=…&sr=b&sig=…&se=…&sp=r`)
+  serves the disk plus a fixed-VHD footer: `HEAD`, ranged `GET` (`206`, `Content-Range`,
+  `Content-MD5` for ranges up to 4 MiB, `400` above) and `GET ?comp=pagelist` paged by
+  `marker`. The signature is checked: revoked, expired or wrong is `403 AuthenticationFailed`.
+* **Disk content** ([`DiskContent`]): written extents listed or scattered, with bytes that
+  are a pure function of `(seed, offset)` (noise, text and zero blocks), so a 1 TiB disk
+  costs no memory; or a local raw file / fixed VHD. [`SimDisk::write_raw_reference`] writes
+  the expected image for `qemu-img compare`.
+* **Faults**: for ARM, a fixed latency per request, `429 Too Many Requests` with
+  `Retry-After` for the first N requests or every Nth, and a 5xx for every Nth; for blobs
+  ([`BlobFaults`]), latency, 5xx, 429, connection resets mid-body, truncated bodies, wrong
+  `Content-MD5`, SAS expiry after N requests or seconds, and `409` on grants. All can be
+  changed while running.
 * **Counters** ([`Counters`]): requests received and throttled per [`Route`], so a test can
-  assert that discovery made three paged list calls and nothing per VM.
-
-Page blobs, access grants and snapshots (disk export) are not served yet; they will be
-further routes on the same state.
+  assert that discovery made three paged list calls and nothing per VM; open grants,
+  grants and revokes, snapshots alive, body bytes served and faults injected.
 
 # Example
 
@@ -45,23 +60,28 @@ sim.shutdown().await;
 #![deny(missing_docs)]
 
 mod arm_json;
+mod blob;
+mod content;
 mod counters;
 mod error;
+mod export;
 mod scenario;
 mod server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+pub use content::{ContentSpec, DiskContent, ExtentSpec, ScatterSpec};
 pub use counters::{Counters, Route};
 pub use error::{Error, ErrorKind};
 pub use scenario::{
-    DiskSpec, Failures, Fleet, GenerateSpec, ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm,
-    SubscriptionSpec, Throttle, VmSpec,
+    BlobFaults, DiskSpec, Failures, Fleet, GenerateSpec, OperationSettings, ResourceGroupSpec,
+    Scenario, Settings, SimDisk, SimVm, SubscriptionSpec, Throttle, VmSpec,
 };
 
+use export::ExportState;
 use server::{Faults, Shared};
 
 /// Starts simulators.
@@ -91,6 +111,10 @@ impl Simulator {
                 failures: scenario.settings.failures,
             }),
             page_size: AtomicUsize::new(scenario.settings.page_size),
+            page_list_size: AtomicUsize::new(scenario.settings.page_list_size.max(1)),
+            blob_faults: RwLock::new(scenario.settings.blob_faults),
+            operations: RwLock::new(scenario.settings.operations),
+            export: Mutex::new(ExportState::default()),
         });
         let app = server::router(shared.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -174,6 +198,84 @@ impl SimHandle {
             .store(page_size.max(1), Ordering::Relaxed);
     }
 
+    /// Changes the blob data plane's faults (and injected grant conflicts).
+    pub fn set_blob_faults(&self, faults: BlobFaults) {
+        *self
+            .shared
+            .blob_faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = faults;
+    }
+
+    /// The blob faults in force.
+    pub fn blob_faults(&self) -> BlobFaults {
+        self.shared.blob_faults()
+    }
+
+    /// Changes how long-running operations answer.
+    pub fn set_operations(&self, operations: OperationSettings) {
+        *self
+            .shared
+            .operations
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = operations;
+    }
+
+    /// Changes how many ranges a Get Page Ranges page holds at most.
+    pub fn set_page_list_size(&self, size: usize) {
+        self.shared
+            .page_list_size
+            .store(size.max(1), Ordering::Relaxed);
+    }
+
+    /// The disk named `name` (case-insensitive), attached or not, with what it holds.
+    pub fn disk(&self, name: &str) -> Option<&SimDisk> {
+        let fleet = &self.shared.fleet;
+        fleet
+            .vms
+            .iter()
+            .flat_map(|vm| vm.disks.iter())
+            .chain(fleet.unattached.iter().map(|(_, d)| d))
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Grants read access to the disk or snapshot `resource_id` as `beginGetAccess` would
+    /// (same checks, counted the same) and returns the SAS URL: for tests and benchmarks
+    /// that need a URL without going through ARM.
+    pub fn grant_access(&self, resource_id: &str, duration: Duration) -> Option<String> {
+        let source = self.shared.source_for_grant(resource_id)?;
+        let mut state = self.shared.export.lock().unwrap_or_else(|e| e.into_inner());
+        Some(state.grant(
+            &self.shared,
+            &self.addr.to_string(),
+            &resource_id.to_ascii_lowercase(),
+            source.0,
+            source.1,
+            duration,
+        ))
+    }
+
+    /// Every SAS signature handed out so far: what must never appear in a client's output.
+    pub fn signatures(&self) -> Vec<String> {
+        self.shared
+            .export
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .signatures
+            .clone()
+    }
+
+    /// The power state of a VM now (after power operations), e.g. `deallocated`.
+    pub fn power_state(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        vm: &str,
+    ) -> Option<String> {
+        let vm = self.shared.fleet.vm(subscription, resource_group, vm)?;
+        Some(self.shared.power_state(vm))
+    }
+
     /// Stops the server and waits until it has stopped.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -196,7 +298,7 @@ impl Drop for SimHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     async fn get(url: &str) -> (u16, Option<String>, Value) {
         // reqwest is built without a default TLS provider (see the workspace manifest).
@@ -393,5 +495,292 @@ mod tests {
         assert_eq!(sim.counters().received(Route::GetDisk), 2);
         assert_eq!(sim.counters().received(Route::ListVmsInGroup), 4);
         assert_eq!(sim.counters().received(Route::ListDisksInGroup), 1);
+    }
+
+    const EXPORT: &str = r#"
+settings: { operations: { polls: 1, retry_after_secs: 0 }, page_list_size: 2 }
+subscriptions:
+  - id: sub-1
+    resource_groups:
+      - name: rg
+        vms:
+          - name: web
+            power_state: running
+            disks:
+              - size_bytes: 16777216
+                content:
+                  seed: 1
+                  extents: [{ offset: 0, length: 1024 }, { offset: 1048576, length: 6291456 }, { offset: 9437184, length: 512 }]
+"#;
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    /// Follows a long-running operation's `Location` until it answers 200.
+    async fn finish(http: &reqwest::Client, resp: reqwest::Response) -> (u16, Value) {
+        let mut resp = resp;
+        let mut polls = 0;
+        if resp.status() == 202 {
+            assert!(resp.headers().contains_key("azure-asyncoperation"));
+        }
+        while resp.status() == 202 {
+            assert_eq!(resp.headers()["retry-after"], "0");
+            let next = resp.headers()["location"].to_str().unwrap().to_string();
+            resp = http.get(next).send().await.unwrap();
+            polls += 1;
+            assert!(polls < 10);
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn grants_blobs_snapshots_and_power() {
+        let sim = Simulator::start(&Scenario::from_yaml(EXPORT).unwrap())
+            .await
+            .unwrap();
+        let http = client();
+        let base = format!(
+            "{}/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute",
+            sim.base_url()
+        );
+        let grant_body = json!({"access": "Read", "durationInSeconds": 600, "fileFormat": "VHD"});
+        let grant = |what: String| {
+            let http = http.clone();
+            let body = grant_body.clone();
+            async move {
+                let resp = http
+                    .post(format!("{what}/beginGetAccess?api-version=2025-01-02"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                finish(&http, resp).await
+            }
+        };
+        let disk = format!("{base}/disks/web_OsDisk_1");
+
+        // A running VM's disk cannot be granted; a snapshot of it can.
+        let (status, err) = grant(disk.clone()).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (409, Some("OperationNotAllowed"))
+        );
+        let snap = format!("{base}/snapshots/snap-1");
+        let source =
+            "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/disks/web_OsDisk_1";
+        let put = http
+            .put(format!("{snap}?api-version=2025-01-02"))
+            .header("content-type", "application/json")
+            .body(json!({"location": "westeurope", "properties": {"creationData": {"createOption": "Copy", "sourceResourceId": source}}, "tags": {"by": "test"}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 202);
+        let (status, created) = finish(&http, put).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            created["properties"]["creationData"]["sourceResourceId"],
+            source
+        );
+        assert_eq!(created["properties"]["diskSizeBytes"], 16u64 << 20);
+        assert_eq!(created["tags"]["by"], "test");
+        assert_eq!(sim.counters().snapshots_alive(), 1);
+
+        let (status, sas) = grant(snap.clone()).await;
+        assert_eq!(status, 200);
+        let sas = sas["accessSAS"].as_str().unwrap().to_string();
+        assert!(
+            sas.contains("sr=b") && sas.contains("sig=") && sas.contains("sp=r"),
+            "{sas}"
+        );
+        assert_eq!(sim.counters().open_grants(), 1);
+
+        // HEAD: the disk plus the footer.
+        let head = http.head(&sas).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(
+            head.headers()["content-length"],
+            ((16u64 << 20) + 512).to_string().as_str()
+        );
+        assert_eq!(head.headers()["x-ms-blob-type"], "PageBlob");
+        // Path-style, as AzCopy reads an IP-address URL: account, container, blob. A
+        // container listing is refused, never answered with the blob's bytes.
+        assert!(sas.contains("/mdsim/"), "{sas}");
+        let list = http
+            .get(format!("{sas}&restype=container&comp=list"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), 400);
+
+        // Ranged GET with MD5; the footer is a valid fixed VHD footer.
+        let total = (16u64 << 20) + 512;
+        let ranged = http
+            .get(&sas)
+            .header(
+                "x-ms-range",
+                format!("bytes={}-{}", total - 1024, total - 1),
+            )
+            .header("x-ms-range-get-content-md5", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ranged.status(), 206);
+        assert_eq!(
+            ranged.headers()["content-range"],
+            format!("bytes {}-{}/{total}", total - 1024, total - 1).as_str()
+        );
+        let md5 = ranged.headers()["content-md5"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = ranged.bytes().await.unwrap();
+        use base64::Engine;
+        use md5::Digest;
+        assert_eq!(
+            md5,
+            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body))
+        );
+        let footer = hyper2kvm_core::VhdFooter::parse(body[512..].try_into().unwrap(), 0).unwrap();
+        assert_eq!(footer.current_size, 16 << 20);
+        let mut want = vec![0u8; 512];
+        sim.disk("web_OsDisk_1")
+            .unwrap()
+            .read_at((16 << 20) - 512, &mut want)
+            .unwrap();
+        assert_eq!(&body[..512], &want[..]);
+        let too_big = http
+            .get(&sas)
+            .header("x-ms-range", "bytes=0-4194304")
+            .header("x-ms-range-get-content-md5", "true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(too_big.status(), 400);
+
+        // Page list: 2 ranges a page, then the footer's page.
+        let mut marker = String::new();
+        let mut ranges = Vec::new();
+        loop {
+            let url = format!("{sas}&comp=pagelist{marker}");
+            let xml = http.get(url).send().await.unwrap().text().await.unwrap();
+            assert!(
+                xml.starts_with("<?xml") && xml.contains("<PageList>"),
+                "{xml}"
+            );
+            ranges.extend(xml.matches("<PageRange>").map(|_| ()));
+            match xml.split_once("<NextMarker>") {
+                Some((_, rest)) => {
+                    marker = format!(
+                        "&marker={}",
+                        rest.split_once('<').unwrap().0.replace('!', "%21")
+                    )
+                }
+                None => break,
+            }
+        }
+        assert_eq!(ranges.len(), 4);
+        assert!(sim.counters().received(Route::BlobPageList) >= 2);
+
+        // A snapshot with an open grant cannot be deleted; after the revoke the SAS is refused.
+        let del = http
+            .delete(format!("{snap}?api-version=2025-01-02"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(del.status(), 409);
+        let end = http
+            .post(format!("{snap}/endGetAccess?api-version=2025-01-02"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(finish(&http, end).await.0, 200);
+        assert_eq!(sim.counters().open_grants(), 0);
+        let refused = http.head(&sas).send().await.unwrap();
+        assert_eq!(refused.status(), 403);
+        let refused = http
+            .get(&sas)
+            .header("x-ms-range", "bytes=0-511")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.headers()["x-ms-error-code"], "AuthenticationFailed");
+        let xml = refused.text().await.unwrap();
+        assert!(xml.contains("<Code>AuthenticationFailed</Code>"), "{xml}");
+        let sig = sas.split("sig=").nth(1).unwrap().split('&').next().unwrap();
+        assert!(!xml.contains(sig));
+        let del = http
+            .delete(format!("{snap}?api-version=2025-01-02"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(finish(&http, del).await.0, 200);
+        assert_eq!(sim.counters().snapshots_alive(), 0);
+        let gone = http
+            .get(format!("{snap}?api-version=2025-01-02"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), 404);
+
+        // Deallocating the VM allows a grant on its disk; the instance view follows.
+        let vm = format!("{base}/virtualMachines/web");
+        for (action, word) in [("powerOff", "stopped"), ("deallocate", "deallocated")] {
+            let resp = http
+                .post(format!("{vm}/{action}?api-version=2025-04-01"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(finish(&http, resp).await.0, 200);
+            assert_eq!(sim.power_state("sub-1", "rg", "web").unwrap(), word);
+        }
+        let (_, _, model) = get(&format!("{vm}?api-version=x&$expand=instanceView")).await;
+        assert_eq!(
+            model["properties"]["instanceView"]["statuses"][1]["code"],
+            "PowerState/deallocated"
+        );
+        let (status, _) = grant(disk.clone()).await;
+        assert_eq!(status, 200);
+        let c = sim.counters();
+        assert_eq!((c.grants(), c.revokes(), c.open_grants()), (2, 1, 1));
+        // Revoking twice is fine.
+        for _ in 0..2 {
+            let end = http
+                .post(format!("{disk}/endGetAccess?api-version=2025-01-02"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(finish(&http, end).await.0, 200);
+        }
+        assert_eq!(c.open_grants(), 0);
+
+        // VM sizes with Azure's field names.
+        let (status, _, sizes) = get(&format!(
+            "{}/subscriptions/sub-1/providers/Microsoft.Compute/locations/westeurope/vmSizes?api-version=2025-04-01",
+            sim.base_url()
+        ))
+        .await;
+        assert_eq!(status, 200);
+        let d2 = sizes["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "Standard_D2s_v5")
+            .unwrap();
+        assert_eq!(
+            (d2["numberOfCores"].as_u64(), d2["memoryInMB"].as_u64()),
+            (Some(2), Some(8192))
+        );
+        for field in ["maxDataDiskCount", "osDiskSizeInMB", "resourceDiskSizeInMB"] {
+            assert!(d2[field].is_u64(), "{field}");
+        }
     }
 }

@@ -3,19 +3,20 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::arm_json;
 use crate::counters::{Counters, Route};
-use crate::scenario::{Failures, Fleet, SimDisk, SimVm, Throttle};
+use crate::export::ExportState;
+use crate::scenario::{BlobFaults, Failures, Fleet, OperationSettings, SimDisk, SimVm, Throttle};
 
 /// Faults that can be changed while the server runs.
 #[derive(Debug, Clone, Copy)]
@@ -31,9 +32,36 @@ pub(crate) struct Shared {
     pub counters: Arc<Counters>,
     pub faults: RwLock<Faults>,
     pub page_size: AtomicUsize,
+    pub page_list_size: AtomicUsize,
+    pub blob_faults: RwLock<BlobFaults>,
+    pub operations: RwLock<OperationSettings>,
+    pub export: Mutex<ExportState>,
 }
 
-type Q = Query<HashMap<String, String>>;
+impl Shared {
+    pub fn blob_faults(&self) -> BlobFaults {
+        *self.blob_faults.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn operations(&self) -> OperationSettings {
+        *self.operations.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The VM as it is now: with the power state power operations gave it.
+    fn current<'a>(&self, vm: &'a SimVm) -> std::borrow::Cow<'a, SimVm> {
+        let power = self.power_state(vm);
+        if power == vm.power_state {
+            std::borrow::Cow::Borrowed(vm)
+        } else {
+            std::borrow::Cow::Owned(SimVm {
+                power_state: power,
+                ..vm.clone()
+            })
+        }
+    }
+}
+
+pub(crate) type Q = Query<HashMap<String, String>>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     const VMS: &str = "/subscriptions/{sub}/providers/Microsoft.Compute/virtualMachines";
@@ -49,16 +77,42 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(&format!("{RG_VMS}/{{name}}"), get(get_vm))
         .route(RG_DISKS, get(list_disks_in_group))
         .route(&format!("{RG_DISKS}/{{name}}"), get(get_disk))
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind}/{name}/{action}",
+            post(crate::export::access),
+        )
+        .route(
+            "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/snapshots/{name}",
+            get(crate::export::snapshot)
+                .put(crate::export::snapshot)
+                .delete(crate::export::snapshot),
+        )
+        .route(
+            &format!("{RG_VMS}/{{name}}/{{action}}"),
+            post(crate::export::power),
+        )
+        .route(
+            "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/vmSizes",
+            get(crate::export::vm_sizes),
+        )
+        .route(
+            "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/{kind}/{id}",
+            get(crate::export::poll),
+        )
+        .route(
+            "/{account}/{container}/{blob}",
+            get(crate::blob::serve).head(crate::blob::serve),
+        )
         .fallback(not_found)
         .with_state(shared)
 }
 
-fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(arm_json::error(code, message))).into_response()
 }
 
 /// Counts the request, waits the injected latency, and answers 429 when the throttle says so.
-async fn gate(st: &Shared, route: Route, headers: &HeaderMap) -> Option<Response> {
+pub(crate) async fn gate(st: &Shared, route: Route, headers: &HeaderMap) -> Option<Response> {
     let n = st
         .counters
         .record(route, headers.contains_key(header::AUTHORIZATION));
@@ -95,7 +149,7 @@ async fn gate(st: &Shared, route: Route, headers: &HeaderMap) -> Option<Response
     None
 }
 
-fn check_api_version(q: &HashMap<String, String>) -> Option<Response> {
+pub(crate) fn check_api_version(q: &HashMap<String, String>) -> Option<Response> {
     match q.get("api-version") {
         Some(v) if !v.is_empty() => None,
         _ => Some(arm_error(
@@ -106,7 +160,7 @@ fn check_api_version(q: &HashMap<String, String>) -> Option<Response> {
     }
 }
 
-fn check_subscription(st: &Shared, sub: &str) -> Option<Response> {
+pub(crate) fn check_subscription(st: &Shared, sub: &str) -> Option<Response> {
     if st
         .fleet
         .subscriptions
@@ -228,10 +282,12 @@ async fn list_vms(
     }
     let vms = vms_of(&st, &sub, None);
     if status_only {
-        page(&st, &q, &headers, &uri, &vms, |vm| arm_json::vm_status(vm))
+        page(&st, &q, &headers, &uri, &vms, |vm| {
+            arm_json::vm_status(&st.current(vm))
+        })
     } else {
         page(&st, &q, &headers, &uri, &vms, |vm| {
-            arm_json::vm_model(vm, false)
+            arm_json::vm_model(&st.current(vm), false)
         })
     }
 }
@@ -260,7 +316,7 @@ async fn list_vms_in_group(
     }
     let vms = vms_of(&st, &sub, Some(&rg));
     page(&st, &q, &headers, &uri, &vms, |vm| {
-        arm_json::vm_model(vm, false)
+        arm_json::vm_model(&st.current(vm), false)
     })
 }
 
@@ -288,7 +344,7 @@ async fn get_vm(
         .get("$expand")
         .is_some_and(|v| v.eq_ignore_ascii_case("instanceView"));
     match st.fleet.vm(&sub, &rg, &name) {
-        Some(vm) => Json(arm_json::vm_model(vm, expand)).into_response(),
+        Some(vm) => Json(arm_json::vm_model(&st.current(vm), expand)).into_response(),
         None => not_found_resource("virtualMachines", &rg, &name),
     }
 }
@@ -308,7 +364,7 @@ async fn list_disks(
     }
     let disks = disks_of(&st, &sub, None);
     page(&st, &q, &headers, &uri, &disks, |(s, d, vm)| {
-        arm_json::disk(s, d, *vm)
+        arm_json::disk(s, d, vm.map(|v| st.current(v)).as_deref())
     })
 }
 
@@ -327,7 +383,7 @@ async fn list_disks_in_group(
     }
     let disks = disks_of(&st, &sub, Some(&rg));
     page(&st, &q, &headers, &uri, &disks, |(s, d, vm)| {
-        arm_json::disk(s, d, *vm)
+        arm_json::disk(s, d, vm.map(|v| st.current(v)).as_deref())
     })
 }
 
@@ -347,7 +403,9 @@ async fn get_disk(
         .into_iter()
         .find(|(_, d, _)| d.name.eq_ignore_ascii_case(&name));
     match found {
-        Some((s, d, vm)) => Json(arm_json::disk(s, d, vm)).into_response(),
+        Some((s, d, vm)) => {
+            Json(arm_json::disk(s, d, vm.map(|v| st.current(v)).as_deref())).into_response()
+        }
         None => not_found_resource("disks", &rg, &name),
     }
 }
