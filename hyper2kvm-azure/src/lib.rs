@@ -20,7 +20,11 @@ and paging, credentials, and batched VM discovery that produces core's [`Vm`] mo
   statuses, disks) joined on lower-cased ids; filters ([`Selection`]) run client side; the
   result is sorted.
 
-Disk export (access grants, snapshots) and the page-blob reader are not here yet.
+* **Export** ([`arm::export`], [`blob`], [`AzureSource`]): read grants with ARM's
+  long-running-operation protocol, and [`PageBlobReader`], which reads only the written pages
+  of an exported disk with MD5-checked ranged GETs, retries, and re-grants when a SAS
+  expires. [`SasUrl`] never prints its query.
+* **Migration plan** ([`migrate`]): what a run would do for each VM, shown by `--dry-run`.
 
 # Example
 
