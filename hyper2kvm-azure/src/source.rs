@@ -5,7 +5,7 @@
 //! disk that has no grant is harmless), so a failure, a dropped future or Ctrl-C at any
 //! point still runs `endGetAccess`, through the [`ExportedDisk`] or through the guard.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper2kvm_core::{BoxFuture, Cleanups, Disk, ExportedDisk, Vm, VmSource};
@@ -75,9 +75,13 @@ impl AzureSource {
     }
 
     async fn export(&self, disk: &Disk) -> hyper2kvm_core::Result<ExportedDisk> {
-        let revoke = Revoke::new(self.arm.clone(), disk.id.clone(), self.export.lro.clone());
+        let revoke = Revoke {
+            arm: self.arm.clone(),
+            id: disk.id.clone(),
+            lro: self.export.lro.clone(),
+        };
         let guard = RevokeGuard {
-            revoke: Some(revoke.clone()),
+            revoke: Some(revoke),
             cleanups: self.cleanups.clone(),
         };
         let sas = self
@@ -130,30 +134,17 @@ impl VmSource for AzureSource {
     }
 }
 
-/// `endGetAccess` for one disk, runnable once from wherever the export ends.
-#[derive(Clone)]
+/// `endGetAccess` for one disk. It has one owner at a time (the guard, then the
+/// `ExportedDisk`), and `run` consumes it, so it runs at most once.
 struct Revoke {
     arm: ArmClient,
     id: String,
     lro: LroOptions,
-    done: Arc<Mutex<bool>>,
 }
 
 impl Revoke {
-    fn new(arm: ArmClient, id: String, lro: LroOptions) -> Self {
-        Revoke {
-            arm,
-            id,
-            lro,
-            done: Arc::new(Mutex::new(false)),
-        }
-    }
-
     fn run(self) -> BoxFuture<'static, hyper2kvm_core::Result<()>> {
         Box::pin(async move {
-            if std::mem::replace(&mut *self.done.lock().unwrap(), true) {
-                return Ok(());
-            }
             self.arm
                 .end_get_access(&self.id, &self.lro)
                 .await

@@ -190,16 +190,7 @@ impl PartFile {
             .truncate(true)
             .open(&part)
             .map_err(|e| Error::io("cannot create the output file", e).with_path(&part))?;
-        Ok(PartFile {
-            file,
-            part,
-            dst: dst.to_owned(),
-            committed: false,
-            written: 0,
-            unflushed: 0,
-            flusher: None,
-            keep: false,
-        })
+        Ok(PartFile::wrap(file, part, dst, false))
     }
 
     /// Reopens the `.part` file of an interrupted run and cuts it to `len`, the length its
@@ -222,7 +213,13 @@ impl PartFile {
             )
             .with_path(&part));
         }
-        let mut out = PartFile {
+        let mut out = PartFile::wrap(file, part, dst, true);
+        out.set_len(len)?;
+        Ok(out)
+    }
+
+    fn wrap(file: File, part: PathBuf, dst: &Path, keep: bool) -> PartFile {
+        PartFile {
             file,
             part,
             dst: dst.to_owned(),
@@ -230,10 +227,8 @@ impl PartFile {
             written: 0,
             unflushed: 0,
             flusher: None,
-            keep: true,
-        };
-        out.set_len(len)?;
-        Ok(out)
+            keep,
+        }
     }
 
     /// Keeps the `.part` file when dropped without commit, for a later run to resume.

@@ -270,9 +270,8 @@ impl Inner {
                 )
                 .with_status(403)),
             },
-            Failure::Retry(e) if *failures <= self.body_retries => {
+            Failure::Retry(_) if *failures <= self.body_retries => {
                 self.pause(*failures).await;
-                let _ = e;
                 Ok(())
             }
             Failure::Retry(e) => Err(give_up(e, *failures)),
