@@ -13,7 +13,9 @@ each usable on its own:
 * [`guest`] (`hyper2kvm-guest`): offline fix-ups that make a migrated Azure Linux guest
   boot and reach the network on KVM, driven through libguestfs.
 
-The `hyper2kvm` binary (crate `hyper2kvm-cli`) is a thin layer over these.
+[`run::migrate`] is a whole migration run (discovery, snapshots or power operations, export,
+conversion, guest fix-ups, domain XML, reports) as one call with a progress callback; the
+`hyper2kvm` binary (crate `hyper2kvm-cli`) is a thin layer over it and these.
 
 # Converting a local disk
 
@@ -33,6 +35,8 @@ A disk that is not a local file (an HTTP range reader, a test double) implements
 [`core::DiskReader`] and goes through the same [`core::convert`]; see `examples/`.
 */
 #![deny(missing_docs)]
+
+pub mod run;
 
 pub use hyper2kvm_azure as azure;
 pub use hyper2kvm_core as core;

@@ -61,7 +61,7 @@ pub mod sas;
 pub mod selection;
 pub mod source;
 
-pub use arm::{discover, ArmClient, ArmClientBuilder};
+pub use arm::{discover, ArmClient, ArmClientBuilder, LroOptions, VmSize};
 pub use blob::{BlobOptions, PageBlobReader, Regrant};
 pub use credential::{ArmCredential, AuthMethod};
 pub use error::{Error, ErrorKind, Result};

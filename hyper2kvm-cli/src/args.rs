@@ -10,7 +10,8 @@ use crate::units::parse_size;
 
 /// Move virtual machines from Azure to KVM.
 ///
-/// `hyper2kvm -c config.yaml --list-only` lists the VMs a config selects;
+/// `hyper2kvm -c config.yaml` migrates the VMs a config selects (`--dry-run` shows the plan,
+/// `--list-only` lists them);
 /// `hyper2kvm convert SRC DST` converts one disk image; `hyper2kvm sim` serves a simulated Azure.
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,10 @@ pub struct Cli {
     /// How to print the list (overrides output.format).
     #[arg(long, value_enum, requires = "config")]
     pub output: Option<OutputArg>,
+    /// With -c and no --list-only / --dry-run (a migration run): no progress, only the
+    /// summary table and errors.
+    #[arg(long, short, requires = "config")]
+    pub quiet: bool,
     /// The ARM base URL, e.g. a simulator's (overrides azure.arm_endpoint).
     #[arg(long, value_name = "URL", requires = "config")]
     pub arm_endpoint: Option<String>,

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use hyper2kvm_azure::migrate::{DiskChoice, Layout, PlanOptions, RunningVmPolicy};
 use hyper2kvm_azure::{AuthMethod, RetryConfig, Selection};
-use hyper2kvm_core::OutputFormat;
+use hyper2kvm_core::libvirt::{CpuMode, NetworkAttachment};
 use hyper2kvm_core::PowerState;
+use hyper2kvm_core::{Compression, OutputFormat};
+use hyper2kvm_guest::GuestConfig;
 use serde::Deserialize;
 
 use crate::args::OutputArg;
@@ -44,6 +46,45 @@ pub struct ConfigFile {
     /// What is written where.
     #[serde(default)]
     pub output: OutputSection,
+    /// The libvirt domain written for each VM.
+    #[serde(default)]
+    pub domain: DomainSection,
+    /// Guest fix-ups on every migrated OS disk; present (even `guest: {}`) to run them.
+    #[serde(default)]
+    pub guest: Option<GuestSection>,
+}
+
+/// `domain:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainSection {
+    /// `host-passthrough` (default), `host-model`, or a CPU model name such as
+    /// `Skylake-Server-IBRS`.
+    pub cpu_mode: String,
+    /// The libvirt network the NIC joins (`default` when neither this nor `bridge` is set).
+    pub network: Option<String>,
+    /// A host bridge for the NIC instead of a libvirt network.
+    pub bridge: Option<String>,
+}
+
+impl Default for DomainSection {
+    fn default() -> Self {
+        DomainSection {
+            cpu_mode: "host-passthrough".into(),
+            network: None,
+            bridge: None,
+        }
+    }
+}
+
+/// `guest:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestSection {
+    /// Fix-ups not to run, by name (see `hyper2kvm fix --help`).
+    pub skip: Vec<String>,
+    /// Fail the VM when the fix-ups cannot run (libguestfs missing) instead of carrying on.
+    pub require: bool,
 }
 
 /// `azure:`.
@@ -171,6 +212,8 @@ pub struct ExportSection {
     pub grant_duration_secs: u32,
     /// Keep the snapshots a run creates instead of deleting them after the export.
     pub keep_snapshots: bool,
+    /// How long to wait for one long-running ARM operation (grant, snapshot, power), seconds.
+    pub operation_timeout_secs: u64,
 }
 
 impl Default for ExportSection {
@@ -178,6 +221,7 @@ impl Default for ExportSection {
         ExportSection {
             grant_duration_secs: 3600,
             keep_snapshots: false,
+            operation_timeout_secs: 900,
         }
     }
 }
@@ -190,13 +234,26 @@ pub struct DownloadSection {
     pub concurrency: u16,
     /// Bytes per read, e.g. `4M`.
     pub chunk_size: String,
+    /// Disks converting at once, across all VMs.
+    pub parallel_disks: u16,
+    /// VMs in progress at once.
+    pub parallel_vms: u16,
+    /// Reads in flight at once across all disks (HTTP connections); no limit beyond
+    /// `parallel_disks` × `concurrency` when absent.
+    pub max_connections: Option<u16>,
+    /// A bandwidth cap for the whole run, bytes per second (`100M`); none when absent.
+    pub bandwidth: Option<String>,
 }
 
 impl Default for DownloadSection {
     fn default() -> Self {
         DownloadSection {
-            concurrency: 8,
+            concurrency: 16,
             chunk_size: "4M".into(),
+            parallel_disks: 4,
+            parallel_vms: 4,
+            max_connections: None,
+            bandwidth: None,
         }
     }
 }
@@ -272,6 +329,39 @@ pub struct ListPlan {
     pub whole_subscription: bool,
     /// `azure.allow_whole_subscription`.
     pub allow_whole_subscription: bool,
+    /// How a real run goes beyond the plan.
+    pub run: RunSettings,
+}
+
+/// The settings of a migration run besides its plan, resolved.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// `output.compress`.
+    pub compression: Option<Compression>,
+    /// `download.concurrency`: reads in flight per disk.
+    pub concurrency: usize,
+    /// `download.chunk_size`.
+    pub chunk_size: u32,
+    /// `download.parallel_disks`.
+    pub parallel_disks: usize,
+    /// `download.parallel_vms`.
+    pub parallel_vms: usize,
+    /// `download.max_connections`.
+    pub max_connections: Option<usize>,
+    /// `download.bandwidth`, bytes per second.
+    pub bandwidth: Option<u64>,
+    /// `export.keep_snapshots`.
+    pub keep_snapshots: bool,
+    /// `export.grant_duration_secs`.
+    pub grant_duration: std::time::Duration,
+    /// `export.operation_timeout_secs`.
+    pub operation_timeout: std::time::Duration,
+    /// `domain.cpu_mode`.
+    pub cpu: CpuMode,
+    /// `domain.network` / `domain.bridge`.
+    pub network: NetworkAttachment,
+    /// `guest:`, when present.
+    pub guest: Option<GuestConfig>,
 }
 
 /// Reads and checks `path`; a simulator scenario's path is made relative to the file's
@@ -351,6 +441,40 @@ fn check(file: &ConfigFile) -> Result<(), String> {
     if file.download.concurrency == 0 {
         return Err("download.concurrency must be at least 1".into());
     }
+    if file.download.parallel_disks == 0 || file.download.parallel_vms == 0 {
+        return Err("download.parallel_disks and download.parallel_vms must be at least 1".into());
+    }
+    if file.download.max_connections == Some(0) {
+        return Err("download.max_connections must be at least 1".into());
+    }
+    if let Some(b) = &file.download.bandwidth {
+        let n = parse_size(b).map_err(|e| format!("download.bandwidth: {e}"))?;
+        if n < 64 << 10 {
+            return Err(format!("download.bandwidth: {n} bytes/s is below 64K"));
+        }
+    }
+    if file.export.operation_timeout_secs < 10 {
+        return Err("export.operation_timeout_secs must be at least 10".into());
+    }
+    if file.domain.network.is_some() && file.domain.bridge.is_some() {
+        return Err("domain: give either `network` or `bridge`, not both".into());
+    }
+    if file.domain.cpu_mode.trim().is_empty() {
+        return Err(
+            "domain.cpu_mode: empty; use host-passthrough, host-model or a CPU model name".into(),
+        );
+    }
+    if let Some(g) = &file.guest {
+        let names = hyper2kvm_guest::fixups::names();
+        for name in &g.skip {
+            if !names.contains(&name.as_str()) {
+                return Err(format!(
+                    "guest.skip: unknown fix-up {name:?}; fix-ups are: {}",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
     if !(300..=86_400).contains(&file.export.grant_duration_secs) {
         return Err("export.grant_duration_secs must be between 300 and 86400".into());
     }
@@ -395,7 +519,7 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
         None => file.output.list_format.unwrap_or(ListFormat::Table),
     };
     let migration = PlanOptions {
-        run_id: new_run_id(),
+        run_id: hyper2kvm_azure::migrate::new_run_id(),
         running_vm: a.running_vm,
         disks: a.disks,
         layout: file.output.layout.unwrap_or(Layout::Vm),
@@ -436,37 +560,57 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
         migration,
         whole_subscription,
         allow_whole_subscription: a.allow_whole_subscription,
+        run: run_settings(
+            &file.download,
+            &file.export,
+            &file.domain,
+            file.guest.as_ref(),
+            file.output.compress,
+        ),
     }
 }
 
-/// `h2k-YYYYMMDDtHHMMSSz-xxxx`: sortable, unique enough, valid in Azure names and tags.
-fn new_run_id() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    let salt = (std::process::id() as u64 ^ secs.rotate_left(17)) & 0xffff;
-    format!(
-        "h2k-{y:04}{m:02}{d:02}t{:02}{:02}{:02}z-{salt:04x}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+fn run_settings(
+    download: &DownloadSection,
+    export: &ExportSection,
+    domain: &DomainSection,
+    guest: Option<&GuestSection>,
+    compress: Option<CompressionSetting>,
+) -> RunSettings {
+    use std::time::Duration;
+    // Checked by `check` when the file was parsed.
+    let size = |text: &str| parse_size(text).unwrap_or(0);
+    RunSettings {
+        compression: match compress {
+            Some(CompressionSetting::Zstd) => Some(Compression::Zstd),
+            Some(CompressionSetting::Deflate) => Some(Compression::Deflate),
+            Some(CompressionSetting::None) | None => None,
+        },
+        concurrency: usize::from(download.concurrency),
+        chunk_size: size(&download.chunk_size) as u32,
+        parallel_disks: usize::from(download.parallel_disks),
+        parallel_vms: usize::from(download.parallel_vms),
+        max_connections: download.max_connections.map(usize::from),
+        bandwidth: download.bandwidth.as_deref().map(size),
+        keep_snapshots: export.keep_snapshots,
+        grant_duration: Duration::from_secs(u64::from(export.grant_duration_secs)),
+        operation_timeout: Duration::from_secs(export.operation_timeout_secs),
+        cpu: match domain.cpu_mode.trim() {
+            "host-passthrough" => CpuMode::HostPassthrough,
+            "host-model" => CpuMode::HostModel,
+            model => CpuMode::Custom(model.to_string()),
+        },
+        network: match (&domain.bridge, &domain.network) {
+            (Some(bridge), _) => NetworkAttachment::Bridge(bridge.clone()),
+            (None, Some(net)) => NetworkAttachment::Network(net.clone()),
+            (None, None) => NetworkAttachment::Network("default".into()),
+        },
+        guest: guest.map(|g| GuestConfig {
+            skip: g.skip.clone(),
+            require: g.require,
+            dry_run: false,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -490,17 +634,6 @@ mod tests {
         assert_eq!(plan.migration.running_vm, RunningVmPolicy::Snapshot);
         assert_eq!(plan.migration.disks, DiskChoice::All);
         assert!(plan.whole_subscription && !plan.allow_whole_subscription);
-    }
-
-    #[test]
-    fn run_ids_are_dated() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
-        let id = new_run_id();
-        assert!(
-            id.starts_with("h2k-20") && id.len() == "h2k-20261126t083500z-abcd".len(),
-            "{id}"
-        );
     }
 
     #[test]

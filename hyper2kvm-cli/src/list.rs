@@ -40,7 +40,7 @@ pub async fn run(plan: ListPlan) -> anyhow::Result<()> {
 }
 
 /// Writes `text` to stdout; a closed pipe (`hyper2kvm … | head`) is not a failure.
-fn print_stdout(text: &str, what: &'static str) -> anyhow::Result<()> {
+pub fn print_stdout(text: &str, what: &'static str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())
@@ -51,9 +51,19 @@ fn print_stdout(text: &str, what: &'static str) -> anyhow::Result<()> {
     }
 }
 
-/// Discovers the selected VMs: serves the configured scenario in-process unless an
-/// endpoint is given, builds the client, lists. Returns the VMs and the requests it took.
-async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
+/// An ARM client for the plan: the configured scenario served in-process unless an endpoint
+/// is given (the simulator stops when the handle is dropped).
+pub struct Connection {
+    /// The in-process simulator, if any.
+    pub sim: Option<SimHandle>,
+    /// The process's one HTTP client.
+    pub http: reqwest::Client,
+    /// The ARM client.
+    pub arm: ArmClient,
+}
+
+/// Connects as the plan says.
+pub async fn connect(plan: &ListPlan) -> anyhow::Result<Connection> {
     // A scenario in the config is served in-process, unless an endpoint (the flag) wins.
     let sim = match (&plan.arm_endpoint, &plan.simulator) {
         (None, Some(path)) => {
@@ -68,18 +78,24 @@ async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
         .or(plan.arm_endpoint.clone());
     let http = build_http_client(&HttpOptions::default())?;
     let credential = ArmCredential::from_env(plan.auth, &http)?;
-    let mut builder = ArmClient::builder(http)
+    let mut builder = ArmClient::builder(http.clone())
         .credential(credential)
         .retry(plan.retry.clone());
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint(endpoint);
     }
     let arm = builder.build()?;
-    let vms = discover(&arm, &plan.subscriptions, &plan.selection).await?;
-    if let Some(sim) = sim {
+    Ok(Connection { sim, http, arm })
+}
+
+/// Discovers the selected VMs. Returns the VMs and the requests it took.
+async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
+    let c = connect(plan).await?;
+    let vms = discover(&c.arm, &plan.subscriptions, &plan.selection).await?;
+    if let Some(sim) = c.sim {
         sim.shutdown().await;
     }
-    Ok((vms, arm.requests_sent()))
+    Ok((vms, c.arm.requests_sent()))
 }
 
 /// `--dry-run`: the migration plan for the selected VMs; only list requests are sent and no

@@ -1,12 +1,14 @@
 //! The `hyper2kvm` binary: parse the command line, run the command, choose the exit code.
 //!
-//! Exit codes: 0 done, 1 failed, 2 usage or configuration error, 130 interrupted.
+//! Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 a migration run that
+//! completed some VMs but not all, 130 interrupted.
 
 mod args;
 mod config;
 mod convert;
 mod fix;
 mod list;
+mod migrate;
 mod progress;
 mod signal;
 mod sim;
@@ -27,6 +29,7 @@ enum Mode {
     Fix(crate::fix::FixArgs),
     List(Box<config::ListPlan>),
     DryRun(Box<config::ListPlan>),
+    Migrate(Box<config::ListPlan>, bool),
 }
 
 /// Turns the parsed flags (and the config file they name) into one mode. Every problem here
@@ -41,12 +44,6 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
         )),
         (None, Some(path)) => {
             let file = config::load(&path)?;
-            if !cli.list_only && !cli.dry_run {
-                return Err(UsageError(
-                    "migration runs are not in this build yet: add --dry-run to see the plan, or --list-only"
-                        .into(),
-                ));
-            }
             let overrides = config::Overrides {
                 arm_endpoint: cli.arm_endpoint,
                 output: cli.output,
@@ -54,8 +51,10 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
             let plan = Box::new(config::list_plan(file, overrides));
             Ok(if cli.dry_run {
                 Mode::DryRun(plan)
-            } else {
+            } else if cli.list_only {
                 Mode::List(plan)
+            } else {
+                Mode::Migrate(plan, cli.quiet)
             })
         }
     }
@@ -84,15 +83,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match mode {
-            Mode::Convert(args) => convert::run(args).await,
-            Mode::Sim(args) => sim::run(args).await,
-            Mode::Fix(args) => fix::run(args).await,
-            Mode::List(plan) => list::run(*plan).await,
-            Mode::DryRun(plan) => list::dry_run(*plan).await,
+            Mode::Convert(args) => convert::run(args).await.map(|()| 0),
+            Mode::Sim(args) => sim::run(args).await.map(|()| 0),
+            Mode::Fix(args) => fix::run(args).await.map(|()| 0),
+            Mode::List(plan) => list::run(*plan).await.map(|()| 0),
+            Mode::DryRun(plan) => list::dry_run(*plan).await.map(|()| 0),
+            Mode::Migrate(plan, quiet) => migrate::run(*plan, quiet).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("hyper2kvm: error: {err:#}");
             ExitCode::from(exit_code(&err))

@@ -39,6 +39,7 @@ pub mod buffers;
 pub mod error;
 pub mod journal;
 pub mod libvirt;
+pub mod limits;
 pub mod model;
 pub mod open;
 pub mod output;
@@ -55,6 +56,7 @@ pub mod zero;
 mod testutil;
 
 pub use error::{Error, ErrorKind, Result};
+pub use limits::Limits;
 pub use model::{Disk, DiskRole, Firmware, OsType, PowerState, Vm};
 pub use open::{open_disk, InputFormat};
 pub use output::{ImageSink, PreparedChunk};

@@ -7,7 +7,9 @@ mod client;
 mod discovery;
 pub mod export;
 pub mod models;
+pub mod ops;
 
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM_ENDPOINT};
 pub use discovery::{discover, join_subscription};
 pub use export::LroOptions;
+pub use ops::VmSize;

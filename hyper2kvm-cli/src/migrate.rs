@@ -1,0 +1,326 @@
+//! `hyper2kvm -c config.yaml`: a migration run. Progress on stderr (bars on a terminal, lines
+//! otherwise), the summary table on stdout, the exit code from the run: 0 all done, 3 partial,
+//! 1 failed, 130 interrupted (after cleaning up).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper2kvm::azure::migrate::{
+    DiskStatus, EventFn, Migration, RunEvent, RunOptions, RunSummary, VmStatus,
+};
+use hyper2kvm::azure::{discover, AzureSource, BlobOptions, ExportOptions, LroOptions};
+use hyper2kvm::core::{Cleanups, ConvertOptions, Error as CoreError, ErrorKind, Limits};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::{ListPlan, UsageError};
+use crate::list::{connect, print_stdout};
+use crate::signal::until_interrupted;
+use crate::units::human_bytes;
+
+/// Runs the migration the plan describes and returns the exit code.
+pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
+    if plan.whole_subscription && !plan.allow_whole_subscription {
+        return Err(UsageError(
+            "this run would migrate every selected VM of whole subscriptions: name azure.resource_groups, or set azure.allow_whole_subscription: true".into(),
+        )
+        .into());
+    }
+    let c = connect(&plan).await?;
+    let cleanups = Cleanups::new();
+    let lro = LroOptions {
+        timeout: plan.run.operation_timeout,
+    };
+    let source = AzureSource::new(
+        c.arm.clone(),
+        c.http.clone(),
+        plan.subscriptions.clone(),
+        plan.selection.clone(),
+        ExportOptions {
+            sas_duration: plan.run.grant_duration,
+            lro: lro.clone(),
+            blob: BlobOptions::default(),
+        },
+        cleanups.clone(),
+    );
+    let r = &plan.run;
+    let opts = RunOptions {
+        plan: plan.migration.clone(),
+        convert: ConvertOptions {
+            format: plan.migration.format,
+            compression: r.compression,
+            chunk_size: r.chunk_size,
+            concurrency: r.concurrency,
+            resume: true,
+            ..ConvertOptions::default()
+        },
+        parallel_vms: r.parallel_vms,
+        parallel_disks: r.parallel_disks,
+        limits: Limits::new(r.max_connections, r.bandwidth),
+        keep_snapshots: r.keep_snapshots,
+        lro,
+        cpu: r.cpu.clone(),
+        network: r.network.clone(),
+        guest: r.guest.clone().map(hyper2kvm::run::guest_hook),
+    };
+    let display = Display::new(quiet);
+    let migration = Migration::new(source, cleanups.clone(), opts).with_events(display.callback());
+    let work = async {
+        let vms = discover(&c.arm, &plan.subscriptions, &plan.selection)
+            .await
+            .map_err(|e| CoreError::new(ErrorKind::Io, e.to_string()))?;
+        display.line(format!(
+            "hyper2kvm: run {}: {} VM(s) selected, output in {}",
+            plan.migration.run_id,
+            vms.len(),
+            plan.migration.dir.display()
+        ));
+        migration.run(&vms).await.map_err(|e| {
+            let kind = match e.kind() {
+                hyper2kvm::azure::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Io,
+            };
+            CoreError::new(kind, e.to_string())
+        })
+    };
+    let result = until_interrupted(work).await;
+    display.finish();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if e.kind() == ErrorKind::Cancelled {
+                eprintln!("hyper2kvm: {e}; revoking access grants, deleting snapshots…");
+            }
+            // Whatever stopped the run, what it started in Azure is undone before we exit.
+            let errors = cleanups.wait_all().await;
+            for err in &errors {
+                eprintln!("hyper2kvm: cleanup failed, check Azure by hand: {err}");
+            }
+            if let Some(sim) = c.sim {
+                sim.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some(sim) = c.sim {
+        sim.shutdown().await;
+    }
+    print_stdout(&render_summary(&summary), "writing the summary")?;
+    eprintln!(
+        "hyper2kvm: run {}: {} of {} VM(s) completed, {} downloaded in {:.1} s; summary {}",
+        summary.run_id,
+        summary.completed,
+        summary.vms.len(),
+        human_bytes(summary.bytes_downloaded),
+        summary.seconds,
+        plan.migration
+            .dir
+            .join(format!("run-{}.json", summary.run_id))
+            .display()
+    );
+    for e in &summary.cleanup_errors {
+        eprintln!("hyper2kvm: cleanup failed, check Azure by hand: {e}");
+    }
+    Ok(summary.exit_code)
+}
+
+/// The table printed at the end of a run.
+fn render_summary(s: &RunSummary) -> String {
+    let rows: Vec<[String; 6]> = s
+        .vms
+        .iter()
+        .map(|v| {
+            [
+                v.resource_group.clone(),
+                v.name.clone(),
+                v.status.as_str().to_string(),
+                format!("{}/{}", v.disks_done, v.disks_total),
+                human_bytes(v.bytes_downloaded),
+                v.error
+                    .clone()
+                    .unwrap_or_else(|| v.report.display().to_string()),
+            ]
+        })
+        .collect();
+    let header = [
+        "RESOURCE GROUP",
+        "VM",
+        "STATUS",
+        "DISKS",
+        "DOWNLOADED",
+        "REPORT / ERROR",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let last = cells.len() - 1;
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// Progress of a run: a bar per disk in flight on a terminal; lines otherwise (VM and disk
+/// events as they happen, and the bytes done every 10 seconds); nothing but errors when quiet.
+struct Display {
+    inner: Arc<Mutex<DisplayState>>,
+    quiet: bool,
+}
+
+struct DisplayState {
+    multi: Option<MultiProgress>,
+    bars: BTreeMap<(String, String), ProgressBar>,
+    progress: BTreeMap<(String, String), (u64, u64)>,
+    last_line: Instant,
+    started: Instant,
+}
+
+impl Display {
+    fn new(quiet: bool) -> Display {
+        let multi = (!quiet && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Display {
+            inner: Arc::new(Mutex::new(DisplayState {
+                multi,
+                bars: BTreeMap::new(),
+                progress: BTreeMap::new(),
+                last_line: Instant::now(),
+                started: Instant::now(),
+            })),
+            quiet,
+        }
+    }
+
+    /// Prints a line above the bars (or plainly).
+    fn line(&self, text: String) {
+        if self.quiet {
+            return;
+        }
+        let st = self.inner.lock().unwrap();
+        match &st.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        let mut st = self.inner.lock().unwrap();
+        for (_, bar) in std::mem::take(&mut st.bars) {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn callback(&self) -> EventFn {
+        let inner = self.inner.clone();
+        let quiet = self.quiet;
+        Arc::new(move |e: &RunEvent| {
+            let mut st = inner.lock().unwrap();
+            let text = match e {
+                RunEvent::VmStarted { vm, action } => Some(format!("{vm}: {action}")),
+                RunEvent::Step { vm, message } => Some(format!("{vm}: {message}")),
+                RunEvent::DiskStarted { vm, disk, size } => {
+                    if let Some(m) = &st.multi {
+                        let bar = m.add(ProgressBar::new(0));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{msg:30!} [{bar:25}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                            )
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                        );
+                        bar.set_message(format!("{vm}/{disk}"));
+                        st.bars.insert((vm.clone(), disk.clone()), bar);
+                    }
+                    Some(format!("{vm}: {disk} ({}) started", human_bytes(*size)))
+                }
+                RunEvent::DiskProgress {
+                    vm,
+                    disk,
+                    done,
+                    total,
+                } => {
+                    let key = (vm.clone(), disk.clone());
+                    if let Some(bar) = st.bars.get(&key) {
+                        bar.set_length(*total);
+                        bar.set_position(*done);
+                    }
+                    st.progress.insert(key, (*done, *total));
+                    if st.multi.is_none() && st.last_line.elapsed() >= Duration::from_secs(10) {
+                        st.last_line = Instant::now();
+                        let (done, total) = st
+                            .progress
+                            .values()
+                            .fold((0, 0), |(d, t), (a, b)| (d + a, t + b));
+                        Some(format!(
+                            "progress: {} of {} of written data in {} disk(s), {:.0} s",
+                            human_bytes(done),
+                            human_bytes(total),
+                            st.progress.len(),
+                            st.started.elapsed().as_secs_f64()
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                RunEvent::DiskFinished { vm, report } => {
+                    if let Some(bar) = st.bars.remove(&(vm.clone(), report.name.clone())) {
+                        bar.finish_and_clear();
+                    }
+                    Some(match report.status {
+                        DiskStatus::Failed => format!(
+                            "{vm}: {} FAILED: {}",
+                            report.name,
+                            report.error.as_deref().unwrap_or("?")
+                        ),
+                        DiskStatus::AlreadyDone => format!(
+                            "{vm}: {} already done: {}",
+                            report.name,
+                            report.output.display()
+                        ),
+                        _ => format!(
+                            "{vm}: {} done: {} downloaded, {} skipped, {:.1} s -> {}",
+                            report.name,
+                            human_bytes(report.bytes_downloaded),
+                            human_bytes(report.bytes_skipped),
+                            report.seconds,
+                            report.output.display()
+                        ),
+                    })
+                }
+                RunEvent::VmFinished { vm, status } => Some(match status {
+                    VmStatus::Completed => format!("{vm}: completed"),
+                    other => format!("{vm}: {}", other.as_str().to_uppercase()),
+                }),
+            };
+            if quiet {
+                return;
+            }
+            if let Some(text) = text {
+                match &st.multi {
+                    Some(m) => {
+                        let _ = m.println(text);
+                    }
+                    None => eprintln!("{text}"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! A whole migration run as a library call: discover the selected VMs through an
+//! [`AzureSource`], then migrate them with [`Migration`], guest fix-ups included, reporting
+//! progress through a callback. The `hyper2kvm -c config.yaml` command is this call.
+
+use std::sync::Arc;
+
+use hyper2kvm_azure::migrate::{
+    EventFn, GuestHook, GuestOutcome, Migration, RunOptions, RunSummary,
+};
+use hyper2kvm_azure::AzureSource;
+use hyper2kvm_core::{Cleanups, VmSource};
+use hyper2kvm_guest::report::{FixReport, Outcome, Status};
+use hyper2kvm_guest::{fix_image, GuestConfig};
+use serde_json::json;
+
+/// Discovers the VMs `source` selects and migrates them. Progress goes to `events`;
+/// background cleanups (grants, snapshots, VMs to start again) go to `cleanups`, which the
+/// caller waits for ([`Cleanups::wait_all`]) if it stops the run early.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use hyper2kvm::azure::migrate::{RunEvent, RunOptions};
+/// # async fn run(source: hyper2kvm::azure::AzureSource, opts: RunOptions,
+/// #              cleanups: hyper2kvm::core::Cleanups) -> hyper2kvm::azure::Result<()> {
+/// let events = Arc::new(|e: &RunEvent| {
+///     if let RunEvent::VmFinished { vm, status } = e {
+///         println!("{vm}: {}", status.as_str());
+///     }
+/// });
+/// let summary = hyper2kvm::run::migrate(&source, cleanups, opts, Some(events)).await?;
+/// std::process::exit(summary.exit_code.into());
+/// # }
+/// ```
+pub async fn migrate(
+    source: &AzureSource,
+    cleanups: Cleanups,
+    opts: RunOptions,
+    events: Option<EventFn>,
+) -> hyper2kvm_azure::Result<RunSummary> {
+    let vms = source.list_vms().await.map_err(|e| {
+        hyper2kvm_azure::Error::new(hyper2kvm_azure::ErrorKind::Status, e.to_string())
+    })?;
+    let mut migration = Migration::new(source.clone(), cleanups, opts);
+    if let Some(events) = events {
+        migration = migration.with_events(events);
+    }
+    migration.run(&vms).await
+}
+
+/// The guest fix-ups of `hyper2kvm-guest` as a run's [`GuestHook`]: run on every migrated OS
+/// disk before it gets its final name.
+pub fn guest_hook(config: GuestConfig) -> GuestHook {
+    Arc::new(move |image| {
+        let config = config.clone();
+        Box::pin(async move {
+            let shown = image.display().to_string();
+            // guestfish calls block: keep them off the runtime's workers.
+            match tokio::task::spawn_blocking(move || fix_image(&image, &config)).await {
+                Ok(Ok(report)) => outcome(&report),
+                Ok(Err(e)) => GuestOutcome {
+                    report: json!({ "image": shown, "error": e.to_string() }),
+                    warnings: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+                Err(e) => GuestOutcome {
+                    report: json!({ "image": shown, "error": format!("the fix-up task failed: {e}") }),
+                    warnings: Vec::new(),
+                    error: Some(format!("the fix-up task failed: {e}")),
+                },
+            }
+        })
+    })
+}
+
+/// A fix report as `report.json`'s `guest` object, with what the run must know.
+fn outcome(r: &FixReport) -> GuestOutcome {
+    let (result, detail, warnings, error) = match &r.outcome {
+        Outcome::Fixed => ("fixed", None, vec![], None),
+        Outcome::NothingToDo => ("nothing_to_do", None, vec![], None),
+        Outcome::DryRun => ("dry_run", None, vec![], None),
+        Outcome::NotFixed(why) => (
+            "not_fixed",
+            Some(why.clone()),
+            vec![format!("guest not fixed: {why}")],
+            None,
+        ),
+        Outcome::Skipped(why) => (
+            "skipped",
+            Some(why.clone()),
+            vec![format!("guest fix-ups skipped: {why}")],
+            None,
+        ),
+        Outcome::Failed(why) => ("failed", Some(why.clone()), vec![], Some(why.clone())),
+    };
+    let fixups: Vec<_> = r
+        .fixups
+        .iter()
+        .map(|f| {
+            let (status, why) = match &f.status {
+                Status::Applied => ("applied", None),
+                Status::WouldApply => ("would_apply", None),
+                Status::NotNeeded => ("not_needed", None),
+                Status::Skipped => ("skipped", None),
+                Status::Failed(why) => ("failed", Some(why.clone())),
+                Status::NotRun => ("not_run", None),
+            };
+            json!({ "name": f.name, "status": status, "error": why, "changes": f.changes, "notes": f.notes })
+        })
+        .collect();
+    GuestOutcome {
+        report: json!({
+            "image": r.image,
+            "guest": r.guest,
+            "result": result,
+            "detail": detail,
+            "fixups": fixups,
+        }),
+        warnings,
+        error,
+    }
+}
