@@ -275,3 +275,117 @@ async fn a_changed_source_is_not_resumed() -> Result<()> {
     assert_image_matches(&out, "qcow2", &raw);
     Ok(())
 }
+
+/// The whole run as a library call: one running VM of the simulator migrated through
+/// snapshots, with progress reported to a callback, images identical to the disks, and
+/// nothing left behind in (simulated) Azure.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_is_one_library_call_with_progress() {
+    use hyper2kvm::azure::migrate::{
+        DiskChoice, DiskStatus, Layout, PlanOptions, RunEvent, RunOptions, RunningVmPolicy,
+        VmStatus,
+    };
+    use hyper2kvm::azure::{
+        build_http_client, ArmClient, ArmCredential, AuthMethod, AzureSource, ExportOptions,
+        HttpOptions, LroOptions, Selection,
+    };
+    use hyper2kvm::core::libvirt::{CpuMode, NetworkAttachment};
+    use hyper2kvm::core::{Cleanups, Limits, OutputFormat};
+    use hyper2kvm_sim::{Scenario, Simulator};
+
+    const SUB: &str = "00000000-0000-0000-0000-000000000000";
+    let scenario = Scenario::from_yaml(&format!(
+        "subscriptions:\n  - id: {SUB}\n    resource_groups:\n      - name: rg\n        vms:\n          - name: app\n            power_state: running\n            disks:\n              - {{ size_gb: 4, content: {{ seed: 7, scatter: {{ written_bytes: 6291456 }} }} }}\n              - {{ size_gb: 8, lun: 3, content: {{ seed: 8, scatter: {{ written_bytes: 3145728 }} }} }}\n"
+    ))
+    .unwrap();
+    let sim = Simulator::start(&scenario).await.unwrap();
+    let dir = Scratch::new("facade-migrate");
+    let http = build_http_client(&HttpOptions::default()).unwrap();
+    let arm = ArmClient::builder(http.clone())
+        .credential(ArmCredential::from_env(AuthMethod::None, &http).unwrap())
+        .endpoint(sim.base_url())
+        .build()
+        .unwrap();
+    let cleanups = Cleanups::new();
+    let source = AzureSource::new(
+        arm,
+        http,
+        vec![SUB.into()],
+        Selection {
+            resource_groups: vec!["rg".into()],
+            ..Selection::default()
+        },
+        ExportOptions::default(),
+        cleanups.clone(),
+    );
+    let opts = RunOptions {
+        plan: PlanOptions {
+            run_id: "h2k-test-run".into(),
+            running_vm: RunningVmPolicy::Snapshot,
+            disks: DiskChoice::All,
+            layout: Layout::Vm,
+            dir: dir.path("out"),
+            format: OutputFormat::Qcow2,
+            restart: false,
+        },
+        convert: ConvertOptions::default(),
+        parallel_vms: 2,
+        parallel_disks: 2,
+        limits: Limits::new(Some(3), None),
+        keep_snapshots: false,
+        lro: LroOptions::default(),
+        cpu: CpuMode::HostPassthrough,
+        network: NetworkAttachment::Network("default".into()),
+        guest: None,
+    };
+    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
+    let sink = events.clone();
+    let callback = Arc::new(move |e: &RunEvent| sink.lock().unwrap().push(e.clone()));
+    let summary = hyper2kvm::run::migrate(&source, cleanups, opts, Some(callback))
+        .await
+        .unwrap();
+    assert_eq!(summary.exit_code, 0, "{summary:?}");
+    assert_eq!(summary.vms[0].status, VmStatus::Completed);
+
+    let events = events.lock().unwrap();
+    for disk in ["app_OsDisk_1", "app_DataDisk_3"] {
+        let last = events
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::DiskProgress {
+                    disk: d,
+                    done,
+                    total,
+                    ..
+                } if d == disk => Some((*done, *total)),
+                _ => None,
+            })
+            .last()
+            .unwrap_or_else(|| panic!("no progress for {disk}"));
+        assert!(last.1 > 0 && last.0 == last.1, "{disk}: {last:?}");
+        assert!(events.iter().any(|e| matches!(e,
+            RunEvent::DiskFinished { report, .. } if report.name == disk && report.status == DiskStatus::Completed)));
+    }
+    assert!(matches!(
+        events.last(),
+        Some(RunEvent::VmFinished {
+            status: VmStatus::Completed,
+            ..
+        })
+    ));
+    for (disk, file) in [
+        ("app_OsDisk_1", "app-os.qcow2"),
+        ("app_DataDisk_3", "app-data-lun3.qcow2"),
+    ] {
+        let reference = dir.path(&format!("{disk}.raw"));
+        sim.disk(disk)
+            .unwrap()
+            .write_raw_reference(&reference)
+            .unwrap();
+        assert_image_matches(&dir.path("out/app").join(file), "qcow2", &reference);
+    }
+    assert_eq!(sim.counters().open_grants(), 0);
+    assert_eq!(sim.counters().snapshots_alive(), 0);
+    assert_eq!(sim.counters().snapshots_created(), 2);
+    sim.shutdown().await;
+}

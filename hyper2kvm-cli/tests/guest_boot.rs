@@ -3,10 +3,13 @@
 //! For Azure Gen1 (BIOS, MBR) and Gen2 (UEFI with OVMF, GPT): take a small Azure-like Debian
 //! 12 disk (`guest/build-image.sh`: an initramfs with Hyper-V drivers only, netplan matching
 //! `hv_netvsc` and a MAC, `rootdelay=300`, the resource-disk fstab line, an agent stand-in),
-//! make it a fixed VHD as Azure exports it, run `hyper2kvm convert` twice and `hyper2kvm fix`
-//! on one copy (then again, to find nothing left to fix, and `--dry-run` on the other copy, to
-//! change nothing), and boot both copies under `qemu-system-x86_64` (software emulation, q35,
-//! virtio-blk disk, virtio-net NIC on user-mode networking, serial console to a file). The
+//! make it a fixed VHD as Azure exports it and the OS disk of a running VM in the simulator, and
+//! migrate that VM with `hyper2kvm -c config.yaml` and a `guest:` section (snapshot, export,
+//! conversion, fix-ups, domain XML); `hyper2kvm convert` the same VHD without fix-ups for the
+//! other copy; `hyper2kvm fix` the migrated copy again (nothing left to fix) and `--dry-run`
+//! the other (nothing changed); boot both copies under `qemu-system-x86_64` as the domain XML
+//! says (software emulation, q35, UEFI or BIOS, virtio-blk disk, virtio-net NIC on user-mode
+//! networking, serial console to a file). The
 //! fixed copy must reach a login prompt and print a DHCP address (the image's
 //! `h2k-report.service` writes `H2K-IP: <nic> <address>` to the console) within the time
 //! limit; the unfixed copy, the same disk without the fix-ups, must not.
@@ -96,25 +99,18 @@ fn boot_test(gen: Gen) {
 
     let vhd = dir.path("azure-os.vhd");
     make_vhd(&images.join(format!("{}.raw", gen.name())), &vhd, "fixed");
-    let fixed = dir.path("fixed.qcow2");
+    // The unfixed copy: the same disk, converted only.
     let unfixed = dir.path("unfixed.qcow2");
-    hyper2kvm(&["convert", "--quiet", s(&vhd), s(&fixed)]);
     hyper2kvm(&["convert", "--quiet", s(&vhd), s(&unfixed)]);
-    std::fs::remove_file(&vhd).unwrap();
     let convert_secs = started.elapsed().as_secs();
 
+    // The fixed copy: a whole migration of a running Azure VM of this generation whose OS
+    // disk is the VHD, through the simulator (snapshot, grant, page-blob download, revoke,
+    // snapshot deleted), with the guest fix-ups and the domain XML.
     let fix_started = Instant::now();
-    let report = hyper2kvm(&["fix", s(&fixed)]);
+    let (fixed, domain) = migrate(gen, &vhd, &dir);
+    std::fs::remove_file(&vhd).unwrap();
     let fix_secs = fix_started.elapsed().as_secs();
-    assert!(report.contains("result: fixed for KVM"), "{report}");
-    for fixup in ["netplan", "initramfs", "grub", "fstab", "azure-agent"] {
-        assert!(
-            report
-                .lines()
-                .any(|l| l.trim_start().starts_with(fixup) && l.ends_with("applied")),
-            "{fixup} not applied:\n{report}"
-        );
-    }
 
     // Once fixed, nothing is left to fix.
     let checks_started = Instant::now();
@@ -135,14 +131,14 @@ fn boot_test(gen: Gen) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_LIMIT_SECS),
     );
-    // Both boots at once: the unfixed one runs out the whole limit.
+    // Both boots at once, as the domain XML says: the unfixed one runs out the whole limit.
     let (fixed_boot, unfixed_boot) = std::thread::scope(|scope| {
-        let a = scope.spawn(|| boot(gen, &fixed, &dir.path("fixed.console"), &dir, limit));
-        let b = scope.spawn(|| boot(gen, &unfixed, &dir.path("unfixed.console"), &dir, limit));
+        let a = scope.spawn(|| boot(&domain, &fixed, &dir.path("fixed.console"), &dir, limit));
+        let b = scope.spawn(|| boot(&domain, &unfixed, &dir.path("unfixed.console"), &dir, limit));
         (a.join().unwrap(), b.join().unwrap())
     });
     eprintln!(
-        "{}: convert {convert_secs} s, fix {fix_secs} s, fix again + dry run {checks_secs} s, \
+        "{}: convert {convert_secs} s, migrate with fix-ups {fix_secs} s, fix again + dry run {checks_secs} s, \
          fixed boot {}, unfixed boot {}",
         gen.name(),
         fixed_boot.summary(),
@@ -176,6 +172,118 @@ fn boot_test(gen: Gen) {
     );
 }
 
+/// The machine a domain XML describes, as qemu options.
+struct Domain {
+    machine: String,
+    uefi: bool,
+    disk_device: &'static str,
+    nic_device: &'static str,
+}
+
+impl Domain {
+    /// Reads what the boot needs from our domain XML, insisting on what a KVM host expects.
+    fn from_xml(xml: &str) -> Domain {
+        let machine = xml
+            .split("machine='")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .expect("a machine type")
+            .to_string();
+        let disk_bus = xml
+            .split("<target dev='vda' bus='")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .expect("the OS disk is vda");
+        let nic_model = xml
+            .split("<interface")
+            .nth(1)
+            .and_then(|rest| rest.split("<model type='").nth(1))
+            .and_then(|rest| rest.split('\'').next())
+            .expect("a NIC model");
+        assert_eq!(disk_bus, "virtio", "{xml}");
+        assert_eq!(nic_model, "virtio", "{xml}");
+        assert!(xml.contains("<serial type='pty'>"), "{xml}");
+        Domain {
+            machine,
+            uefi: xml.contains("<os firmware='efi'>"),
+            disk_device: "virtio-blk-pci",
+            nic_device: "virtio-net-pci",
+        }
+    }
+}
+
+/// Migrates a running VM of generation `gen` whose OS disk is `vhd` through the simulator,
+/// with the guest fix-ups; returns its OS image and its domain.
+fn migrate(gen: Gen, vhd: &Path, dir: &Scratch) -> (PathBuf, Domain) {
+    let vm = format!("boot-{}", gen.name());
+    let generation = if gen == Gen::One { 1 } else { 2 };
+    let scenario = dir.path("scenario.yaml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "subscriptions:\n  - id: 00000000-0000-0000-0000-000000000000\n    resource_groups:\n      - name: rg-boot\n        vms:\n          - name: {vm}\n            size: Standard_B2s\n            power_state: running\n            generation: {generation}\n            disks: [{{ content: {{ file: \"{}\" }} }}]\n",
+            s(vhd)
+        ),
+    )
+    .unwrap();
+    let out = dir.path("out");
+    let config = dir.path("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "azure:\n  subscriptions: [\"00000000-0000-0000-0000-000000000000\"]\n  resource_groups: [rg-boot]\n  simulator: {{ scenario: \"{}\" }}\noutput: {{ dir: \"{}\", compress: zstd }}\nguest: {{ require: true }}\n",
+            s(&scenario),
+            s(&out)
+        ),
+    )
+    .unwrap();
+    let table = hyper2kvm(&["-c", s(&config), "--quiet"]);
+    assert!(
+        table.contains(&vm) && table.contains("completed"),
+        "{table}"
+    );
+    let folder = out.join(&vm);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["status"], "completed", "{report:#}");
+    assert_eq!(report["guest"]["result"], "fixed", "{report:#}");
+    let applied: Vec<&str> = report["guest"]["fixups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "applied")
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for fixup in ["netplan", "initramfs", "grub", "fstab", "azure-agent"] {
+        assert!(applied.contains(&fixup), "{fixup} not applied: {report:#}");
+    }
+    let snapshots = report["resources"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 1, "{report:#}");
+    assert!(snapshots[0]["deleted_at"].is_string(), "{report:#}");
+    // No staging name is left; the checksum is of the fixed image.
+    let image = folder.join(format!("{vm}-os.qcow2"));
+    assert!(!folder.join(format!("{vm}-os.qcow2.pre-fixup")).exists());
+    assert_eq!(
+        report["disks"][0]["sha256"].as_str(),
+        Some(sha256(&image).as_str())
+    );
+    let xml_path = folder.join(format!("{vm}.xml"));
+    let xml = std::fs::read_to_string(&xml_path).unwrap();
+    let valid = Command::new("virt-xml-validate")
+        .arg(&xml_path)
+        .output()
+        .expect("virt-xml-validate (Debian libvirt-clients) runs");
+    assert!(
+        valid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&valid.stderr)
+    );
+    let domain = Domain::from_xml(&xml);
+    assert_eq!(domain.machine, "q35");
+    assert_eq!(domain.uefi, gen == Gen::Two, "{xml}");
+    (image, domain)
+}
+
 /// Fails, naming what to install, when a tool the test needs is missing.
 fn check_tools() {
     let mut missing = Vec::new();
@@ -185,6 +293,7 @@ fn check_tools() {
         "guestfish",
         "debootstrap",
         "sha256sum",
+        "virt-xml-validate",
     ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -339,12 +448,13 @@ impl Boot {
     }
 }
 
-/// Boots `image` until the console shows a login prompt and an address, or `limit` passes.
-fn boot(gen: Gen, image: &Path, console: &Path, dir: &Scratch, limit: Duration) -> Boot {
+/// Boots `image` on the machine `domain` describes until the console shows a login prompt and
+/// an address, or `limit` passes.
+fn boot(domain: &Domain, image: &Path, console: &Path, dir: &Scratch, limit: Duration) -> Boot {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-machine",
-        "q35,accel=tcg",
+        &format!("{},accel=tcg", domain.machine),
         "-cpu",
         "max",
         "-m",
@@ -358,16 +468,19 @@ fn boot(gen: Gen, image: &Path, console: &Path, dir: &Scratch, limit: Duration) 
         "file={},format=qcow2,if=none,id=disk0,snapshot=on",
         s(image)
     ))
-    .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
+    .args([
+        "-device",
+        &format!("{},drive=disk0,bootindex=1", domain.disk_device),
+    ])
     .args([
         "-netdev",
         "user,id=net0",
         "-device",
-        "virtio-net-pci,netdev=net0",
+        &format!("{},netdev=net0", domain.nic_device),
     ])
     .arg("-serial")
     .arg(format!("file:{}", s(console)));
-    if gen == Gen::Two {
+    if domain.uefi {
         let (code, vars_template) = ovmf().unwrap();
         let vars = dir.path(&format!(
             "{}.vars.fd",
