@@ -307,17 +307,18 @@ impl Migration {
             report: &report,
             previous: previous.as_ref(),
         };
-        if let VmAction::Refused { reason } = &vp.action {
-            vm_run.update(|r| {
-                r.status = VmStatus::Refused;
-                r.warnings.push(reason.clone());
-            });
-        } else if let Err(e) = std::fs::create_dir_all(&vp.dir) {
+        if let Err(e) = std::fs::create_dir_all(&vp.dir) {
             vm_run.update(|r| {
                 r.errors.push(format!(
                     "{}: cannot create the folder: {e}",
                     vp.dir.display()
                 ))
+            });
+        } else if let VmAction::Refused { reason } = &vp.action {
+            // A refused VM gets a folder too, holding the report that says why.
+            vm_run.update(|r| {
+                r.status = VmStatus::Refused;
+                r.warnings.push(reason.clone());
             });
         } else {
             vm_run.save();
@@ -327,7 +328,7 @@ impl Migration {
         final_report.status = final_status(&final_report);
         final_report.finished_at = Some(rfc3339(SystemTime::now()));
         final_report.seconds = started.elapsed().as_secs_f64();
-        if !matches!(final_report.status, VmStatus::Refused) || vp.dir.exists() {
+        if vp.dir.exists() {
             if let Err(e) = write_json_atomic(&vp.report, &final_report) {
                 final_report.errors.push(format!(
                     "{}: cannot write the report: {e}",
