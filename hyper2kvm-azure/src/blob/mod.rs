@@ -1,5 +1,6 @@
 //! The Blob service side of an export: listing a page blob's written pages and reading them.
 
+pub mod md5x;
 pub mod pagelist;
 pub mod reader;
 
