@@ -50,6 +50,13 @@ pub(crate) struct Grant {
     pub fault: Option<DiskFault>,
 }
 
+/// What a grant serves: a disk's or snapshot's content, size and fault.
+pub(crate) struct BlobSource {
+    pub content: DiskContent,
+    pub size: u64,
+    pub fault: Option<DiskFault>,
+}
+
 /// A snapshot, holding its source's content at creation time (the content is immutable, so
 /// sharing it is the same).
 #[derive(Debug, Clone)]
@@ -126,9 +133,7 @@ impl ExportState {
         st: &Shared,
         host: &str,
         resource: &str,
-        content: DiskContent,
-        size: u64,
-        fault: Option<DiskFault>,
+        source: BlobSource,
         duration: Duration,
     ) -> String {
         if let Some(old) = self.grant_of(resource).map(str::to_owned) {
@@ -153,9 +158,9 @@ impl ExportState {
                 sig: sig.clone(),
                 expires,
                 requests: 0,
-                content,
-                size,
-                fault,
+                content: source.content,
+                size: source.size,
+                fault: source.fault,
             },
         );
         st.counters.open_grants.fetch_add(1, Ordering::SeqCst);
@@ -497,9 +502,11 @@ pub(crate) async fn access(
         &st,
         &host(&headers),
         &key,
-        content,
-        size,
-        fault,
+        BlobSource {
+            content,
+            size,
+            fault,
+        },
         Duration::from_secs(request.duration_in_seconds),
     );
     accepted(
@@ -834,12 +841,13 @@ impl Shared {
 
     /// The content, size and fault of a disk or snapshot that may be granted, for
     /// [`SimHandle::grant_access`](crate::SimHandle::grant_access).
-    pub(crate) fn source_for_grant(
-        &self,
-        id: &str,
-    ) -> Option<(DiskContent, u64, Option<DiskFault>)> {
+    pub(crate) fn source_for_grant(&self, id: &str) -> Option<BlobSource> {
         self.source_of(id)
-            .map(|(size, content, _, fault)| (content, size, fault))
+            .map(|(size, content, _, fault)| BlobSource {
+                content,
+                size,
+                fault,
+            })
     }
 
     fn take_grant_conflict(&self) -> bool {

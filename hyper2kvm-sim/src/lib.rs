@@ -250,9 +250,7 @@ impl SimHandle {
             &self.shared,
             &self.addr.to_string(),
             &resource_id.to_ascii_lowercase(),
-            source.0,
-            source.1,
-            source.2,
+            source,
             duration,
         ))
     }
