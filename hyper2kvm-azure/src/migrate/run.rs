@@ -578,6 +578,12 @@ impl VmRun<'_> {
                         "reusing snapshot {} of an earlier run",
                         last_segment(&id)
                     ));
+                    // It exists: a record a killed run left unconfirmed is confirmed now.
+                    self.update(|r| {
+                        if let Some(x) = r.resources.iter_mut().find(|x| x.id == id) {
+                            x.created = true;
+                        }
+                    });
                     guards.push(SnapshotGuard::new(arm, &id, lro, &self.m.cleanups));
                     sources.insert(i, snapshot_disk(d, &id));
                 }
