@@ -660,8 +660,11 @@ async fn run_killed_while_snapshotting_leaves_no_snapshot() {
         "reused, not made again"
     );
     let rep = report(&out, "s0");
-    for r in rep["resources"].as_array().unwrap() {
-        assert!(r["deleted_at"].is_string(), "{r}");
+    let resources = rep["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 2, "{resources:?}");
+    for r in resources {
+        // Reused, so known to exist: confirmed (`kept` would then be right too).
+        assert!(r["deleted_at"].is_string() && r["created"] == true, "{r}");
     }
     assert_images(&sim, &scratch, &rep);
 }
