@@ -26,6 +26,7 @@ use md5::{Digest, Md5};
 
 use crate::content::DiskContent;
 use crate::counters::Route;
+use crate::scenario::DiskFault;
 use crate::server::Shared;
 
 /// The largest range Azure computes a `Content-MD5` for.
@@ -38,6 +39,8 @@ const PIECE: usize = 1 << 20;
 struct Blob {
     content: DiskContent,
     size: u64,
+    /// `read_fails`: ranged GETs of the disk's bytes answer 404.
+    unreadable: bool,
 }
 
 impl Blob {
@@ -126,6 +129,7 @@ fn authorize(
     Ok(Blob {
         content: grant.content.clone(),
         size: grant.size,
+        unreadable: grant.fault == Some(DiskFault::ReadFails),
     })
 }
 
@@ -366,6 +370,14 @@ async fn get_data(st: Arc<Shared>, blob: Blob, n: u64, headers: &HeaderMap) -> R
             )
         }
     };
+    if blob.unreadable && start < blob.size {
+        // Not 403 (a reader asks for a new grant) nor 5xx (it retries): it gives up at once.
+        return storage_error(
+            StatusCode::NOT_FOUND,
+            "BlobNotFound",
+            "The specified blob does not exist. (injected by the simulator: fault read_fails)",
+        );
+    }
     let len = end - start;
     let want_md5 = headers
         .get("x-ms-range-get-content-md5")

@@ -12,6 +12,10 @@
 //! Azure's rules: a disk attached to a VM that is not deallocated (running *or* stopped)
 //! cannot be granted (`409 OperationNotAllowed`); revoking without a grant succeeds; a
 //! snapshot with an open grant cannot be deleted (`409`).
+//!
+//! A disk's [`DiskFault`] passes to its snapshots: `grant_denied` refuses `beginGetAccess`
+//! with `403 AuthorizationFailed`, `snapshot_fails` refuses the snapshot's `PUT` with `409`,
+//! and `read_fails` is carried by the grant to the blob data plane.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,7 +32,7 @@ use serde_json::{json, Value};
 use crate::arm_json;
 use crate::content::DiskContent;
 use crate::counters::Route;
-use crate::scenario::{SimDisk, SimVm};
+use crate::scenario::{DiskFault, SimDisk, SimVm};
 use crate::server::{arm_error, gate, Shared, Q};
 
 /// A read grant on a disk or snapshot.
@@ -42,6 +46,15 @@ pub(crate) struct Grant {
     pub requests: u64,
     pub content: DiskContent,
     pub size: u64,
+    /// The source disk's fault (the blob plane acts on `read_fails`).
+    pub fault: Option<DiskFault>,
+}
+
+/// What a grant serves: a disk's or snapshot's content, size and fault.
+pub(crate) struct BlobSource {
+    pub content: DiskContent,
+    pub size: u64,
+    pub fault: Option<DiskFault>,
 }
 
 /// A snapshot, holding its source's content at creation time (the content is immutable, so
@@ -56,6 +69,8 @@ pub(crate) struct Snapshot {
     pub size: u64,
     pub content: DiskContent,
     pub os: Option<(String, u8)>,
+    /// The fault of the disk it was taken from.
+    pub fault: Option<DiskFault>,
 }
 
 #[derive(Debug, Clone)]
@@ -118,8 +133,7 @@ impl ExportState {
         st: &Shared,
         host: &str,
         resource: &str,
-        content: DiskContent,
-        size: u64,
+        source: BlobSource,
         duration: Duration,
     ) -> String {
         if let Some(old) = self.grant_of(resource).map(str::to_owned) {
@@ -144,8 +158,9 @@ impl ExportState {
                 sig: sig.clone(),
                 expires,
                 requests: 0,
-                content,
-                size,
+                content: source.content,
+                size: source.size,
+                fault: source.fault,
             },
         );
         st.counters.open_grants.fetch_add(1, Ordering::SeqCst);
@@ -415,6 +430,18 @@ pub(crate) async fn access(
         return arm_error(StatusCode::NOT_FOUND, "NotFound", "Unknown resource type");
     };
     let key = id.to_ascii_lowercase();
+    let fault = match &target {
+        Target::Disk(d, _) => d.fault,
+        Target::Snapshot(s) => s.fault,
+    };
+    if begin && fault == Some(DiskFault::GrantDenied) {
+        // Azure checks the caller's role before anything else about the request.
+        return arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            &format!("The client '00000000-0000-0000-0000-00000000a11c' with object id '00000000-0000-0000-0000-00000000a11c' does not have authorization to perform action 'Microsoft.Compute/{kind}/beginGetAccess/action' over scope '{id}' or the scope is invalid. If access was recently granted, please refresh your credentials. (injected by the simulator: fault grant_denied)"),
+        );
+    }
     if !begin {
         st.export
             .lock()
@@ -475,8 +502,11 @@ pub(crate) async fn access(
         &st,
         &host(&headers),
         &key,
-        content,
-        size,
+        BlobSource {
+            content,
+            size,
+            fault,
+        },
         Duration::from_secs(request.duration_in_seconds),
     );
     accepted(
@@ -607,13 +637,20 @@ pub(crate) async fn snapshot(
                     "The location property is required for this definition.",
                 );
             };
-            let Some((size, content, os)) = st.source_of(source) else {
+            let Some((size, content, os, fault)) = st.source_of(source) else {
                 return arm_error(
                     StatusCode::NOT_FOUND,
                     "ResourceNotFound",
                     &format!("The source resource '{source}' was not found."),
                 );
             };
+            if fault == Some(DiskFault::SnapshotFails) {
+                return arm_error(
+                    StatusCode::CONFLICT,
+                    "OperationNotAllowed",
+                    &format!("Snapshot {name} of '{source}' cannot be created: the source disk is in a state that does not allow snapshots (injected by the simulator: fault snapshot_fails)."),
+                );
+            }
             let snap = Snapshot {
                 id: id.clone(),
                 name: name.clone(),
@@ -623,6 +660,7 @@ pub(crate) async fn snapshot(
                 size,
                 content,
                 os,
+                fault,
             };
             let body = snapshot_json(&snap, false);
             let mut state = st.export.lock().unwrap_or_else(|e| e.into_inner());
@@ -762,8 +800,8 @@ pub(crate) async fn vm_sizes(
     Json(json!({ "value": value })).into_response()
 }
 
-/// A snapshot source's size, content, and OS type and generation (OS disks only).
-type Source = (u64, DiskContent, Option<(String, u8)>);
+/// A snapshot source's size, content, OS type and generation (OS disks only), and fault.
+type Source = (u64, DiskContent, Option<(String, u8)>, Option<DiskFault>);
 
 impl Shared {
     /// The size, content and OS of the disk or snapshot with this id.
@@ -780,11 +818,11 @@ impl Shared {
                 (None, Some(vm)) => Some((vm.os_type.clone(), vm.generation)),
                 _ => None,
             };
-            Some((d.size_bytes, d.content, os))
+            Some((d.size_bytes, d.content, os, d.fault))
         } else if kind.eq_ignore_ascii_case("snapshots") {
             let state = self.export.lock().unwrap_or_else(|e| e.into_inner());
             let s = state.snapshots.get(&id.to_ascii_lowercase())?;
-            Some((s.size, s.content.clone(), s.os.clone()))
+            Some((s.size, s.content.clone(), s.os.clone(), s.fault))
         } else {
             None
         }
@@ -801,10 +839,15 @@ impl Shared {
             .unwrap_or_else(|| vm.power_state.clone())
     }
 
-    /// The content and size of a disk or snapshot that may be granted, for
+    /// The content, size and fault of a disk or snapshot that may be granted, for
     /// [`SimHandle::grant_access`](crate::SimHandle::grant_access).
-    pub(crate) fn source_for_grant(&self, id: &str) -> Option<(DiskContent, u64)> {
-        self.source_of(id).map(|(size, content, _)| (content, size))
+    pub(crate) fn source_for_grant(&self, id: &str) -> Option<BlobSource> {
+        self.source_of(id)
+            .map(|(size, content, _, fault)| BlobSource {
+                content,
+                size,
+                fault,
+            })
     }
 
     fn take_grant_conflict(&self) -> bool {

@@ -34,7 +34,8 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   `Retry-After` for the first N requests or every Nth, and a 5xx for every Nth; for blobs
   ([`BlobFaults`]), latency, 5xx, 429, connection resets mid-body, truncated bodies, wrong
   `Content-MD5`, SAS expiry after N requests or seconds, and `409` on grants. All can be
-  changed while running.
+  changed while running. Per disk, a [`DiskFault`] (`grant_denied`, `snapshot_fails`,
+  `read_fails`) makes its export fail every time, so some VMs of a fleet fail for sure.
 * **Counters** ([`Counters`]): requests received and throttled per [`Route`], so a test can
   assert that discovery made three paged list calls and nothing per VM; open grants,
   grants and revokes, snapshots alive, body bytes served and faults injected.
@@ -77,8 +78,8 @@ pub use content::{ContentSpec, DiskContent, ExtentSpec, ScatterSpec};
 pub use counters::{Counters, Route};
 pub use error::{Error, ErrorKind};
 pub use scenario::{
-    BlobFaults, DiskSpec, Failures, Fleet, GenerateSpec, OperationSettings, ResourceGroupSpec,
-    Scenario, Settings, SimDisk, SimVm, SubscriptionSpec, Throttle, VmSpec,
+    BlobFaults, DiskFault, DiskSpec, Failures, Fleet, GenerateSpec, OperationSettings,
+    ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm, SubscriptionSpec, Throttle, VmSpec,
 };
 
 use export::ExportState;
@@ -249,8 +250,7 @@ impl SimHandle {
             &self.shared,
             &self.addr.to_string(),
             &resource_id.to_ascii_lowercase(),
-            source.0,
-            source.1,
+            source,
             duration,
         ))
     }
@@ -782,5 +782,132 @@ subscriptions:
         for field in ["maxDataDiskCount", "osDiskSizeInMB", "resourceDiskSizeInMB"] {
             assert!(d2[field].is_u64(), "{field}");
         }
+    }
+
+    const FAULTS: &str = r#"
+settings: { operations: { polls: 0, immediate: true } }
+subscriptions:
+  - id: sub-1
+    resource_groups:
+      - name: rg
+        vms:
+          - name: a
+            power_state: deallocated
+            disks:
+              - { size_bytes: 4194304, fault: grant_denied }
+              - size_bytes: 4194304
+                fault: read_fails
+                content: { seed: 2, extents: [{ offset: 0, length: 65536 }] }
+          - name: b
+            power_state: running
+            disks: [{ size_bytes: 4194304, fault: snapshot_fails }]
+"#;
+
+    #[tokio::test]
+    async fn disk_faults_answer_as_azure() {
+        let sim = Simulator::start(&Scenario::from_yaml(FAULTS).unwrap())
+            .await
+            .unwrap();
+        let http = client();
+        let base = format!(
+            "{}/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute",
+            sim.base_url()
+        );
+        let post = |url: String, body: Value| {
+            let http = http.clone();
+            async move {
+                let resp = http
+                    .post(format!("{url}?api-version=2025-01-02"))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status().as_u16();
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&resp.bytes().await.unwrap())
+                        .unwrap_or(Value::Null),
+                )
+            }
+        };
+        let grant = json!({"access": "Read", "durationInSeconds": 600});
+        let put_snapshot = |name: &str, disk: &str| {
+            let source = format!(
+                "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/disks/{disk}"
+            );
+            let req = http
+                .put(format!("{base}/snapshots/{name}?api-version=2025-01-02"))
+                .header("content-type", "application/json")
+                .body(json!({"location": "westeurope", "properties": {"creationData": {"createOption": "Copy", "sourceResourceId": source}}}).to_string());
+            async move {
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&resp.bytes().await.unwrap())
+                        .unwrap_or(Value::Null),
+                )
+            }
+        };
+
+        // grant_denied: the disk and a snapshot of it (which is created) refuse grants.
+        let (status, err) = post(
+            format!("{base}/disks/a_OsDisk_1/beginGetAccess"),
+            grant.clone(),
+        )
+        .await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (403, Some("AuthorizationFailed"))
+        );
+        assert_eq!(put_snapshot("s-a", "a_OsDisk_1").await.0, 200);
+        let (status, err) = post(
+            format!("{base}/snapshots/s-a/beginGetAccess"),
+            grant.clone(),
+        )
+        .await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (403, Some("AuthorizationFailed"))
+        );
+        assert_eq!(sim.counters().open_grants(), 0);
+
+        // snapshot_fails: 409, and nothing is created.
+        let (status, err) = put_snapshot("s-b", "b_OsDisk_1").await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (409, Some("OperationNotAllowed"))
+        );
+        assert_eq!(sim.counters().snapshots_alive(), 1);
+        assert_eq!(sim.counters().snapshots_created(), 1);
+
+        // read_fails: granted, HEAD and the footer answer; the disk's bytes are 404.
+        let (status, out) = post(
+            format!("{base}/disks/a_DataDisk_0/beginGetAccess"),
+            grant.clone(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let sas = out["accessSAS"].as_str().unwrap().to_string();
+        assert_eq!(http.head(&sas).send().await.unwrap().status(), 200);
+        let range = |r: &'static str| http.get(&sas).header("x-ms-range", r).send();
+        let refused = range("bytes=0-511").await.unwrap();
+        assert_eq!(refused.status(), 404);
+        assert_eq!(refused.headers()["x-ms-error-code"], "BlobNotFound");
+        let footer = range("bytes=4194304-4194815").await.unwrap();
+        assert_eq!(footer.status(), 206);
+        // A snapshot of it fails the same way.
+        assert_eq!(put_snapshot("s-r", "a_DataDisk_0").await.0, 200);
+        let (status, out) = post(format!("{base}/snapshots/s-r/beginGetAccess"), grant).await;
+        assert_eq!(status, 200);
+        let snap_sas = out["accessSAS"].as_str().unwrap().to_string();
+        let refused = http
+            .get(&snap_sas)
+            .header("x-ms-range", "bytes=0-511")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 404);
     }
 }

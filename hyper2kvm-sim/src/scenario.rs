@@ -1,5 +1,5 @@
 //! The scenario file: what the simulated Azure holds (subscriptions, resource groups, VMs and
-//! their disks) and how it misbehaves (latency, throttling, page size).
+//! their disks) and how it misbehaves (latency, throttling, page size, and per-disk faults).
 //!
 //! A scenario is YAML (JSON is YAML too). VMs are listed one by one, or produced by a
 //! `generate` shorthand for fleets of thousands. [`Scenario::into_fleet`] checks the scenario
@@ -17,10 +17,14 @@
 //!             size: Standard_D2s_v5
 //!             power_state: running
 //!             generation: 2
-//!             disks: [{ size_gb: 30 }, { size_gb: 128 }]
+//!             disks: [{ size_gb: 30 }, { size_gb: 128, fault: read_fails }]
 //!     generate:
 //!       - { count: 100, resource_groups: [rg-a, rg-b], prefix: app }
 //! ```
+//!
+//! A disk's `fault` ([`DiskFault`]) makes exporting that disk fail every time, the same way,
+//! so a test can have some VMs of a fleet fail: `grant_denied`, `snapshot_fails` or
+//! `read_fails`. None of them is retryable, so a client gives up at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -269,6 +273,37 @@ pub struct DiskSpec {
     /// written when absent.
     #[serde(default)]
     pub content: Option<ContentSpec>,
+    /// Make exporting this disk fail, every time.
+    #[serde(default)]
+    pub fault: Option<DiskFault>,
+}
+
+/// A permanent fault of one disk, for fleets where some VMs must fail deterministically.
+/// Each answers as Azure does for that failure and with a status no client retries.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFault {
+    /// `beginGetAccess` on the disk, and on every snapshot of it, answers
+    /// `403 AuthorizationFailed` (the caller lacks `Microsoft.Compute/disks/beginGetAccess`).
+    GrantDenied,
+    /// Creating a snapshot of the disk answers `409 OperationNotAllowed`; nothing is created.
+    /// Exporting the disk directly (its VM deallocated) works.
+    SnapshotFails,
+    /// Ranged `GET`s of the disk's bytes (of the disk, or of a snapshot of it) answer
+    /// `404 BlobNotFound`, as when the export vanished mid-read; `HEAD`, the page list and the
+    /// VHD footer still answer, so the failure comes during the conversion.
+    ReadFails,
+}
+
+impl DiskFault {
+    /// The word the scenario uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFault::GrantDenied => "grant_denied",
+            DiskFault::SnapshotFails => "snapshot_fails",
+            DiskFault::ReadFails => "read_fails",
+        }
+    }
 }
 
 /// A generated fleet: `count` VMs named `{prefix}-{i:05}`, spread round-robin over
@@ -360,6 +395,8 @@ pub struct SimDisk {
     pub lun: Option<u32>,
     /// What the disk holds, served as a page blob once access is granted.
     pub content: DiskContent,
+    /// How exporting it fails, if it does.
+    pub fault: Option<DiskFault>,
 }
 
 impl SimDisk {
@@ -527,6 +564,7 @@ impl Scenario {
                         size_bytes,
                         lun: None,
                         content,
+                        fault: d.fault,
                     };
                     fleet.unattached.push((sub.id.clone(), disk));
                 }
@@ -644,6 +682,7 @@ fn hand_written_vm(
             size_bytes,
             lun,
             content,
+            fault: d.fault,
         });
     }
     Ok(SimVm {
@@ -678,6 +717,7 @@ fn generated_vms(subscription: &str, g: &GenerateSpec) -> Result<Vec<SimVm>, Err
             size_bytes: g.os_disk_gb << 30,
             lun: None,
             content: DiskContent::empty(),
+            fault: None,
         }];
         for lun in 0..g.data_disks {
             disks.push(SimDisk {
@@ -686,6 +726,7 @@ fn generated_vms(subscription: &str, g: &GenerateSpec) -> Result<Vec<SimVm>, Err
                 size_bytes: g.data_disk_gb << 30,
                 lun: Some(lun),
                 content: DiskContent::empty(),
+                fault: None,
             });
         }
         let mut tags = g.tags.clone();
@@ -728,7 +769,7 @@ subscriptions:
             generation: 1
             os_type: windows
             tags: { env: prod }
-            disks: [{ size_gb: 127 }, { size_gb: 10, lun: 3 }, { size_bytes: 1073741824 }]
+            disks: [{ size_gb: 127 }, { size_gb: 10, lun: 3, fault: grant_denied }, { size_bytes: 1073741824 }]
         unattached_disks: [{ name: spare, size_gb: 8 }]
     generate:
       - { count: 4, resource_groups: [rg-a, rg-b], data_disks: 1 }
@@ -756,6 +797,8 @@ subscriptions:
         assert_eq!(web.disks[0].lun, None);
         assert_eq!(web.disks[0].size_bytes, 127 << 30);
         assert_eq!(web.disks[1].lun, Some(3));
+        assert_eq!(web.disks[1].fault, Some(DiskFault::GrantDenied));
+        assert_eq!(web.disks[0].fault, None);
         // The third disk has no LUN given: its position among data disks (1).
         assert_eq!(web.disks[2].lun, Some(1));
         assert_eq!(web.disks[2].name, "web-01_DataDisk_1");
@@ -802,6 +845,14 @@ subscriptions:
         let err = Scenario::from_yaml("subscriptions:\n  - id: s\n    colour: red\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidScenario);
         assert!(err.to_string().contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_faults_are_rejected() {
+        let text = "subscriptions:\n  - id: s\n    resource_groups:\n      - name: rg\n        vms:\n          - {name: a, disks: [{fault: explodes}]}\n";
+        let err = Scenario::from_yaml(text).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidScenario);
+        assert!(err.to_string().contains("line 6"), "{err}");
     }
 
     #[test]

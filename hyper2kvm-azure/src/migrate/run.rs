@@ -280,13 +280,14 @@ impl Migration {
             vcpus: None,
             memory_mib: None,
             // Snapshots an earlier run created and did not delete (it was killed): reused
-            // or deleted below.
+            // or deleted below. Also those not confirmed created: a run killed while it
+            // waited for the create leaves a snapshot that exists all the same.
             resources: previous
                 .as_ref()
                 .map(|p| {
                     p.resources
                         .iter()
-                        .filter(|r| r.created && r.deleted_at.is_none() && !r.kept)
+                        .filter(|r| r.deleted_at.is_none() && !r.kept)
                         .cloned()
                         .collect()
                 })
@@ -578,6 +579,12 @@ impl VmRun<'_> {
                         "reusing snapshot {} of an earlier run",
                         last_segment(&id)
                     ));
+                    // It exists: a record a killed run left unconfirmed is confirmed now.
+                    self.update(|r| {
+                        if let Some(x) = r.resources.iter_mut().find(|x| x.id == id) {
+                            x.created = true;
+                        }
+                    });
                     guards.push(SnapshotGuard::new(arm, &id, lro, &self.m.cleanups));
                     sources.insert(i, snapshot_disk(d, &id));
                 }

@@ -1,0 +1,827 @@
+//! Migration runs end to end: `hyper2kvm -c config.yaml` (the real binary) against the
+//! in-process simulator. A fleet of 20 VMs with three failing disks (exit 3, every image
+//! identical to its disk, reports and domains as the run went, nothing left in Azure), a dry
+//! run that changes nothing, runs killed with SIGKILL and SIGINT and run again, and the
+//! `deallocate` / `refuse` policies for running VMs.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper2kvm_sim::{Route, Scenario, SimHandle, Simulator};
+use serde_json::Value;
+use support::{assert_image_matches, s, Scratch};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hyper2kvm");
+const SUB: &str = "00000000-0000-0000-0000-0000000e2e00";
+const MIB: u64 = 1 << 20;
+/// The fixed-VHD footer every export reads once, besides the disk's data.
+const FOOTER: u64 = 512;
+
+/// `(size, vCPUs, MiB)` as the simulator reports them.
+const SIZES: &[(&str, u32, u64)] = &[
+    ("Standard_B1s", 1, 1024),
+    ("Standard_B2s", 2, 4096),
+    ("Standard_D2s_v5", 2, 8192),
+    ("Standard_D4s_v5", 4, 16384),
+    ("Standard_E4s_v5", 4, 32768),
+    ("Standard_F2s_v2", 2, 4096),
+    ("Standard_DS1_v2", 1, 3584),
+];
+
+/// One VM of a test scenario.
+struct VmDef {
+    name: String,
+    rg: &'static str,
+    power: &'static str,
+    generation: u8,
+    os: &'static str,
+    size: &'static str,
+    /// OS disk first; `(lun, size, fault)`.
+    disks: Vec<(Option<u32>, u64, Option<&'static str>)>,
+    seed: u64,
+}
+
+impl VmDef {
+    fn disk_name(&self, lun: Option<u32>) -> String {
+        match lun {
+            None => format!("{}_OsDisk_1", self.name),
+            Some(l) => format!("{}_DataDisk_{l}", self.name),
+        }
+    }
+
+    fn has_fault(&self) -> bool {
+        self.disks.iter().any(|d| d.2.is_some())
+    }
+}
+
+/// The scenario YAML: every disk gets about `written` bytes scattered over it, plus its
+/// last 64 KiB, with bytes from its own seed.
+fn scenario_yaml(vms: &[VmDef], written: u64) -> String {
+    let mut y = format!(
+        "settings: {{ operations: {{ polls: 1, retry_after_secs: 0 }}, page_list_size: 16 }}\nsubscriptions:\n  - id: {SUB}\n    resource_groups:\n"
+    );
+    for rg in ["rg-a", "rg-b"] {
+        if !vms.iter().any(|v| v.rg == rg) {
+            continue;
+        }
+        y.push_str(&format!("      - name: {rg}\n        vms:\n"));
+        for vm in vms.iter().filter(|v| v.rg == rg) {
+            y.push_str(&format!(
+                "          - name: {}\n            size: {}\n            power_state: {}\n            os_type: {}\n            generation: {}\n            disks:\n",
+                vm.name, vm.size, vm.power, vm.os, vm.generation
+            ));
+            for (j, (lun, size, fault)) in vm.disks.iter().enumerate() {
+                y.push_str(&format!(
+                    "              - size_bytes: {size}\n                content: {{ seed: {}, scatter: {{ written_bytes: {written}, extent_size: 131072 }}, extents: [{{ offset: {}, length: 65536 }}] }}\n",
+                    vm.seed * 10 + j as u64,
+                    size - 65536
+                ));
+                if let Some(l) = lun {
+                    y.push_str(&format!("                lun: {l}\n"));
+                }
+                if let Some(f) = fault {
+                    y.push_str(&format!("                fault: {f}\n"));
+                }
+            }
+        }
+    }
+    y
+}
+
+/// 20 VMs: running, stopped and deallocated in turn, Gen1 and Gen2, one Windows, 1 to 4
+/// disks, LUNs with gaps on some; three with a failing disk.
+fn fleet20() -> Vec<VmDef> {
+    (0..20u64)
+        .map(|i| {
+            let n = (i % 4 + 1) as u32;
+            let gappy = n >= 3 && i % 8 >= 3;
+            let mut disks: Vec<(Option<u32>, u64, Option<&'static str>)> =
+                vec![(None, (24 + 8 * (i % 3)) * MIB, None)];
+            for j in 0..n - 1 {
+                let lun = if gappy { [0, 3, 9][j as usize] } else { j };
+                disks.push((Some(lun), (16 + 16 * ((i + j as u64) % 3)) * MIB, None));
+            }
+            let fault_at = |d: &mut Vec<(Option<u32>, u64, Option<&'static str>)>, k: usize, f| {
+                d[k].2 = Some(f)
+            };
+            match i {
+                // Deallocated, exported directly: the grant on its data disk is refused.
+                5 => fault_at(&mut disks, 1, "grant_denied"),
+                // Running: a snapshot cannot be made, so none of its disks is exported.
+                6 => fault_at(&mut disks, 2, "snapshot_fails"),
+                // Stopped: its OS disk's snapshot cannot be read.
+                10 => fault_at(&mut disks, 0, "read_fails"),
+                _ => {}
+            }
+            VmDef {
+                name: format!("m{i:02}"),
+                rg: if i % 2 == 0 { "rg-a" } else { "rg-b" },
+                power: ["running", "stopped", "deallocated"][(i % 3) as usize],
+                generation: if i % 4 < 2 { 2 } else { 1 },
+                os: if i == 9 { "windows" } else { "linux" },
+                size: SIZES[(i as usize) % SIZES.len()].0,
+                disks,
+                seed: i + 1,
+            }
+        })
+        .collect()
+}
+
+/// A small fleet without faults: `(name, power, disks)`.
+fn small_fleet(vms: &[(&str, &'static str, u32)]) -> Vec<VmDef> {
+    vms.iter()
+        .enumerate()
+        .map(|(i, &(name, power, n))| VmDef {
+            name: name.to_string(),
+            rg: "rg-a",
+            power,
+            generation: 2,
+            os: "linux",
+            size: "Standard_B2s",
+            disks: (0..n)
+                .map(|j| ((j > 0).then(|| j - 1), 16 * MIB, None))
+                .collect(),
+            seed: 100 + i as u64,
+        })
+        .collect()
+}
+
+async fn start(vms: &[VmDef], written: u64) -> SimHandle {
+    let scenario = Scenario::from_yaml(&scenario_yaml(vms, written)).unwrap();
+    Simulator::start(&scenario).await.unwrap()
+}
+
+fn config(sim: &SimHandle, out: &Path, extra: &str) -> String {
+    format!(
+        "azure:\n  subscriptions: [\"{SUB}\"]\n  arm_endpoint: \"{}\"\n  auth: none\n  retry: {{ max_retries: 1, timeout_secs: 10 }}\n  resource_groups: [rg-a, rg-b]\n{extra}output:\n  dir: \"{}\"\n  format: qcow2\n",
+        sim.base_url(),
+        out.display()
+    )
+}
+
+/// Runs the binary off the async runtime (the simulator runs on it).
+async fn run(cfg: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["-c".to_string(), s(cfg).to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn spawn(cfg: &Path, dir: &Scratch) -> Child {
+    Command::new(BIN)
+        .args(["-c", s(cfg)])
+        .stdout(std::fs::File::create(dir.path("stdout")).unwrap())
+        .stderr(std::fs::File::create(dir.path("stderr")).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (off the runtime) for `cond`, checking every 20 ms; panics after `limit`, which
+/// is only a guard against a hang, never what a test measures.
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_child(mut child: Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Images under their final name (complete) below `dir`.
+fn finished_images(dir: &Path) -> usize {
+    files_under(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "qcow2"))
+        .count()
+}
+
+/// The run summary `run-<id>.json` (the only one, or the newest by its `finished_at`).
+fn summaries(out: &Path) -> Vec<Value> {
+    let mut all: Vec<Value> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("run-") && n.ends_with(".json")
+        })
+        .map(|p| read_json(&p))
+        .collect();
+    all.sort_by_key(|v| v["finished_at"].as_str().unwrap_or("").to_string());
+    all
+}
+
+fn report(out: &Path, vm: &str) -> Value {
+    read_json(&out.join(vm).join("report.json"))
+}
+
+/// No SAS signature in the output or in any report, domain or summary.
+fn assert_no_secret(sim: &SimHandle, outputs: &[&[u8]], out: &Path) {
+    let sigs = sim.signatures();
+    assert!(!sigs.is_empty(), "the run made no grant at all");
+    let mut texts: Vec<(String, String)> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (format!("output {i}"), text(b)))
+        .collect();
+    for f in files_under(out) {
+        if f.extension()
+            .is_some_and(|e| e == "json" || e == "xml" || e == "journal")
+        {
+            texts.push((f.display().to_string(), text(&std::fs::read(&f).unwrap())));
+        }
+    }
+    for (what, t) in &texts {
+        for sig in &sigs {
+            let encoded = sig
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D");
+            assert!(
+                !t.contains(sig.as_str()) && !t.contains(&encoded),
+                "a SAS signature leaked into {what}"
+            );
+        }
+    }
+}
+
+/// Checks every completed disk's image against the simulator's disk.
+fn assert_images(sim: &SimHandle, scratch: &Scratch, rep: &Value) {
+    for d in rep["disks"].as_array().unwrap() {
+        if !matches!(d["status"].as_str(), Some("completed" | "already_done")) {
+            continue;
+        }
+        let name = d["name"].as_str().unwrap();
+        let reference = scratch.path(&format!("{name}.ref"));
+        sim.disk(name)
+            .unwrap()
+            .write_raw_reference(&reference)
+            .unwrap();
+        assert_image_matches(
+            Path::new(d["output"].as_str().unwrap()),
+            "qcow2",
+            &reference,
+        );
+        std::fs::remove_file(&reference).unwrap();
+    }
+}
+
+/// Checks a domain XML: valid for libvirt, OS disk first then data disks by LUN, UEFI
+/// only for Gen2, vCPUs and memory of the VM size. Returns whether it was validated.
+fn assert_domain(vm: &VmDef, rep: &Value) -> bool {
+    let path = PathBuf::from(rep["domain_xml"].as_str().expect("a domain XML"));
+    let xml = std::fs::read_to_string(&path).unwrap();
+    let mut want: Vec<String> = Vec::new();
+    let mut sorted = vm.disks.clone();
+    sorted.sort_by_key(|d| d.0.map_or(-1, |l| l as i64));
+    for (lun, _, _) in &sorted {
+        let disk = rep["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == vm.disk_name(*lun))
+            .unwrap();
+        let p = PathBuf::from(disk["output"].as_str().unwrap());
+        want.push(
+            std::path::absolute(&p)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    let got: Vec<String> = xml
+        .split("<source file='")
+        .skip(1)
+        .map(|rest| rest.split('\'').next().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want, "{}: disks in LUN order, OS first", vm.name);
+    assert_eq!(
+        xml.contains("<os firmware='efi'>"),
+        vm.generation == 2,
+        "{}: UEFI exactly for Gen2\n{xml}",
+        vm.name
+    );
+    let (_, vcpus, mib) = SIZES.iter().find(|s| s.0 == vm.size).unwrap();
+    assert!(
+        xml.contains(&format!("<vcpu placement='static'>{vcpus}</vcpu>")),
+        "{}: {vcpus} vCPUs\n{xml}",
+        vm.name
+    );
+    assert!(
+        xml.contains(&format!("<memory unit='MiB'>{mib}</memory>")),
+        "{}: {mib} MiB\n{xml}",
+        vm.name
+    );
+    assert_eq!(rep["vcpus"], *vcpus);
+    assert_eq!(rep["memory_mib"], *mib);
+    match Command::new("virt-xml-validate")
+        .args([s(&path), "domain"])
+        .output()
+    {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "{}: virt-xml-validate: {}{}",
+                path.display(),
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => panic!("virt-xml-validate: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
+    let vms = fleet20();
+    let sim = start(&vms, 2 * MIB).await;
+    let scratch = Scratch::new("mig20");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "  running_vm: snapshot\ndownload: { parallel_vms: 6, parallel_disks: 6 }\n",
+        ),
+    )
+    .unwrap();
+    let result = run(&cfg, &[]).await;
+    let (stdout, stderr) = (text(&result.stdout), text(&result.stderr));
+    assert_eq!(result.status.code(), Some(3), "{stdout}\n{stderr}");
+
+    // Nothing is left in Azure.
+    let c = sim.counters();
+    assert_eq!(c.open_grants(), 0, "grants left open");
+    assert_eq!(c.snapshots_alive(), 0, "snapshots left behind");
+    assert!(c.snapshots_created() > 0);
+
+    // The table lists every VM once.
+    for vm in &vms {
+        let rows: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(vm.name.as_str()))
+            .collect();
+        assert_eq!(rows.len(), 1, "{}: one row\n{stdout}", vm.name);
+    }
+
+    let mut validated = 0;
+    let mut downloaded = 0;
+    let mut kinds = BTreeMap::new();
+    for vm in &vms {
+        let rep = report(&out, &vm.name);
+        let via_snapshot = vm.power != "deallocated";
+        let want = match vm.name.as_str() {
+            "m05" | "m10" => "partial",
+            "m06" => "failed",
+            _ => "completed",
+        };
+        assert_eq!(rep["status"], want, "{}: {rep:#}", vm.name);
+        assert_eq!(rep["generation"], vm.generation);
+        let disks = rep["disks"].as_array().unwrap();
+        assert_eq!(disks.len(), vm.disks.len());
+        for (lun, _, fault) in &vm.disks {
+            let name = vm.disk_name(*lun);
+            let d = disks.iter().find(|d| d["name"] == name.as_str()).unwrap();
+            let failed = fault.is_some() || vm.name == "m06";
+            let bytes = d["bytes_downloaded"].as_u64().unwrap();
+            downloaded += bytes;
+            if failed {
+                assert_eq!(d["status"], "failed", "{name}: {d:#}");
+                assert!(d["error"].is_string(), "{name}: {d:#}");
+                continue;
+            }
+            assert_eq!(d["status"], "completed", "{name}: {d:#}");
+            // Every written byte, and each at most once more for chunking.
+            let written = sim.disk(&name).unwrap().content.written_bytes();
+            assert!(bytes >= written, "{name}: {bytes} < {written}");
+            assert_eq!(d["lun"].as_u64(), lun.map(u64::from));
+            assert!(d["sha256"].is_string(), "{name}");
+            let from = d["exported_from"].as_str().unwrap();
+            assert_eq!(from.contains("/snapshots/"), via_snapshot, "{name}: {from}");
+            assert!(
+                via_snapshot || from.ends_with(&format!("/disks/{name}")),
+                "{from}"
+            );
+            kinds.insert((lun.is_none(), via_snapshot), name);
+        }
+        let errors = rep["errors"].as_array().unwrap();
+        if vm.has_fault() {
+            let (lun, _, _) = vm.disks.iter().find(|d| d.2.is_some()).unwrap();
+            let failing = vm.disk_name(*lun);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.as_str().unwrap().contains(&failing)),
+                "{}: the errors name {failing}: {errors:?}",
+                vm.name
+            );
+            assert!(rep["domain_xml"].is_null(), "{}: no domain", vm.name);
+        } else {
+            assert!(errors.is_empty(), "{}: {errors:?}", vm.name);
+            assert_images(&sim, &scratch, &rep);
+            if assert_domain(vm, &rep) {
+                validated += 1;
+            }
+        }
+        // Snapshots: one per disk for a VM not deallocated, each deleted and dated.
+        let resources = rep["resources"].as_array().unwrap();
+        assert_eq!(
+            resources.len(),
+            if via_snapshot { vm.disks.len() } else { 0 },
+            "{}: {resources:?}",
+            vm.name
+        );
+        for r in resources {
+            assert!(r["deleted_at"].is_string(), "{}: {r}", vm.name);
+            let fails = vm.disks.iter().any(|(lun, _, f)| {
+                *f == Some("snapshot_fails")
+                    && r["source"].as_str().unwrap().ends_with(&vm.disk_name(*lun))
+            });
+            assert_eq!(r["created"], !fails, "{}: {r}", vm.name);
+        }
+    }
+    // Each kind of disk was compared at least once: OS and data, snapshot and direct.
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    if validated == 0 {
+        println!("note: virt-xml-validate is not installed; domain XMLs were not validated");
+    }
+    // What the simulator served is what the reports say was downloaded, plus one VHD footer
+    // per opened export.
+    assert_eq!(c.bytes_served(), downloaded + FOOTER * c.grants());
+
+    let sums = summaries(&out);
+    assert_eq!(sums.len(), 1);
+    let sum = &sums[0];
+    assert_eq!(sum["completed"], 17);
+    assert_eq!(sum["not_completed"], 3);
+    assert_eq!(sum["exit_code"], 3);
+    assert_eq!(sum["vms"].as_array().unwrap().len(), 20);
+    assert_eq!(sum["bytes_downloaded"], downloaded);
+
+    assert_no_secret(&sim, &[&result.stdout, &result.stderr], &out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_changes_nothing() {
+    let vms = fleet20();
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migdry");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "  running_vm: stop\n")).unwrap();
+    let result = run(&cfg, &["--dry-run"]).await;
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let stdout = text(&result.stdout);
+    for vm in &vms {
+        assert!(stdout.contains(&vm.name), "{}: {stdout}", vm.name);
+    }
+    let c = sim.counters();
+    for route in [
+        Route::BeginGetAccess,
+        Route::EndGetAccess,
+        Route::Snapshot,
+        Route::PowerOperation,
+        Route::BlobGet,
+    ] {
+        assert_eq!(c.received(route), 0, "{route}");
+    }
+    assert!(c.received(Route::ListVms) > 0);
+    assert!(!out.exists(), "the dry run created {}", out.display());
+}
+
+/// A run with a bandwidth cap, one disk at a time, is killed with SIGKILL once an image is
+/// finished; the second run skips what is done, continues the rest from the snapshots the
+/// killed run left, and deletes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_run_is_finished_by_the_next_without_downloading_again() {
+    let vms = small_fleet(&[
+        ("k0", "running", 3),
+        ("k1", "deallocated", 2),
+        ("k2", "stopped", 1),
+    ]);
+    let sim = start(&vms, 2 * MIB).await;
+    let scratch = Scratch::new("migkill");
+    let out = scratch.path("out");
+    let slow = scratch.path("slow.yaml");
+    std::fs::write(
+        &slow,
+        config(
+            &sim,
+            &out,
+            "download: { parallel_vms: 1, parallel_disks: 1, bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
+        ),
+    )
+    .unwrap();
+    let child = spawn(&slow, &scratch);
+    let total = vms.iter().map(|v| v.disks.len()).sum::<usize>();
+    wait_for("a first image", Duration::from_secs(120), || {
+        finished_images(&out) >= 1
+    })
+    .await;
+    let mut child = child;
+    child.kill().unwrap();
+    assert!(!wait_child(child).await.success());
+    let done_before = finished_images(&out);
+    assert!(done_before < total, "the run finished before it was killed");
+    let left_behind = sim.counters().snapshots_alive();
+    assert!(left_behind > 0, "the killed run had snapshots");
+
+    let fast = scratch.path("fast.yaml");
+    std::fs::write(&fast, config(&sim, &out, "")).unwrap();
+    let served_before = sim.counters().bytes_served();
+    let grants_before = sim.counters().grants();
+    let result = run(&fast, &[]).await;
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{}{}",
+        text(&result.stdout),
+        text(&result.stderr)
+    );
+    let c = sim.counters();
+    assert_eq!(c.open_grants(), 0);
+    assert_eq!(c.snapshots_alive(), 0);
+
+    let mut already = 0;
+    let mut downloaded = 0;
+    for vm in &vms {
+        let rep = report(&out, &vm.name);
+        assert_eq!(rep["status"], "completed", "{rep:#}");
+        for d in rep["disks"].as_array().unwrap() {
+            let bytes = d["bytes_downloaded"].as_u64().unwrap();
+            downloaded += bytes;
+            if d["status"] == "already_done" {
+                already += 1;
+                assert_eq!(bytes, 0, "{d:#}");
+                assert!(d["sha256"].is_string());
+            } else {
+                assert_eq!(d["status"], "completed", "{d:#}");
+            }
+        }
+        assert_images(&sim, &scratch, &rep);
+        // Snapshots of both runs: all deleted, with the time.
+        for r in rep["resources"].as_array().unwrap() {
+            assert!(r["deleted_at"].is_string(), "{}: {r}", vm.name);
+        }
+    }
+    assert_eq!(already, done_before);
+    assert_eq!(
+        c.bytes_served() - served_before,
+        downloaded + FOOTER * (c.grants() - grants_before)
+    );
+    // k0's snapshots were made by the killed run: the second run reports them (reused for
+    // the disks it still had to convert, deleted in any case).
+    let k0 = report(&out, "k0");
+    let resources = k0["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 3, "{resources:?}");
+    let run_id = k0["run_id"].as_str().unwrap();
+    assert!(
+        resources.iter().all(|r| r["run_id"] != run_id),
+        "no new snapshot for k0: {resources:?}"
+    );
+    assert_eq!(summaries(&out).last().unwrap()["exit_code"], 0);
+    assert_no_secret(&sim, &[&result.stdout, &result.stderr], &out);
+}
+
+/// Killed while its snapshots are being created: the report records them before they exist,
+/// and the next run deletes (or reuses) them.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_killed_while_snapshotting_leaves_no_snapshot() {
+    let vms = small_fleet(&[("s0", "running", 2)]);
+    let sim = start(&vms, MIB).await;
+    // Operations take a while: the run is killed while it polls the snapshots' creation.
+    sim.set_operations(hyper2kvm_sim::OperationSettings {
+        polls: 30,
+        immediate: false,
+        retry_after_secs: 1,
+    });
+    let scratch = Scratch::new("migsnap");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let mut child = spawn(&cfg, &scratch);
+    wait_for("the snapshots", Duration::from_secs(60), || {
+        sim.counters().snapshots_alive() == 2
+    })
+    .await;
+    child.kill().unwrap();
+    wait_child(child).await;
+    assert_eq!(sim.counters().snapshots_alive(), 2);
+
+    sim.set_operations(hyper2kvm_sim::OperationSettings::default());
+    let result = run(&cfg, &[]).await;
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert_eq!(sim.counters().snapshots_alive(), 0, "snapshots leaked");
+    assert_eq!(
+        sim.counters().snapshots_created(),
+        2,
+        "reused, not made again"
+    );
+    let rep = report(&out, "s0");
+    let resources = rep["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 2, "{resources:?}");
+    for r in resources {
+        // Reused, so known to exist: confirmed (`kept` would then be right too).
+        assert!(r["deleted_at"].is_string() && r["created"] == true, "{r}");
+    }
+    assert_images(&sim, &scratch, &rep);
+}
+
+/// Ctrl-C: exit 130, and the grants and snapshots of the run are gone when it exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_run_cleans_up_and_exits_130() {
+    let vms = small_fleet(&[("i0", "running", 2), ("i1", "deallocated", 2)]);
+    let sim = start(&vms, 3 * MIB).await;
+    let scratch = Scratch::new("migint");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "download: { bandwidth: 1M, chunk_size: 256K }\n",
+        ),
+    )
+    .unwrap();
+    let child = spawn(&cfg, &scratch);
+    wait_for("reads under way", Duration::from_secs(60), || {
+        let c = sim.counters();
+        c.open_grants() >= 2 && c.snapshots_alive() == 2 && c.bytes_served() > MIB
+    })
+    .await;
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_child(child).await;
+    let stderr = std::fs::read_to_string(scratch.path("stderr")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let c = sim.counters();
+    assert_eq!(c.open_grants(), 0, "{stderr}");
+    assert_eq!(c.snapshots_alive(), 0, "{stderr}");
+    assert!(finished_images(&out) < 4, "the run finished before Ctrl-C");
+    let stdout = std::fs::read(scratch.path("stdout")).unwrap();
+    assert_no_secret(&sim, &[&stdout, stderr.as_bytes()], &out);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deallocate_with_restart_starts_running_vms_again() {
+    let vms = small_fleet(&[
+        ("p0", "running", 2),
+        ("p1", "deallocated", 1),
+        ("p2", "running", 1),
+    ]);
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migpower");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "  running_vm: deallocate\n  restart_vms: true\n",
+        ),
+    )
+    .unwrap();
+    let result = run(&cfg, &[]).await;
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_created()), (0, 0));
+    for (vm, state, ops) in [
+        ("p0", "running", &["deallocate", "start"][..]),
+        ("p1", "deallocated", &[][..]),
+        ("p2", "running", &["deallocate", "start"][..]),
+    ] {
+        assert_eq!(sim.power_state(SUB, "rg-a", vm).unwrap(), state, "{vm}");
+        let rep = report(&out, vm);
+        assert_eq!(rep["status"], "completed");
+        let power: Vec<(&str, bool)> = rep["power"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["action"].as_str().unwrap(), p["ok"].as_bool().unwrap()))
+            .collect();
+        let want: Vec<(&str, bool)> = ops.iter().map(|o| (*o, true)).collect();
+        assert_eq!(power, want, "{vm}");
+        assert_images(&sim, &scratch, &rep);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuse_leaves_running_vms_alone() {
+    let vms = small_fleet(&[
+        ("r0", "running", 1),
+        ("r1", "deallocated", 2),
+        ("r2", "stopped", 1),
+    ]);
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migrefuse");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "  running_vm: refuse\n")).unwrap();
+    let result = run(&cfg, &[]).await;
+    let stdout = text(&result.stdout);
+    assert_eq!(
+        result.status.code(),
+        Some(3),
+        "{stdout}{}",
+        text(&result.stderr)
+    );
+    let c = sim.counters();
+    assert_eq!(c.received(Route::PowerOperation), 0);
+    assert_eq!(c.received(Route::Snapshot), 0);
+    assert_eq!(c.open_grants(), 0);
+    let sum = &summaries(&out)[0];
+    let status: BTreeMap<&str, &str> = sum["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        status,
+        BTreeMap::from([("r0", "refused"), ("r1", "completed"), ("r2", "refused")])
+    );
+    for vm in ["r0", "r2"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(vm))
+            .unwrap_or_else(|| panic!("{vm} in the table: {stdout}"));
+        assert!(row.contains("refused"), "{row}");
+        assert_eq!(
+            sim.power_state(SUB, "rg-a", vm).unwrap(),
+            vms.iter().find(|v| v.name == vm).unwrap().power
+        );
+    }
+    assert_images(&sim, &scratch, &report(&out, "r1"));
+
+    // Nothing completes: exit 1.
+    let only_running = scratch.path("running.yaml");
+    std::fs::write(
+        &only_running,
+        config(
+            &sim,
+            &scratch.path("out2"),
+            "  running_vm: refuse\n  selection: { power_states: [running, stopped] }\n",
+        ),
+    )
+    .unwrap();
+    let result = run(&only_running, &[]).await;
+    assert_eq!(result.status.code(), Some(1), "{}", text(&result.stderr));
+    let sum = &summaries(&scratch.path("out2"))[0];
+    assert_eq!(
+        (sum["completed"].as_u64(), sum["exit_code"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert!(sum["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["status"] == "refused"));
+    assert_eq!(sum["vms"].as_array().unwrap().len(), 2);
+}
