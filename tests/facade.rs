@@ -347,7 +347,7 @@ async fn migrate_is_one_library_call_with_progress() {
     assert_eq!(summary.exit_code, 0, "{summary:?}");
     assert_eq!(summary.vms[0].status, VmStatus::Completed);
 
-    let events = events.lock().unwrap();
+    let events = std::mem::take(&mut *events.lock().unwrap());
     for disk in ["app_OsDisk_1", "app_DataDisk_3"] {
         let last = events
             .iter()
@@ -360,7 +360,7 @@ async fn migrate_is_one_library_call_with_progress() {
                 } if d == disk => Some((*done, *total)),
                 _ => None,
             })
-            .last()
+            .next_back()
             .unwrap_or_else(|| panic!("no progress for {disk}"));
         assert!(last.1 > 0 && last.0 == last.1, "{disk}: {last:?}");
         assert!(events.iter().any(|e| matches!(e,

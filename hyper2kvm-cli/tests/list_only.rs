@@ -315,9 +315,11 @@ async fn usage_mistakes_exit_2() {
 
     let dir = Scratch::new("usage");
     let cfg = dir.write("config.yaml", &config("http://127.0.0.1:1", ""));
+    // A migration run over whole subscriptions (no resource group named) is refused before
+    // any request (the endpoint is not even reachable).
     let out = run(args(&["-c", cfg.to_str().unwrap()])).await;
     assert_eq!(out.status.code(), Some(2));
-    assert_one_error_line(&text(&out.stderr), "--list-only");
+    assert_one_error_line(&text(&out.stderr), "azure.allow_whole_subscription");
 
     let out = run(args(&[
         "-c",
@@ -501,7 +503,7 @@ async fn dry_run_plans_every_vm_and_changes_nothing() {
 }
 
 #[test]
-fn a_migration_run_without_dry_run_is_not_offered_yet() {
+fn a_whole_subscription_run_is_refused_unless_allowed() {
     let dir = Scratch::new("no-run");
     let cfg = dir.write("config.yaml", &config("http://127.0.0.1:1", ""));
     let out = Command::new(BIN)
@@ -509,9 +511,20 @@ fn a_migration_run_without_dry_run_is_not_offered_yet() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("--dry-run"),
-        "{}",
-        text(&out.stderr)
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("azure.resource_groups"), "{stderr}");
+    // Allowed, the run goes ahead: here it cannot reach the endpoint (exit 1, not 2).
+    let cfg = dir.write(
+        "allowed.yaml",
+        &config(
+            "http://127.0.0.1:1",
+            "  allow_whole_subscription: true\noutput: { dir: out }\n",
+        ),
     );
+    let out = Command::new(BIN)
+        .args(["-c", cfg.to_str().unwrap()])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }

@@ -151,7 +151,8 @@ mod tests {
             "slow".into()
         }
         fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
-            Box::pin(async { Ok(vec![0..1 << 20]) })
+            let all = 0..1u64 << 20;
+            Box::pin(async move { Ok(std::iter::once(all).collect()) })
         }
         fn read_at(&self, _offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
             Box::pin(async move {

@@ -231,15 +231,14 @@ pub fn plan(vms: &[Vm], opts: &PlanOptions) -> Result<Plan, PlanError> {
 }
 
 fn plan_vm(vm: &Vm, dir: PathBuf, opts: &PlanOptions) -> VmPlan {
+    // "Start again" restores what the run changed: a VM someone had stopped stays stopped.
+    let restart =
+        opts.restart && matches!(vm.power_state, PowerState::Running | PowerState::Starting);
     let action = match (&vm.power_state, opts.running_vm) {
         (PowerState::Deallocated, _) => VmAction::ExportDisks,
         (_, RunningVmPolicy::Snapshot) => VmAction::Snapshot,
-        (_, RunningVmPolicy::Deallocate) => VmAction::DeallocateThenExport {
-            restart: opts.restart,
-        },
-        (_, RunningVmPolicy::Stop) => VmAction::StopThenSnapshot {
-            restart: opts.restart,
-        },
+        (_, RunningVmPolicy::Deallocate) => VmAction::DeallocateThenExport { restart },
+        (_, RunningVmPolicy::Stop) => VmAction::StopThenSnapshot { restart },
         (state, RunningVmPolicy::Refuse) => VmAction::Refused {
             reason: format!("the VM is {state}, not deallocated, and azure.running_vm is refuse"),
         },
@@ -393,9 +392,15 @@ mod tests {
         assert_eq!(p.vms[0].action, VmAction::ExportDisks);
         let mut o = opts(RunningVmPolicy::Stop);
         o.restart = true;
+        let p = plan(&vms, &o).unwrap();
         assert_eq!(
-            plan(&vms, &o).unwrap().vms[2].action,
+            p.vms[1].action,
             VmAction::StopThenSnapshot { restart: true }
+        );
+        // A VM that was already stopped is not started by the run.
+        assert_eq!(
+            p.vms[2].action,
+            VmAction::StopThenSnapshot { restart: false }
         );
     }
 
