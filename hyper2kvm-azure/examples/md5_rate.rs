@@ -1,8 +1,10 @@
 //! How fast Content-MD5 checking runs on this machine: one buffer at a time (the `md-5`
-//! crate), and eight side by side in AVX2 lanes (`blob::md5x`).
+//! crate), and eight side by side in SIMD lanes (`blob::md5x`: AVX-512VL where the CPU has
+//! it, AVX2 otherwise or with `H2K_MD5_AVX512=0`).
 //!
 //! ```text
 //! cargo run --release -p hyper2kvm-azure --example md5_rate
+//! H2K_MD5_AVX512=0 cargo run --release -p hyper2kvm-azure --example md5_rate
 //! ```
 
 use std::time::Instant;

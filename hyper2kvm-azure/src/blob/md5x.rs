@@ -79,8 +79,15 @@ fn digest_lanes(group: &[&[u8]]) -> Vec<[u8; 16]> {
     let upto = sorted[LANES - 2];
     let lanes: [&[u8]; LANES] = std::array::from_fn(|i| *group.get(i).unwrap_or(&&[][..]));
     if upto > 0 {
-        // SAFETY: AVX2 was detected by the caller; lane `i` holds `blocks[i]` whole blocks.
-        unsafe { avx2::compress(&mut states, &lanes, &blocks, upto) };
+        // SAFETY: AVX2 was detected by the caller, AVX-512 here; lane `i` holds `blocks[i]`
+        // whole blocks.
+        unsafe {
+            if avx512() {
+                lanes::avx512(&mut states, &lanes, &blocks, upto)
+            } else {
+                lanes::avx2(&mut states, &lanes, &blocks, upto)
+            }
+        };
     }
     group
         .iter()
@@ -92,6 +99,18 @@ fn digest_lanes(group: &[&[u8]]) -> Vec<[u8; 16]> {
             finish(state, &data[full..], data.len() as u64)
         })
         .collect()
+}
+
+/// Whether the AVX-512 lanes can run (and are not turned off with `H2K_MD5_AVX512=0`, which
+/// `examples/md5_rate.rs` uses to compare).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::env::var_os("H2K_MD5_AVX512").is_none_or(|v| v != "0")
+    })
 }
 
 /// Pads the last partial block (`tail`, under 64 bytes) and returns the digest.
@@ -219,181 +238,251 @@ fn compress(state: &mut [u32; 4], data: &[u8]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod lanes {
+    //! The compression function in eight 32-bit lanes, twice: with AVX2 alone, and with
+    //! AVX-512VL's rotate and three-input logic (one instruction each where AVX2 needs two
+    //! or three). One body, written once as macros; the steps are RFC 1321's table.
     use super::{K, LANES};
     use std::arch::x86_64::*;
 
-    /// Runs the compression function over blocks `0..upto` of every lane; lane `i` stops
-    /// after its `blocks[i]` blocks (its state is then left alone).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, and lane `i` must hold at least `blocks[i] * 64` bytes.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn compress(
-        states: &mut [[u32; 4]; LANES],
-        lanes: &[&[u8]; LANES],
-        blocks: &[usize; LANES],
-        upto: usize,
-    ) {
-        for (lane, &n) in lanes.iter().zip(blocks) {
-            assert!(lane.len() >= n * 64);
-        }
-        static IDLE: [u8; 64] = [0; 64];
-        let load = |i: usize| {
-            _mm256_setr_epi32(
-                states[0][i] as i32,
-                states[1][i] as i32,
-                states[2][i] as i32,
-                states[3][i] as i32,
-                states[4][i] as i32,
-                states[5][i] as i32,
-                states[6][i] as i32,
-                states[7][i] as i32,
+    // F, G, H and I of RFC 1321 on lanes (AVX2).
+    macro_rules! f2 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_xor_si256($d, _mm256_and_si256($b, _mm256_xor_si256($c, $d)))
+        };
+    }
+    macro_rules! g2 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_xor_si256($c, _mm256_and_si256($d, _mm256_xor_si256($b, $c)))
+        };
+    }
+    macro_rules! h2 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_xor_si256(_mm256_xor_si256($b, $c), $d)
+        };
+    }
+    macro_rules! i2 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_xor_si256(
+                $c,
+                _mm256_or_si256($b, _mm256_xor_si256($d, _mm256_set1_epi32(-1))),
             )
         };
-        let (mut a, mut b, mut c, mut d) = (load(0), load(1), load(2), load(3));
-        let ones = _mm256_set1_epi32(-1);
-        let ends = _mm256_setr_epi32(
-            blocks[0] as i32,
-            blocks[1] as i32,
-            blocks[2] as i32,
-            blocks[3] as i32,
-            blocks[4] as i32,
-            blocks[5] as i32,
-            blocks[6] as i32,
-            blocks[7] as i32,
-        );
-        macro_rules! vf {
-            ($b:expr, $c:expr, $d:expr) => {
-                _mm256_xor_si256($d, _mm256_and_si256($b, _mm256_xor_si256($c, $d)))
-            };
-        }
-        macro_rules! vg {
-            ($b:expr, $c:expr, $d:expr) => {
-                _mm256_xor_si256($c, _mm256_and_si256($d, _mm256_xor_si256($b, $c)))
-            };
-        }
-        macro_rules! vh {
-            ($b:expr, $c:expr, $d:expr) => {
-                _mm256_xor_si256(_mm256_xor_si256($b, $c), $d)
-            };
-        }
-        macro_rules! vi {
-            ($b:expr, $c:expr, $d:expr) => {
-                _mm256_xor_si256($c, _mm256_or_si256($b, _mm256_xor_si256($d, ones)))
-            };
-        }
-        macro_rules! vstep {
-            ($f:ident, $a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:expr, $s:literal, $r:literal) => {
-                let sum = _mm256_add_epi32(
-                    _mm256_add_epi32($a, $f!($b, $c, $d)),
-                    _mm256_add_epi32(_mm256_set1_epi32($k as i32), $m),
-                );
-                $a = _mm256_add_epi32(
-                    $b,
-                    _mm256_or_si256(_mm256_slli_epi32::<$s>(sum), _mm256_srli_epi32::<$r>(sum)),
-                );
-            };
-        }
-        for n in 0..upto {
-            let block: [&[u8]; LANES] = std::array::from_fn(|l| {
-                if n < blocks[l] {
-                    &lanes[l][n * 64..n * 64 + 64]
-                } else {
-                    &IDLE[..]
+    }
+    macro_rules! rot2 {
+        ($x:ident, $s:literal, $r:literal) => {
+            _mm256_or_si256(_mm256_slli_epi32::<$s>($x), _mm256_srli_epi32::<$r>($x))
+        };
+    }
+    // The same with one `vpternlogd` each: the immediate is the function's truth table over
+    // (b, c, d) = (0xf0, 0xcc, 0xaa).
+    macro_rules! f5 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_ternarylogic_epi32::<0xca>($b, $c, $d)
+        };
+    }
+    macro_rules! g5 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_ternarylogic_epi32::<0xe4>($b, $c, $d)
+        };
+    }
+    macro_rules! h5 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_ternarylogic_epi32::<0x96>($b, $c, $d)
+        };
+    }
+    macro_rules! i5 {
+        ($b:expr, $c:expr, $d:expr) => {
+            _mm256_ternarylogic_epi32::<0x39>($b, $c, $d)
+        };
+    }
+    macro_rules! rot5 {
+        ($x:ident, $s:literal, $r:literal) => {
+            _mm256_rol_epi32::<$s>($x)
+        };
+    }
+
+    /// One step: `a = b + ((a + fun(b, c, d) + k + m) <<< s)`.
+    macro_rules! vstep {
+        ($rot:ident, $fun:ident, $a:ident, $b:ident, $c:ident, $d:ident, $m:expr, $k:expr, $s:literal, $r:literal) => {
+            let sum = _mm256_add_epi32(
+                _mm256_add_epi32($a, $fun!($b, $c, $d)),
+                _mm256_add_epi32(_mm256_set1_epi32($k as i32), $m),
+            );
+            $a = _mm256_add_epi32($b, $rot!(sum, $s, $r));
+        };
+    }
+
+    /// The 64 steps of one block.
+    macro_rules! rounds {
+        ($rot:ident, $f:ident, $g:ident, $h:ident, $i:ident, $m:ident, $a:ident, $b:ident, $c:ident, $d:ident) => {
+            vstep!($rot, $f, $a, $b, $c, $d, $m[0], K[0], 7, 25);
+            vstep!($rot, $f, $d, $a, $b, $c, $m[1], K[1], 12, 20);
+            vstep!($rot, $f, $c, $d, $a, $b, $m[2], K[2], 17, 15);
+            vstep!($rot, $f, $b, $c, $d, $a, $m[3], K[3], 22, 10);
+            vstep!($rot, $f, $a, $b, $c, $d, $m[4], K[4], 7, 25);
+            vstep!($rot, $f, $d, $a, $b, $c, $m[5], K[5], 12, 20);
+            vstep!($rot, $f, $c, $d, $a, $b, $m[6], K[6], 17, 15);
+            vstep!($rot, $f, $b, $c, $d, $a, $m[7], K[7], 22, 10);
+            vstep!($rot, $f, $a, $b, $c, $d, $m[8], K[8], 7, 25);
+            vstep!($rot, $f, $d, $a, $b, $c, $m[9], K[9], 12, 20);
+            vstep!($rot, $f, $c, $d, $a, $b, $m[10], K[10], 17, 15);
+            vstep!($rot, $f, $b, $c, $d, $a, $m[11], K[11], 22, 10);
+            vstep!($rot, $f, $a, $b, $c, $d, $m[12], K[12], 7, 25);
+            vstep!($rot, $f, $d, $a, $b, $c, $m[13], K[13], 12, 20);
+            vstep!($rot, $f, $c, $d, $a, $b, $m[14], K[14], 17, 15);
+            vstep!($rot, $f, $b, $c, $d, $a, $m[15], K[15], 22, 10);
+            vstep!($rot, $g, $a, $b, $c, $d, $m[1], K[16], 5, 27);
+            vstep!($rot, $g, $d, $a, $b, $c, $m[6], K[17], 9, 23);
+            vstep!($rot, $g, $c, $d, $a, $b, $m[11], K[18], 14, 18);
+            vstep!($rot, $g, $b, $c, $d, $a, $m[0], K[19], 20, 12);
+            vstep!($rot, $g, $a, $b, $c, $d, $m[5], K[20], 5, 27);
+            vstep!($rot, $g, $d, $a, $b, $c, $m[10], K[21], 9, 23);
+            vstep!($rot, $g, $c, $d, $a, $b, $m[15], K[22], 14, 18);
+            vstep!($rot, $g, $b, $c, $d, $a, $m[4], K[23], 20, 12);
+            vstep!($rot, $g, $a, $b, $c, $d, $m[9], K[24], 5, 27);
+            vstep!($rot, $g, $d, $a, $b, $c, $m[14], K[25], 9, 23);
+            vstep!($rot, $g, $c, $d, $a, $b, $m[3], K[26], 14, 18);
+            vstep!($rot, $g, $b, $c, $d, $a, $m[8], K[27], 20, 12);
+            vstep!($rot, $g, $a, $b, $c, $d, $m[13], K[28], 5, 27);
+            vstep!($rot, $g, $d, $a, $b, $c, $m[2], K[29], 9, 23);
+            vstep!($rot, $g, $c, $d, $a, $b, $m[7], K[30], 14, 18);
+            vstep!($rot, $g, $b, $c, $d, $a, $m[12], K[31], 20, 12);
+            vstep!($rot, $h, $a, $b, $c, $d, $m[5], K[32], 4, 28);
+            vstep!($rot, $h, $d, $a, $b, $c, $m[8], K[33], 11, 21);
+            vstep!($rot, $h, $c, $d, $a, $b, $m[11], K[34], 16, 16);
+            vstep!($rot, $h, $b, $c, $d, $a, $m[14], K[35], 23, 9);
+            vstep!($rot, $h, $a, $b, $c, $d, $m[1], K[36], 4, 28);
+            vstep!($rot, $h, $d, $a, $b, $c, $m[4], K[37], 11, 21);
+            vstep!($rot, $h, $c, $d, $a, $b, $m[7], K[38], 16, 16);
+            vstep!($rot, $h, $b, $c, $d, $a, $m[10], K[39], 23, 9);
+            vstep!($rot, $h, $a, $b, $c, $d, $m[13], K[40], 4, 28);
+            vstep!($rot, $h, $d, $a, $b, $c, $m[0], K[41], 11, 21);
+            vstep!($rot, $h, $c, $d, $a, $b, $m[3], K[42], 16, 16);
+            vstep!($rot, $h, $b, $c, $d, $a, $m[6], K[43], 23, 9);
+            vstep!($rot, $h, $a, $b, $c, $d, $m[9], K[44], 4, 28);
+            vstep!($rot, $h, $d, $a, $b, $c, $m[12], K[45], 11, 21);
+            vstep!($rot, $h, $c, $d, $a, $b, $m[15], K[46], 16, 16);
+            vstep!($rot, $h, $b, $c, $d, $a, $m[2], K[47], 23, 9);
+            vstep!($rot, $i, $a, $b, $c, $d, $m[0], K[48], 6, 26);
+            vstep!($rot, $i, $d, $a, $b, $c, $m[7], K[49], 10, 22);
+            vstep!($rot, $i, $c, $d, $a, $b, $m[14], K[50], 15, 17);
+            vstep!($rot, $i, $b, $c, $d, $a, $m[5], K[51], 21, 11);
+            vstep!($rot, $i, $a, $b, $c, $d, $m[12], K[52], 6, 26);
+            vstep!($rot, $i, $d, $a, $b, $c, $m[3], K[53], 10, 22);
+            vstep!($rot, $i, $c, $d, $a, $b, $m[10], K[54], 15, 17);
+            vstep!($rot, $i, $b, $c, $d, $a, $m[1], K[55], 21, 11);
+            vstep!($rot, $i, $a, $b, $c, $d, $m[8], K[56], 6, 26);
+            vstep!($rot, $i, $d, $a, $b, $c, $m[15], K[57], 10, 22);
+            vstep!($rot, $i, $c, $d, $a, $b, $m[6], K[58], 15, 17);
+            vstep!($rot, $i, $b, $c, $d, $a, $m[13], K[59], 21, 11);
+            vstep!($rot, $i, $a, $b, $c, $d, $m[4], K[60], 6, 26);
+            vstep!($rot, $i, $d, $a, $b, $c, $m[11], K[61], 10, 22);
+            vstep!($rot, $i, $c, $d, $a, $b, $m[2], K[62], 15, 17);
+            vstep!($rot, $i, $b, $c, $d, $a, $m[9], K[63], 21, 11);
+        };
+    }
+
+    /// Defines a lane function: runs the compression function over blocks `0..upto` of
+    /// every lane; lane `i` stops after its `blocks[i]` blocks (its state is then left
+    /// alone).
+    macro_rules! lanes_fn {
+        ($(#[$attr:meta])* $name:ident, $rot:ident, $f:ident, $g:ident, $h:ident, $i:ident) => {
+            $(#[$attr])*
+            pub unsafe fn $name(
+                states: &mut [[u32; 4]; LANES],
+                lanes: &[&[u8]; LANES],
+                blocks: &[usize; LANES],
+                upto: usize,
+            ) {
+                for (lane, &n) in lanes.iter().zip(blocks) {
+                    assert!(lane.len() >= n * 64);
                 }
-            });
-            // Word w of every lane in one register: two 8×8 transposes of the lanes' blocks.
-            let mut m = [_mm256_setzero_si256(); 16];
-            for half in 0..2 {
-                // SAFETY: every `block[l]` is 64 bytes; unaligned loads.
-                let rows: [__m256i; LANES] = std::array::from_fn(|l| unsafe {
-                    _mm256_loadu_si256(block[l].as_ptr().add(half * 32) as *const __m256i)
-                });
-                let words = transpose8(rows);
-                m[half * 8..half * 8 + 8].copy_from_slice(&words);
+                static IDLE: [u8; 64] = [0; 64];
+                let (mut a, mut b, mut c, mut d) = (
+                    column(states, 0),
+                    column(states, 1),
+                    column(states, 2),
+                    column(states, 3),
+                );
+                let ends = _mm256_loadu_si256(
+                    blocks.map(|n| n.min(i32::MAX as usize) as i32).as_ptr() as *const __m256i,
+                );
+                for n in 0..upto {
+                    let block: [&[u8]; LANES] = std::array::from_fn(|l| {
+                        if n < blocks[l] {
+                            &lanes[l][n * 64..n * 64 + 64]
+                        } else {
+                            &IDLE[..]
+                        }
+                    });
+                    // Word w of every lane in one register: two 8×8 transposes of the
+                    // lanes' blocks.
+                    let mut m = [_mm256_setzero_si256(); 16];
+                    for half in 0..2 {
+                        // SAFETY: every `block[l]` is 64 bytes; unaligned loads.
+                        let rows: [__m256i; LANES] = std::array::from_fn(|l| unsafe {
+                            _mm256_loadu_si256(block[l].as_ptr().add(half * 32) as *const __m256i)
+                        });
+                        m[half * 8..half * 8 + 8].copy_from_slice(&transpose8(rows));
+                    }
+                    let (a0, b0, c0, d0) = (a, b, c, d);
+                    rounds!($rot, $f, $g, $h, $i, m, a, b, c, d);
+                    // Lanes still in their buffer take the new state; the others keep theirs.
+                    let active = _mm256_cmpgt_epi32(ends, _mm256_set1_epi32(n as i32));
+                    a = _mm256_blendv_epi8(a0, _mm256_add_epi32(a, a0), active);
+                    b = _mm256_blendv_epi8(b0, _mm256_add_epi32(b, b0), active);
+                    c = _mm256_blendv_epi8(c0, _mm256_add_epi32(c, c0), active);
+                    d = _mm256_blendv_epi8(d0, _mm256_add_epi32(d, d0), active);
+                }
+                let mut out = [[0u32; LANES]; 4];
+                for (v, o) in [a, b, c, d].into_iter().zip(out.iter_mut()) {
+                    _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, v);
+                }
+                for (lane, state) in states.iter_mut().enumerate() {
+                    for (i, word) in state.iter_mut().enumerate() {
+                        *word = out[i][lane];
+                    }
+                }
             }
-            let (a0, b0, c0, d0) = (a, b, c, d);
-            vstep!(vf, a, b, c, d, m[0], K[0], 7, 25);
-            vstep!(vf, d, a, b, c, m[1], K[1], 12, 20);
-            vstep!(vf, c, d, a, b, m[2], K[2], 17, 15);
-            vstep!(vf, b, c, d, a, m[3], K[3], 22, 10);
-            vstep!(vf, a, b, c, d, m[4], K[4], 7, 25);
-            vstep!(vf, d, a, b, c, m[5], K[5], 12, 20);
-            vstep!(vf, c, d, a, b, m[6], K[6], 17, 15);
-            vstep!(vf, b, c, d, a, m[7], K[7], 22, 10);
-            vstep!(vf, a, b, c, d, m[8], K[8], 7, 25);
-            vstep!(vf, d, a, b, c, m[9], K[9], 12, 20);
-            vstep!(vf, c, d, a, b, m[10], K[10], 17, 15);
-            vstep!(vf, b, c, d, a, m[11], K[11], 22, 10);
-            vstep!(vf, a, b, c, d, m[12], K[12], 7, 25);
-            vstep!(vf, d, a, b, c, m[13], K[13], 12, 20);
-            vstep!(vf, c, d, a, b, m[14], K[14], 17, 15);
-            vstep!(vf, b, c, d, a, m[15], K[15], 22, 10);
-            vstep!(vg, a, b, c, d, m[1], K[16], 5, 27);
-            vstep!(vg, d, a, b, c, m[6], K[17], 9, 23);
-            vstep!(vg, c, d, a, b, m[11], K[18], 14, 18);
-            vstep!(vg, b, c, d, a, m[0], K[19], 20, 12);
-            vstep!(vg, a, b, c, d, m[5], K[20], 5, 27);
-            vstep!(vg, d, a, b, c, m[10], K[21], 9, 23);
-            vstep!(vg, c, d, a, b, m[15], K[22], 14, 18);
-            vstep!(vg, b, c, d, a, m[4], K[23], 20, 12);
-            vstep!(vg, a, b, c, d, m[9], K[24], 5, 27);
-            vstep!(vg, d, a, b, c, m[14], K[25], 9, 23);
-            vstep!(vg, c, d, a, b, m[3], K[26], 14, 18);
-            vstep!(vg, b, c, d, a, m[8], K[27], 20, 12);
-            vstep!(vg, a, b, c, d, m[13], K[28], 5, 27);
-            vstep!(vg, d, a, b, c, m[2], K[29], 9, 23);
-            vstep!(vg, c, d, a, b, m[7], K[30], 14, 18);
-            vstep!(vg, b, c, d, a, m[12], K[31], 20, 12);
-            vstep!(vh, a, b, c, d, m[5], K[32], 4, 28);
-            vstep!(vh, d, a, b, c, m[8], K[33], 11, 21);
-            vstep!(vh, c, d, a, b, m[11], K[34], 16, 16);
-            vstep!(vh, b, c, d, a, m[14], K[35], 23, 9);
-            vstep!(vh, a, b, c, d, m[1], K[36], 4, 28);
-            vstep!(vh, d, a, b, c, m[4], K[37], 11, 21);
-            vstep!(vh, c, d, a, b, m[7], K[38], 16, 16);
-            vstep!(vh, b, c, d, a, m[10], K[39], 23, 9);
-            vstep!(vh, a, b, c, d, m[13], K[40], 4, 28);
-            vstep!(vh, d, a, b, c, m[0], K[41], 11, 21);
-            vstep!(vh, c, d, a, b, m[3], K[42], 16, 16);
-            vstep!(vh, b, c, d, a, m[6], K[43], 23, 9);
-            vstep!(vh, a, b, c, d, m[9], K[44], 4, 28);
-            vstep!(vh, d, a, b, c, m[12], K[45], 11, 21);
-            vstep!(vh, c, d, a, b, m[15], K[46], 16, 16);
-            vstep!(vh, b, c, d, a, m[2], K[47], 23, 9);
-            vstep!(vi, a, b, c, d, m[0], K[48], 6, 26);
-            vstep!(vi, d, a, b, c, m[7], K[49], 10, 22);
-            vstep!(vi, c, d, a, b, m[14], K[50], 15, 17);
-            vstep!(vi, b, c, d, a, m[5], K[51], 21, 11);
-            vstep!(vi, a, b, c, d, m[12], K[52], 6, 26);
-            vstep!(vi, d, a, b, c, m[3], K[53], 10, 22);
-            vstep!(vi, c, d, a, b, m[10], K[54], 15, 17);
-            vstep!(vi, b, c, d, a, m[1], K[55], 21, 11);
-            vstep!(vi, a, b, c, d, m[8], K[56], 6, 26);
-            vstep!(vi, d, a, b, c, m[15], K[57], 10, 22);
-            vstep!(vi, c, d, a, b, m[6], K[58], 15, 17);
-            vstep!(vi, b, c, d, a, m[13], K[59], 21, 11);
-            vstep!(vi, a, b, c, d, m[4], K[60], 6, 26);
-            vstep!(vi, d, a, b, c, m[11], K[61], 10, 22);
-            vstep!(vi, c, d, a, b, m[2], K[62], 15, 17);
-            vstep!(vi, b, c, d, a, m[9], K[63], 21, 11);
-            // Lanes still in their buffer take the new state; the others keep theirs.
-            let active = _mm256_cmpgt_epi32(ends, _mm256_set1_epi32(n as i32));
-            a = _mm256_blendv_epi8(a0, _mm256_add_epi32(a, a0), active);
-            b = _mm256_blendv_epi8(b0, _mm256_add_epi32(b, b0), active);
-            c = _mm256_blendv_epi8(c0, _mm256_add_epi32(c, c0), active);
-            d = _mm256_blendv_epi8(d0, _mm256_add_epi32(d, d0), active);
-        }
-        let mut out = [[0u32; LANES]; 4];
-        for (v, o) in [a, b, c, d].into_iter().zip(out.iter_mut()) {
-            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, v);
-        }
-        for (lane, state) in states.iter_mut().enumerate() {
-            for (i, word) in state.iter_mut().enumerate() {
-                *word = out[i][lane];
-            }
-        }
+        };
+    }
+
+    lanes_fn!(
+        /// With AVX2.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, and lane `i` must hold at least `blocks[i] * 64` bytes.
+        #[target_feature(enable = "avx2")]
+        avx2,
+        rot2,
+        f2,
+        g2,
+        h2,
+        i2
+    );
+
+    lanes_fn!(
+        /// With AVX-512F and AVX-512VL on 256-bit registers.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, AVX-512F and AVX-512VL, and lane `i` must hold at least
+        /// `blocks[i] * 64` bytes.
+        #[target_feature(enable = "avx2,avx512f,avx512vl")]
+        avx512,
+        rot5,
+        f5,
+        g5,
+        h5,
+        i5
+    );
+
+    /// Word `i` of every lane's state in one register.
+    #[target_feature(enable = "avx2")]
+    fn column(states: &[[u32; 4]; LANES], i: usize) -> __m256i {
+        let words: [u32; LANES] = std::array::from_fn(|l| states[l][i]);
+        // SAFETY: eight u32 are 32 bytes; unaligned load.
+        unsafe { _mm256_loadu_si256(words.as_ptr() as *const __m256i) }
     }
 
     /// Transposes eight rows of eight 32-bit words: word `w` of row `l` ends up in element `l`
@@ -573,6 +662,36 @@ mod tests {
             for (b, d) in inputs.iter().zip(got) {
                 assert_eq!(d, reference(b), "batch of {take}, length {}", b.len());
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_and_avx512_lanes_agree_with_the_portable_loop() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let buffers: Vec<Vec<u8>> = (0..LANES)
+            .map(|i| bytes(64 * (3 + 5 * i), i as u64))
+            .collect();
+        let lanes: [&[u8]; LANES] = std::array::from_fn(|i| buffers[i].as_slice());
+        let blocks: [usize; LANES] = std::array::from_fn(|i| buffers[i].len() / 64);
+        let upto = blocks[LANES - 2];
+        let mut want = [INIT; LANES];
+        for (state, (data, &n)) in want.iter_mut().zip(buffers.iter().zip(&blocks)) {
+            compress(state, &data[..n.min(upto) * 64]);
+        }
+        let mut got = [INIT; LANES];
+        // SAFETY: AVX2 detected; each lane holds its blocks.
+        unsafe { lanes::avx2(&mut got, &lanes, &blocks, upto) };
+        assert_eq!(got, want, "avx2");
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            let mut got = [INIT; LANES];
+            // SAFETY: AVX-512F and VL detected; each lane holds its blocks.
+            unsafe { lanes::avx512(&mut got, &lanes, &blocks, upto) };
+            assert_eq!(got, want, "avx512");
         }
     }
 
