@@ -69,7 +69,11 @@ fn scenario_yaml(vms: &[VmDef], written: u64) -> String {
         if !vms.iter().any(|v| v.rg == rg) {
             continue;
         }
-        y.push_str(&format!("      - name: {rg}\n        vms:\n"));
+        // Two locations: VM sizes are looked up once for each.
+        let location = if rg == "rg-a" { "westeurope" } else { "northeurope" };
+        y.push_str(&format!(
+            "      - name: {rg}\n        location: {location}\n        vms:\n"
+        ));
         for vm in vms.iter().filter(|v| v.rg == rg) {
             y.push_str(&format!(
                 "          - name: {}\n            size: {}\n            power_state: {}\n            os_type: {}\n            generation: {}\n            disks:\n",
@@ -396,6 +400,8 @@ async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
     assert_eq!(c.open_grants(), 0, "grants left open");
     assert_eq!(c.snapshots_alive(), 0, "snapshots left behind");
     assert!(c.snapshots_created() > 0);
+    // VM sizes: one list per location, however many VMs.
+    assert_eq!(c.received(Route::ListVmSizes), 2);
 
     // The table lists every VM once.
     for vm in &vms {
