@@ -70,7 +70,11 @@ fn scenario_yaml(vms: &[VmDef], written: u64) -> String {
             continue;
         }
         // Two locations: VM sizes are looked up once for each.
-        let location = if rg == "rg-a" { "westeurope" } else { "northeurope" };
+        let location = if rg == "rg-a" {
+            "westeurope"
+        } else {
+            "northeurope"
+        };
         y.push_str(&format!(
             "      - name: {rg}\n        location: {location}\n        vms:\n"
         ));
@@ -443,7 +447,12 @@ async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
             let written = sim.disk(&name).unwrap().content.written_bytes();
             assert!(bytes >= written, "{name}: {bytes} < {written}");
             assert_eq!(d["lun"].as_u64(), lun.map(u64::from));
-            assert!(d["sha256"].is_string(), "{name}");
+            let image = PathBuf::from(d["output"].as_str().unwrap());
+            assert_eq!(
+                d["sha256"].as_str(),
+                Some(sha256(&image).as_str()),
+                "{name}"
+            );
             let from = d["exported_from"].as_str().unwrap();
             assert_eq!(from.contains("/snapshots/"), via_snapshot, "{name}: {from}");
             assert!(
@@ -830,4 +839,116 @@ async fn refuse_leaves_running_vms_alone() {
         .iter()
         .all(|v| v["status"] == "refused"));
     assert_eq!(sum["vms"].as_array().unwrap().len(), 2);
+}
+
+/// Runs the binary with no libguestfs to be found (`PATH` without `guestfish`).
+async fn run_without_libguestfs(cfg: &Path) -> Output {
+    let cfg = cfg.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["-c", s(&cfg)])
+            .env("PATH", "/nonexistent")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// With `guest:` but no libguestfs, a run warns and carries on (the OS image gets its final
+/// name); with `guest.require` the OS disk fails, its converted image is kept as
+/// `.pre-fixup`, and a later run fixes it without downloading it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_fixups_without_libguestfs_warn_or_fail_as_configured() {
+    let vms = small_fleet(&[("g0", "deallocated", 2)]);
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migguest");
+
+    // Not required: a warning, and the VM completes.
+    let out = scratch.path("optional");
+    let cfg = scratch.path("optional.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "guest: {}\n")).unwrap();
+    let result = run_without_libguestfs(&cfg).await;
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("libguestfs"),
+        "the warning is shown: {stderr}"
+    );
+    let rep = report(&out, "g0");
+    assert_eq!(rep["status"], "completed", "{rep:#}");
+    assert_eq!(rep["guest"]["result"], "skipped", "{rep:#}");
+    assert!(
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("libguestfs")),
+        "{rep:#}"
+    );
+    assert!(out.join("g0/g0-os.qcow2").is_file());
+    assert!(!out.join("g0/g0-os.qcow2.pre-fixup").exists());
+
+    // Required: the OS disk fails, converted but kept under its staging name.
+    let out = scratch.path("required");
+    let cfg = scratch.path("required.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "guest: { require: true }\n")).unwrap();
+    let result = run_without_libguestfs(&cfg).await;
+    assert_eq!(result.status.code(), Some(3), "{}", text(&result.stderr));
+    let rep = report(&out, "g0");
+    assert_eq!(rep["status"], "partial", "{rep:#}");
+    let os = &rep["disks"][0];
+    assert_eq!(os["status"], "failed", "{rep:#}");
+    assert!(
+        os["error"].as_str().unwrap().contains("guest fix-ups"),
+        "{rep:#}"
+    );
+    assert_eq!(rep["disks"][1]["status"], "completed", "{rep:#}");
+    assert!(!out.join("g0/g0-os.qcow2").exists());
+    assert!(out.join("g0/g0-os.qcow2.pre-fixup").is_file());
+    assert!(
+        !out.join("g0/g0.xml").exists(),
+        "no domain while a disk is missing"
+    );
+
+    // Optional again on the same folder: nothing is downloaded, the image gets its name.
+    let served = sim.counters().bytes_served();
+    std::fs::write(&cfg, config(&sim, &out, "guest: {}\n")).unwrap();
+    let result = run_without_libguestfs(&cfg).await;
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert_eq!(
+        sim.counters().bytes_served(),
+        served,
+        "nothing downloaded again"
+    );
+    let rep = report(&out, "g0");
+    assert_eq!(rep["status"], "completed", "{rep:#}");
+    for d in rep["disks"].as_array().unwrap() {
+        assert_eq!(d["status"], "already_done", "{rep:#}");
+        assert_eq!(d["bytes_downloaded"], 0, "{rep:#}");
+    }
+    let image = out.join("g0/g0-os.qcow2");
+    assert_eq!(
+        rep["disks"][0]["sha256"].as_str(),
+        Some(sha256(&image).as_str())
+    );
+    let reference = scratch.path("g0-os.raw");
+    sim.disk(&vms[0].disk_name(None))
+        .unwrap()
+        .write_raw_reference(&reference)
+        .unwrap();
+    assert_image_matches(&image, "qcow2", &reference);
+    assert!(out.join("g0/g0.xml").is_file());
+    assert_eq!(sim.counters().open_grants(), 0);
+}
+
+/// `sha256sum`'s digest of a file: what a report's `sha256` must say.
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

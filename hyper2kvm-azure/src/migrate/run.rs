@@ -816,6 +816,9 @@ impl VmRun<'_> {
         };
         self.step(format!("{}: guest fix-ups", d.name));
         let outcome = hook(staged.clone()).await;
+        for warning in &outcome.warnings {
+            self.step(format!("{}: {warning}", d.name));
+        }
         self.update(|r| {
             r.guest = Some(outcome.report.clone());
             r.warnings.extend(outcome.warnings.iter().cloned());
