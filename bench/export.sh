@@ -10,6 +10,8 @@
 #       bodies discarded (hyper2kvm-azure/examples/blob_serve_rate.rs)
 #
 # usage: bench/export.sh [WORKDIR] [DISK_GIB] [WRITTEN_MIB]   (defaults: 8 GiB, 800 MiB)
+#        PIN=1 bench/export.sh …   the simulator on CPU 0, every client on CPU 1 (taskset): the
+#        server does not compete with the client for CPU, as Azure does not
 # needs: qemu-img, curl, python3, /usr/bin/time; npm for AzCopy (skipped without it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +44,11 @@ subscriptions:
                   scatter: { written_bytes: $((written_mib << 20)), extent_size: 4194304 }
 YAML
 
-"$h2k" sim --scenario "$work/scenario.yaml" --listen 127.0.0.1:0 > "$work/sim.out" 2> "$work/sim.err" &
+server=() client=()
+if [[ ${PIN:-0} == 1 ]]; then
+  server=(taskset -c 0) client=(taskset -c 1)
+fi
+"${server[@]}" "$h2k" sim --scenario "$work/scenario.yaml" --listen 127.0.0.1:0 > "$work/sim.out" 2> "$work/sim.err" &
 sim_pid=$!
 trap 'kill $sim_pid 2>/dev/null || true' EXIT
 for _ in $(seq 50); do [[ -s $work/sim.out ]] && break; sleep 0.1; done
@@ -61,7 +67,7 @@ results="$work/results.txt"; : > "$results"
 run() {
   local name=$1; shift
   sync
-  /usr/bin/time -v -o "$work/time.txt" "$@" >"$work/out.txt" 2>"$work/err.txt" || { cat "$work/err.txt"; exit 1; }
+  "${client[@]}" /usr/bin/time -v -o "$work/time.txt" "$@" >"$work/out.txt" 2>"$work/err.txt" || { cat "$work/err.txt"; exit 1; }
   local wall rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$work/time.txt")
   rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$work/time.txt")
@@ -102,7 +108,7 @@ fi
 
 a_mib=$(( $(stat -c %s "$work/a.qcow2") >> 20 ))
 rm -f "$work"/*.vhd "$work"/*.qcow2
-echo "disk: ${disk_gib} GiB, $(( d_bytes >> 20 )) MiB in written ranges, our qcow2 ${a_mib} MiB; $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')); $(qemu-img --version | head -1)"
+echo "pinned: ${PIN:-0}; disk: ${disk_gib} GiB, $(( d_bytes >> 20 )) MiB in written ranges, our qcow2 ${a_mib} MiB; $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')); $(qemu-img --version | head -1)"
 python3 - "$results" "$d_bytes" <<'PY'
 import sys
 rows = {n: (float(w), int(r)) for n, w, r in (l.split() for l in open(sys.argv[1]))}

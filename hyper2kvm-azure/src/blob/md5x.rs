@@ -9,9 +9,10 @@
 //! finishes each buffer's tail (and padding) one at a time; without AVX2, or for a lone
 //! buffer, it hashes one buffer at a time.
 //!
-//! [`Md5Pool`] is the batching: one thread takes the buffers whose bodies have arrived, as many
-//! as are waiting (the busier the download, the fuller the lanes), and hands them back with
-//! their digests. Buffers move in and out by value, so a read that is cancelled while its
+//! [`Md5Pool`] is the batching: one thread streams the buffers whose bodies have arrived
+//! through the lanes (a finished buffer leaves, a waiting one takes its lane, every 16 KiB of
+//! progress), so the lanes stay full while work is queued, and hands them back with their
+//! digests. Buffers move in and out by value, so a read that is cancelled while its
 //! buffer is being hashed frees nothing the thread still uses.
 
 use std::sync::mpsc;
@@ -525,8 +526,7 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<(Vec<u8>, [u8; 16])>,
 }
 
-/// A thread that hashes the buffers given to it: once one arrives it waits up to [`GATHER`]
-/// for more to fill its lanes.
+/// A thread that hashes the buffers given to it in lanes (see [`serve`]).
 pub struct Md5Pool {
     jobs: mpsc::Sender<Job>,
 }
@@ -565,26 +565,132 @@ impl Md5Pool {
     }
 }
 
-/// How long the thread waits for more buffers to fill its lanes once one has arrived. Bodies
-/// of a busy download arrive milliseconds apart; a read's latency is tens of milliseconds.
+/// How long the idle thread waits for more buffers to fill its lanes once one has arrived.
+/// Bodies of a busy download arrive milliseconds apart; a read's latency is tens of
+/// milliseconds.
 const GATHER: Duration = Duration::from_millis(3);
 
+/// Blocks each lane advances between two looks at the queue (16 KiB): a buffer that arrives
+/// while others are being hashed takes a free lane at the next pass.
+const PASS_BLOCKS: usize = 256;
+
+/// A buffer being hashed in a lane: its job, its running state, and how many of its whole
+/// blocks are done.
+struct Lane {
+    job: Job,
+    state: [u32; 4],
+    done: usize,
+}
+
+impl Lane {
+    fn data(&self) -> &[u8] {
+        &self.job.buf[self.job.range.clone()]
+    }
+
+    fn blocks_left(&self) -> usize {
+        self.data().len() / 64 - self.done
+    }
+
+    /// Hashes the tail and the padding and hands the buffer back with its digest.
+    fn finish(self) {
+        let data = self.data();
+        let full = data.len() / 64 * 64;
+        let digest = finish(self.state, &data[full..], data.len() as u64);
+        // A cancelled read dropped its receiver: its buffer is dropped here.
+        let _ = self.job.reply.send((self.job.buf, digest));
+    }
+}
+
+/// The MD5 thread: buffers stream through the lanes. Each pass advances every busy lane by up
+/// to [`PASS_BLOCKS`]; a finished buffer leaves at once and a waiting one takes its lane, so
+/// lanes stay full while the queue holds work, whatever the buffers' lengths. A buffer alone
+/// runs on the portable loop, a pass at a time.
+#[cfg(target_arch = "x86_64")]
 fn serve(rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let deadline = Instant::now() + GATHER;
-        let mut batch = vec![first];
-        while batch.len() < LANES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    let mut lanes: [Option<Lane>; LANES] = std::array::from_fn(|_| None);
+    let put = |lanes: &mut [Option<Lane>; LANES], job: Job| {
+        if let Some(slot) = lanes.iter_mut().find(|l| l.is_none()) {
+            *slot = Some(Lane {
+                job,
+                state: INIT,
+                done: 0,
+            });
+        }
+    };
+    let free = |lanes: &[Option<Lane>; LANES]| lanes.iter().filter(|l| l.is_none()).count();
+    loop {
+        if free(&lanes) == LANES {
+            // Idle: wait for a buffer, then a moment for others to join it.
+            match rx.recv() {
+                Ok(job) => put(&mut lanes, job),
+                Err(_) => return,
+            }
+            let deadline = Instant::now() + GATHER;
+            while free(&lanes) > 0 {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(job) => put(&mut lanes, job),
+                    Err(_) => break,
+                }
+            }
+        } else {
+            while free(&lanes) > 0 {
+                match rx.try_recv() {
+                    Ok(job) => put(&mut lanes, job),
+                    Err(_) => break,
+                }
             }
         }
-        let inputs: Vec<&[u8]> = batch.iter().map(|j| &j.buf[j.range.clone()]).collect();
-        let digests = digest_many(&inputs);
-        for (job, d) in batch.into_iter().zip(digests) {
-            // A cancelled read dropped its receiver: its buffer is dropped here.
-            let _ = job.reply.send((job.buf, d));
+        let blocks: [usize; LANES] = std::array::from_fn(|i| {
+            lanes[i]
+                .as_ref()
+                .map_or(0, |l| l.blocks_left().min(PASS_BLOCKS))
+        });
+        let busy = blocks.iter().filter(|&&n| n > 0).count();
+        if busy == 1 {
+            let lane = lanes
+                .iter_mut()
+                .flatten()
+                .find(|l| l.blocks_left() > 0)
+                .expect("one busy lane");
+            let n = lane.blocks_left().min(PASS_BLOCKS);
+            let mut state = lane.state;
+            compress(
+                &mut state,
+                &lane.data()[lane.done * 64..(lane.done + n) * 64],
+            );
+            lane.state = state;
+            lane.done += n;
+        } else if busy > 1 {
+            let mut states: [[u32; 4]; LANES] =
+                std::array::from_fn(|i| lanes[i].as_ref().map_or(INIT, |l| l.state));
+            {
+                let slices: [&[u8]; LANES] = std::array::from_fn(|i| {
+                    lanes[i]
+                        .as_ref()
+                        .map_or(&[][..], |l| &l.data()[l.done * 64..])
+                });
+                let upto = blocks.iter().copied().max().unwrap_or(0);
+                // SAFETY: the pool runs only where AVX2 was detected (and AVX-512 where
+                // `avx512()` says so); lane `i` holds at least `blocks[i]` whole blocks.
+                unsafe {
+                    if avx512() {
+                        lanes::avx512(&mut states, &slices, &blocks, upto)
+                    } else {
+                        lanes::avx2(&mut states, &slices, &blocks, upto)
+                    }
+                }
+            }
+            for (i, slot) in lanes.iter_mut().enumerate() {
+                if let Some(lane) = slot {
+                    lane.state = states[i];
+                    lane.done += blocks[i];
+                }
+            }
+        }
+        for slot in lanes.iter_mut() {
+            if slot.as_ref().is_some_and(|l| l.blocks_left() == 0) {
+                slot.take().expect("checked").finish();
+            }
         }
     }
 }
@@ -701,13 +807,16 @@ mod tests {
             return; // no AVX2: reads hash their own buffers
         };
         let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..20u64 {
+        // Lengths differ, so buffers leave their lanes at different passes and newcomers
+        // take them.
+        for i in 0..40u64 {
             tasks.spawn(async move {
-                let buf = bytes(100_000 + i as usize, i);
-                let want = reference(&buf[10..90_000]);
-                let (back, d) = pool.digest(buf, 10..90_000).await;
-                assert_eq!(back.len(), 100_000 + i as usize);
-                assert_eq!(d, want);
+                let end = 1_000 + (i as usize * 37_813) % 300_000;
+                let buf = bytes(400_000 + i as usize, i);
+                let want = reference(&buf[10..end]);
+                let (back, d) = pool.digest(buf, 10..end).await;
+                assert_eq!(back.len(), 400_000 + i as usize);
+                assert_eq!(d, want, "buffer {i}");
             });
         }
         while let Some(r) = tasks.join_next().await {
