@@ -90,12 +90,24 @@ pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
         Ok(s) => s,
         Err(e) => {
             if e.kind() == ErrorKind::Cancelled {
-                eprintln!("hyper2kvm: {e}; revoking access grants, deleting snapshots…");
+                eprintln!(
+                    "hyper2kvm: {e}; revoking access grants, deleting snapshots, starting VMs it stopped (Ctrl-C again to leave that undone)…"
+                );
             }
-            // Whatever stopped the run, what it started in Azure is undone before we exit.
-            let errors = cleanups.wait_all().await;
-            for err in &errors {
-                eprintln!("hyper2kvm: cleanup failed, check Azure by hand: {err}");
+            // Whatever stopped the run, what it started in Azure is undone before we exit,
+            // unless a second signal says to leave now.
+            tokio::select! {
+                errors = cleanups.wait_all() => {
+                    for err in &errors {
+                        eprintln!("hyper2kvm: cleanup failed, check Azure by hand: {err}");
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!(
+                        "hyper2kvm: cleanup abandoned: check Azure for grants, snapshots tagged hyper2kvm-run={} and stopped VMs (the VMs' report.json files list them)",
+                        plan.migration.run_id
+                    );
+                }
             }
             if let Some(sim) = c.sim {
                 sim.shutdown().await;

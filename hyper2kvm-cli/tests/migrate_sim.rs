@@ -641,7 +641,8 @@ async fn killed_run_is_finished_by_the_next_without_downloading_again() {
 }
 
 /// Killed while its snapshots are being created: the report records them before they exist,
-/// and the next run deletes (or reuses) them.
+/// and the next run deletes them (the killed run got nowhere with the VM, so fresh snapshots
+/// are taken rather than the old ones reused).
 #[tokio::test(flavor = "multi_thread")]
 async fn run_killed_while_snapshotting_leaves_no_snapshot() {
     let vms = small_fleet(&[("s0", "running", 2)]);
@@ -671,16 +672,19 @@ async fn run_killed_while_snapshotting_leaves_no_snapshot() {
     assert_eq!(sim.counters().snapshots_alive(), 0, "snapshots leaked");
     assert_eq!(
         sim.counters().snapshots_created(),
-        2,
-        "reused, not made again"
+        4,
+        "no progress to continue: new snapshots"
     );
     let rep = report(&out, "s0");
     let resources = rep["resources"].as_array().unwrap();
-    assert_eq!(resources.len(), 2, "{resources:?}");
+    assert_eq!(resources.len(), 4, "{resources:?}");
     for r in resources {
-        // Reused, so known to exist: confirmed (`kept` would then be right too).
-        assert!(r["deleted_at"].is_string() && r["created"] == true, "{r}");
+        assert!(r["deleted_at"].is_string(), "{r}");
     }
+    let run_id = rep["run_id"].as_str().unwrap();
+    let new: Vec<_> = resources.iter().filter(|r| r["run_id"] == run_id).collect();
+    assert_eq!(new.len(), 2, "{resources:?}");
+    assert!(new.iter().all(|r| r["created"] == true), "{resources:?}");
     assert_images(&sim, &scratch, &rep);
 }
 
@@ -951,4 +955,85 @@ fn sha256(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// Killed after it deallocated a running VM it was to start again: the next run finds the VM
+/// deallocated (so plans a plain export) but still owes the start, and gives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_owed_by_a_killed_run_is_given_by_the_next() {
+    let vms = small_fleet(&[("o0", "running", 1)]);
+    let sim = start(&vms, 3 * MIB).await;
+    let scratch = Scratch::new("migowed");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "  running_vm: deallocate\n  restart_vms: true\ndownload: { bandwidth: 1M, chunk_size: 256K }\n",
+        ),
+    )
+    .unwrap();
+    let mut child = spawn(&cfg, &scratch);
+    wait_for("the deallocation", Duration::from_secs(60), || {
+        sim.power_state(SUB, "rg-a", "o0").as_deref() == Some("deallocated")
+            && sim.counters().bytes_served() > 0
+    })
+    .await;
+    child.kill().unwrap();
+    wait_child(child).await;
+    assert_eq!(sim.power_state(SUB, "rg-a", "o0").unwrap(), "deallocated");
+
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "  running_vm: deallocate\n  restart_vms: true\n",
+        ),
+    )
+    .unwrap();
+    let result = run(&cfg, &[]).await;
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert_eq!(sim.power_state(SUB, "rg-a", "o0").unwrap(), "running");
+    let rep = report(&out, "o0");
+    assert_eq!(rep["power_state_before"], "running", "{rep:#}");
+    let actions: Vec<&str> = rep["power"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["deallocate", "start"], "{rep:#}");
+    assert!(
+        rep["warnings"].to_string().contains("interrupted"),
+        "{rep:#}"
+    );
+    assert_eq!(sim.counters().open_grants(), 0);
+    assert_images(&sim, &scratch, &rep);
+}
+
+/// A report.json that cannot be read is moved aside, not overwritten, and the run says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_report_is_kept_aside() {
+    let vms = small_fleet(&[("u0", "deallocated", 1)]);
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migunread");
+    let out = scratch.path("out");
+    std::fs::create_dir_all(out.join("u0")).unwrap();
+    std::fs::write(out.join("u0/report.json"), "{ not json").unwrap();
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let result = run(&cfg, &[]).await;
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert_eq!(
+        std::fs::read_to_string(out.join("u0/report.json.unreadable")).unwrap(),
+        "{ not json"
+    );
+    let rep = report(&out, "u0");
+    assert!(
+        rep["warnings"].to_string().contains("could not be read"),
+        "{rep:#}"
+    );
 }

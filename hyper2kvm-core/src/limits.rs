@@ -101,16 +101,18 @@ impl DiskReader for LimitedReader {
 
     fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
         Box::pin(async move {
+            // The connection first, then the pace: reads queued for a connection do not
+            // all start at once when connections free up.
+            let _permit = match &self.limits.connections {
+                Some(s) => Some(s.acquire().await.expect("the semaphore is never closed")),
+                None => None,
+            };
             if let Some(pacer) = &self.limits.bandwidth {
                 let wait = pacer.reserve(buf.len() as u64, Instant::now());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
             }
-            let _permit = match &self.limits.connections {
-                Some(s) => Some(s.acquire().await.expect("the semaphore is never closed")),
-                None => None,
-            };
             self.inner.read_at(offset, buf).await
         })
     }

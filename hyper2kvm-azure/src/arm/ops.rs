@@ -63,11 +63,15 @@ impl ArmClient {
             .map(|_| ())
     }
 
-    /// Whether the snapshot `snapshot_id` exists.
-    pub async fn snapshot_exists(&self, snapshot_id: &str) -> Result<bool> {
+    /// Whether the snapshot `snapshot_id` exists and is fully created (`provisioningState`
+    /// `Succeeded`, or not said).
+    pub async fn snapshot_ready(&self, snapshot_id: &str) -> Result<bool> {
         let url = self.url(snapshot_id, api_version::DISKS, &[]);
         match self.get_json::<serde_json::Value>(url).await {
-            Ok(_) => Ok(true),
+            Ok(v) => Ok(v
+                .pointer("/properties/provisioningState")
+                .and_then(|s| s.as_str())
+                .is_none_or(|s| s.eq_ignore_ascii_case("Succeeded"))),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }

@@ -554,6 +554,12 @@ impl Md5Pool {
 
     /// The MD5 of `buf[range]`; the buffer comes back with it.
     pub async fn digest(&self, buf: Vec<u8>, range: std::ops::Range<usize>) -> (Vec<u8>, [u8; 16]) {
+        // Checked here, so a bad range panics in the caller, not in the shared thread.
+        assert!(
+            range.start <= range.end && range.end <= buf.len(),
+            "MD5 range {range:?} outside a buffer of {} bytes",
+            buf.len()
+        );
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job { buf, range, reply };
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {

@@ -292,11 +292,21 @@ fn disk_plan(disk: &Disk, dir: &Path, vm: &str, ext: &str, run_id: Option<&Strin
     }
 }
 
-/// `<disk>-<run id>`, within Azure's 80 characters for snapshot names (the disk part is cut).
+/// `<disk>-<run id>`, within Azure's 80 characters for snapshot names. A disk name too long
+/// for that is cut and followed by a hash of the whole name, so two long names that share
+/// their beginning (`<long vm>_DataDisk_0`, `…_1`) still give two snapshots.
 pub fn snapshot_name(disk: &str, run_id: &str) -> String {
-    let keep = 80usize.saturating_sub(run_id.len() + 1);
-    let disk: String = disk.chars().take(keep).collect();
-    format!("{disk}-{run_id}")
+    const MAX: usize = 80;
+    if disk.chars().count() + 1 + run_id.len() <= MAX {
+        return format!("{disk}-{run_id}");
+    }
+    // FNV-1a: stable across runs and builds.
+    let hash = disk.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let keep = MAX.saturating_sub(run_id.len() + 1 + 9);
+    let cut: String = disk.chars().take(keep).collect();
+    format!("{cut}-{:08x}-{run_id}", hash as u32)
 }
 
 /// A name safe as one path component: Azure names are already (letters, digits, `-`, `_`,
@@ -453,6 +463,15 @@ mod tests {
     fn snapshot_names_fit_azure_limits_and_paths_are_safe() {
         let long = "d".repeat(100);
         assert_eq!(snapshot_name(&long, "run-1").len(), 80);
+        let vm = "v".repeat(60);
+        let (a, b) = (format!("{vm}_DataDisk_0"), format!("{vm}_DataDisk_1"));
+        let run = "h2k-20261126t083500z-abcd";
+        assert_ne!(snapshot_name(&a, run), snapshot_name(&b, run));
+        assert!(snapshot_name(&a, run).len() <= 80);
+        assert_eq!(
+            snapshot_name("web-01_OsDisk_1", run),
+            format!("web-01_OsDisk_1-{run}")
+        );
         assert_eq!(safe_name("../etc"), "_etc");
         assert_eq!(safe_name(".."), "_");
         assert_eq!(safe_name("a/b"), "a_b");

@@ -23,9 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
+use hyper2kvm_core::journal::journal_path;
 use hyper2kvm_core::libvirt::{domain_xml, CpuMode, DomainDisk, DomainSpec, NetworkAttachment};
 use hyper2kvm_core::{
-    convert, BoxFuture, Cleanups, ConvertOptions, Disk, DiskRole, Limits, Vm, VmSource,
+    convert, BoxFuture, Cleanups, ConvertOptions, Disk, DiskRole, Limits, PowerState, Vm, VmSource,
 };
 use tokio::sync::{OnceCell, Semaphore};
 
@@ -260,6 +261,23 @@ impl Migration {
     async fn migrate_vm(&self, vm: &Vm, vp: &VmPlan, disk_slots: &Semaphore) -> VmReport {
         let started = Instant::now();
         let previous = VmReport::load(&vp.report);
+        // A report that exists but cannot be read may record snapshots a killed run left:
+        // it is kept aside, not overwritten, and the run says so.
+        let mut set_aside = None;
+        if previous.is_none() && vp.report.exists() {
+            let mut aside = vp.report.as_os_str().to_owned();
+            aside.push(".unreadable");
+            let aside = PathBuf::from(aside);
+            set_aside = Some(match std::fs::rename(&vp.report, &aside) {
+                Ok(()) => format!(
+                    "{} could not be read; it was moved to {}: check it for snapshots an earlier run may have left",
+                    vp.report.display(),
+                    aside.display()
+                ),
+                Err(e) => format!("{} could not be read nor moved aside: {e}", vp.report.display()),
+            });
+        }
+        let owed = owes_start(previous.as_ref(), self.opts.plan.restart, vm);
         let report = Mutex::new(VmReport {
             run_id: self.opts.plan.run_id.clone(),
             vm_id: vm.id.clone(),
@@ -269,7 +287,12 @@ impl Migration {
             vm_size: vm.vm_size.clone(),
             generation: vm.firmware.generation(),
             os_type: vm.os_type.as_str().to_string(),
-            power_state_before: vm.power_state.to_string(),
+            // A start an interrupted run still owes carries over, so that a run interrupted
+            // again still knows.
+            power_state_before: match previous.as_ref() {
+                Some(p) if owed => p.power_state_before.clone(),
+                _ => vm.power_state.to_string(),
+            },
             action: vp.action.to_string(),
             status: VmStatus::Running,
             started_at: rfc3339(SystemTime::now()),
@@ -292,9 +315,12 @@ impl Migration {
                         .collect()
                 })
                 .unwrap_or_default(),
-            power: Vec::new(),
+            power: match previous.as_ref() {
+                Some(p) if owed => p.power.clone(),
+                _ => Vec::new(),
+            },
             guest: None,
-            warnings: Vec::new(),
+            warnings: set_aside.into_iter().collect(),
             errors: Vec::new(),
         });
         self.emit(RunEvent::VmStarted {
@@ -343,6 +369,22 @@ impl Migration {
         });
         final_report
     }
+}
+
+/// Whether the run that wrote `prev` stopped or deallocated `vm`, which it had found running,
+/// to start it again (`restart`), and was interrupted before it did.
+fn owes_start(prev: Option<&VmReport>, restart: bool, vm: &Vm) -> bool {
+    let Some(prev) = prev else {
+        return false;
+    };
+    let last_ok = prev.power.iter().rev().find(|p| p.ok);
+    restart
+        && matches!(prev.power_state_before.as_str(), "running" | "starting")
+        && matches!(
+            vm.power_state,
+            PowerState::Deallocated | PowerState::Stopped
+        )
+        && last_ok.is_some_and(|p| p.action == "deallocate" || p.action == "power_off")
 }
 
 fn pending_disk(d: &DiskPlan) -> DiskReport {
@@ -415,6 +457,12 @@ impl VmRun<'_> {
         self.update(|r| r.warnings.push(message));
     }
 
+    /// Whether an earlier run stopped or deallocated the VM and was interrupted before it
+    /// started it again.
+    fn owed_start(&self) -> bool {
+        owes_start(self.previous, self.m.opts.plan.restart, self.vm)
+    }
+
     /// Where disk `i` is converted to: the final name, or `.pre-fixup` for an OS disk whose
     /// fix-ups still have to run.
     fn staging(&self, i: usize) -> PathBuf {
@@ -434,6 +482,30 @@ impl VmRun<'_> {
         let mut converted = Vec::new(); // staged, not yet fixed
         for (i, d) in self.vp.disks.iter().enumerate() {
             if d.output.exists() {
+                if let Some(other) = self.previous.and_then(|p| {
+                    p.disks
+                        .iter()
+                        .find(|x| x.output == d.output && !x.id.eq_ignore_ascii_case(&d.id))
+                }) {
+                    // Never overwrite, never pass off another disk's image as this one's.
+                    self.fail_disks(
+                        &[i],
+                        &format!(
+                            "{}: is the image of another disk ({}); move it away to migrate {}",
+                            d.output.display(),
+                            other.id,
+                            d.id
+                        ),
+                    );
+                    continue;
+                }
+                let unfixed =
+                    self.staging(i) != d.output && self.previous.is_some_and(|p| p.guest.is_none());
+                if unfixed && std::fs::rename(&d.output, self.staging(i)).is_ok() {
+                    // Converted by a run without fix-ups; this one has them: fix it now.
+                    converted.push(i);
+                    continue;
+                }
                 self.already_done(i).await;
             } else if self.staging(i) != d.output && self.staging(i).exists() {
                 converted.push(i);
@@ -452,7 +524,17 @@ impl VmRun<'_> {
         }
         // 3. Snapshots: deleted (unless kept), also those of killed runs we did not reuse.
         self.cleanup_snapshots(snapshots).await;
-        // 4. A deallocated or stopped VM is started again if asked.
+        // 4. A deallocated or stopped VM is started again if asked, also one an interrupted
+        // run left deallocated or stopped.
+        if power_back.is_none() && self.owed_start() {
+            self.warn("an earlier run stopped or deallocated this VM and was interrupted before starting it again; starting it now".into());
+            power_back = Some(StartGuard::new(
+                self.m.arm(),
+                self.vm,
+                &self.m.opts.lro,
+                &self.m.cleanups,
+            ));
+        }
         if let Some(guard) = power_back {
             self.step("starting the VM again".into());
             let at = rfc3339(SystemTime::now());
@@ -489,7 +571,7 @@ impl VmRun<'_> {
             VmAction::Refused { .. } => return Vec::new(),
         };
         if let Some(action) = power {
-            let guard = restart.then(|| StartGuard::new(arm, &self.vm.id, lro, &self.m.cleanups));
+            let guard = restart.then(|| StartGuard::new(arm, self.vm, lro, &self.m.cleanups));
             self.step(format!("{action} (waiting for it)"));
             let at = rfc3339(SystemTime::now());
             let outcome = if action == "deallocate" {
@@ -557,6 +639,13 @@ impl VmRun<'_> {
         let run_id = &self.m.opts.plan.run_id;
         let mut sources = HashMap::new();
         let mut to_create = Vec::new();
+        // Snapshots a killed run left are reused only where that run got somewhere with this
+        // VM (a disk done, converted, or partly written): then the rest must come from the
+        // same moment. Otherwise they are deleted and new ones taken, fresher.
+        let progress = pending.len() < self.vp.disks.len()
+            || pending
+                .iter()
+                .any(|&i| journal_path(&self.staging(i)).exists());
         for &i in pending {
             let d = &self.vp.disks[i];
             let leftover = self.update(|r| {
@@ -570,8 +659,10 @@ impl VmRun<'_> {
                     .map(|x| x.id.clone())
             });
             let reusable = match leftover {
-                Some(id) => matches!(arm.snapshot_exists(&id).await, Ok(true)).then_some(id),
-                None => None,
+                Some(id) if progress => {
+                    matches!(arm.snapshot_ready(&id).await, Ok(true)).then_some(id)
+                }
+                _ => None,
             };
             match reusable {
                 Some(id) => {
@@ -591,7 +682,8 @@ impl VmRun<'_> {
                 None => to_create.push(i),
             }
         }
-        if !to_create.is_empty() && (!sources.is_empty() || self.update(|r| r.disks_done() > 0)) {
+        // Disks done or converted by an earlier run are not pending.
+        if !to_create.is_empty() && (!sources.is_empty() || pending.len() < self.vp.disks.len()) {
             self.warn("this VM's disks come from snapshots taken at different times (an earlier run finished some of them); disks that must be consistent with each other should be migrated again together".into());
         }
         if to_create.is_empty() {
@@ -666,7 +758,7 @@ impl VmRun<'_> {
 
     /// Converts disk `i` from `source`; true when its image is complete (at its staging path).
     async fn convert_disk(&self, i: usize, source: Disk, disk_slots: &Semaphore) -> bool {
-        let _slot = disk_slots.acquire().await.expect("never closed");
+        let slot = disk_slots.acquire().await.expect("never closed");
         let d = &self.vp.disks[i];
         let started = Instant::now();
         let vm_name = self.vm.name.clone();
@@ -704,6 +796,8 @@ impl VmRun<'_> {
             Ok::<_, hyper2kvm_core::Error>(stats)
         }
         .await;
+        // The download is over: the checksum below does not hold up other disks.
+        drop(slot);
         let ok = outcome.is_ok();
         let disk_report = self.update(|r| {
             let dr = &mut r.disks[i];
@@ -1039,7 +1133,7 @@ struct Sizes {
     cells: Mutex<HashMap<String, Arc<SizeCell>>>,
 }
 
-type SizeCell = OnceCell<std::result::Result<HashMap<String, (u32, u64)>, String>>;
+type SizeCell = OnceCell<HashMap<String, (u32, u64)>>;
 
 impl Sizes {
     async fn lookup(&self, arm: &ArmClient, vm: &Vm) -> std::result::Result<(u32, u64), String> {
@@ -1051,8 +1145,9 @@ impl Sizes {
             .entry(key)
             .or_default()
             .clone();
+        // A failed list is not kept: the next VM of the location asks again.
         let sizes = cell
-            .get_or_init(|| async {
+            .get_or_try_init(|| async {
                 arm.vm_sizes(&vm.subscription, &vm.location)
                     .await
                     .map(|list| {
@@ -1063,18 +1158,15 @@ impl Sizes {
                                     (s.number_of_cores?, s.memory_in_mb?),
                                 ))
                             })
-                            .collect()
+                            .collect::<HashMap<_, _>>()
                     })
                     .map_err(|e| e.to_string())
             })
-            .await;
-        match sizes {
-            Ok(map) => map
-                .get(&vm.vm_size.to_ascii_lowercase())
-                .copied()
-                .ok_or_else(|| format!("not in the sizes of {}", vm.location)),
-            Err(e) => Err(e.clone()),
-        }
+            .await?;
+        sizes
+            .get(&vm.vm_size.to_ascii_lowercase())
+            .copied()
+            .ok_or_else(|| format!("not in the sizes of {}", vm.location))
     }
 }
 
@@ -1105,8 +1197,10 @@ impl SnapshotGuard {
     }
 
     async fn delete(mut self) -> Result<()> {
+        let outcome = delete_snapshot(self.arm.clone(), self.id.clone(), self.lro.clone()).await;
+        // Disarmed only now: dropped mid-way, the guard still deletes in the background.
         self.armed = false;
-        delete_snapshot(self.arm.clone(), self.id.clone(), self.lro.clone()).await
+        outcome
     }
 }
 
@@ -1132,20 +1226,26 @@ impl Drop for SnapshotGuard {
     }
 }
 
-/// Starts a VM the run stopped or deallocated, in the background if dropped while armed.
+/// Starts a VM the run stopped or deallocated, in the background if dropped while armed
+/// (also while the start itself was under way).
 struct StartGuard {
     arm: ArmClient,
     vm_id: String,
+    /// The VM's disks: their grants are revoked first (a disk with an active SAS keeps the VM
+    /// from starting, and a failed or cancelled export may still be revoking in the
+    /// background).
+    disks: Vec<String>,
     lro: LroOptions,
     cleanups: Cleanups,
     armed: bool,
 }
 
 impl StartGuard {
-    fn new(arm: &ArmClient, vm_id: &str, lro: &LroOptions, cleanups: &Cleanups) -> Self {
+    fn new(arm: &ArmClient, vm: &Vm, lro: &LroOptions, cleanups: &Cleanups) -> Self {
         StartGuard {
             arm: arm.clone(),
-            vm_id: vm_id.to_string(),
+            vm_id: vm.id.clone(),
+            disks: vm.disks.iter().map(|d| d.id.clone()).collect(),
             lro: lro.clone(),
             cleanups: cleanups.clone(),
             armed: true,
@@ -1153,8 +1253,32 @@ impl StartGuard {
     }
 
     async fn start(mut self) -> Result<()> {
+        let outcome = start_vm(&self.arm, &self.vm_id, &self.disks, &self.lro).await;
+        // Disarmed only now: dropped mid-way, the guard still starts the VM.
         self.armed = false;
-        self.arm.start_vm(&self.vm_id, &self.lro).await
+        outcome
+    }
+}
+
+/// Revokes any grant on `disks`, then starts the VM; a `409 Conflict` (a power operation
+/// still finishing, say one a Ctrl-C interrupted) is retried for about a minute.
+async fn start_vm(arm: &ArmClient, vm_id: &str, disks: &[String], lro: &LroOptions) -> Result<()> {
+    for disk in disks {
+        match arm.end_get_access(disk, lro).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut attempts = 0;
+    loop {
+        match arm.start_vm(vm_id, lro).await {
+            Err(e) if e.status() == Some(409) && attempts < 12 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            outcome => return outcome,
+        }
     }
 }
 
@@ -1162,8 +1286,9 @@ impl Drop for StartGuard {
     fn drop(&mut self) {
         if self.armed {
             let (arm, id, lro) = (self.arm.clone(), self.vm_id.clone(), self.lro.clone());
+            let disks = std::mem::take(&mut self.disks);
             self.cleanups.spawn(Box::pin(async move {
-                arm.start_vm(&id, &lro)
+                start_vm(&arm, &id, &disks, &lro)
                     .await
                     .map_err(crate::blob::reader::to_core)
             }));
