@@ -7,10 +7,8 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper2kvm::azure::migrate::{
-    DiskStatus, EventFn, Migration, RunEvent, RunOptions, RunSummary, VmStatus,
-};
-use hyper2kvm::azure::{discover, AzureSource, BlobOptions, ExportOptions, LroOptions};
+use hyper2kvm::azure::migrate::{DiskStatus, EventFn, RunEvent, RunOptions, RunSummary, VmStatus};
+use hyper2kvm::azure::{AzureSource, BlobOptions, ExportOptions, LroOptions};
 use hyper2kvm::core::{Cleanups, ConvertOptions, Error as CoreError, ErrorKind, Limits};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -65,24 +63,17 @@ pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
         guest: r.guest.clone().map(hyper2kvm::run::guest_hook),
     };
     let display = Display::new(quiet);
-    let migration = Migration::new(source, cleanups.clone(), opts).with_events(display.callback());
+    // The library call is the run: discovery through the source, then the migration.
     let work = async {
-        let vms = discover(&c.arm, &plan.subscriptions, &plan.selection)
+        hyper2kvm::run::migrate(&source, cleanups.clone(), opts, Some(display.callback()))
             .await
-            .map_err(|e| CoreError::new(ErrorKind::Io, e.to_string()))?;
-        display.line(format!(
-            "hyper2kvm: run {}: {} VM(s) selected, output in {}",
-            plan.migration.run_id,
-            vms.len(),
-            plan.migration.dir.display()
-        ));
-        migration.run(&vms).await.map_err(|e| {
-            let kind = match e.kind() {
-                hyper2kvm::azure::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Io,
-            };
-            CoreError::new(kind, e.to_string())
-        })
+            .map_err(|e| {
+                let kind = match e.kind() {
+                    hyper2kvm::azure::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+                    _ => ErrorKind::Io,
+                };
+                CoreError::new(kind, e.to_string())
+            })
     };
     let result = until_interrupted(work).await;
     display.finish();
@@ -219,20 +210,6 @@ impl Display {
         }
     }
 
-    /// Prints a line above the bars (or plainly).
-    fn line(&self, text: String) {
-        if self.quiet {
-            return;
-        }
-        let st = self.inner.lock().unwrap();
-        match &st.multi {
-            Some(m) => {
-                let _ = m.println(text);
-            }
-            None => eprintln!("{text}"),
-        }
-    }
-
     fn finish(&self) {
         let mut st = self.inner.lock().unwrap();
         for (_, bar) in std::mem::take(&mut st.bars) {
@@ -246,6 +223,10 @@ impl Display {
         Arc::new(move |e: &RunEvent| {
             let mut st = inner.lock().unwrap();
             let text = match e {
+                RunEvent::RunStarted { run_id, vms, dir } => Some(format!(
+                    "hyper2kvm: run {run_id}: {vms} VM(s) selected, output in {}",
+                    dir.display()
+                )),
                 RunEvent::VmStarted { vm, action } => Some(format!("{vm}: {action}")),
                 RunEvent::Step { vm, message } => Some(format!("{vm}: {message}")),
                 RunEvent::DiskStarted { vm, disk, size } => {

@@ -82,6 +82,15 @@ pub struct RunOptions {
 /// What happens during a run, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEvent {
+    /// The run starts: its plan is made.
+    RunStarted {
+        /// The run id.
+        run_id: String,
+        /// VMs selected.
+        vms: usize,
+        /// The output directory.
+        dir: PathBuf,
+    },
     /// The run starts on a VM.
     VmStarted {
         /// The VM's name.
@@ -191,6 +200,11 @@ impl Migration {
             )
             .with_source(e)
         })?;
+        self.emit(RunEvent::RunStarted {
+            run_id: plan.run_id.clone(),
+            vms: plan.vms.len(),
+            dir: self.opts.plan.dir.clone(),
+        });
         let vm_slots = Semaphore::new(self.opts.parallel_vms.max(1));
         let disk_slots = Semaphore::new(self.opts.parallel_disks.max(1));
         let work = plan.vms.iter().zip(vms).map(|(vp, vm)| {
