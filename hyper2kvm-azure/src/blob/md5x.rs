@@ -51,55 +51,34 @@ fn digest_portable(data: &[u8]) -> [u8; 16] {
     finish(state, &data[full..], data.len() as u64)
 }
 
-/// The MD5 of each buffer, in order.
+/// The MD5 of each buffer, in order: through the same lanes as the pool where AVX2 is there,
+/// one at a time otherwise.
 pub fn digest_many(inputs: &[&[u8]]) -> Vec<[u8; 16]> {
     #[cfg(target_arch = "x86_64")]
     if inputs.len() > 1 && std::arch::is_x86_feature_detected!("avx2") {
-        let mut out = Vec::with_capacity(inputs.len());
-        for group in inputs.chunks(LANES) {
-            match group {
-                [one] => out.push(digest(one)),
-                _ => out.extend(digest_lanes(group)),
+        let mut out = vec![[0u8; 16]; inputs.len()];
+        let mut next = inputs.iter().copied().enumerate();
+        let mut lanes = LaneSet::default();
+        loop {
+            while lanes.has_room() {
+                match next.next() {
+                    Some(item) => lanes.put(item),
+                    None => break,
+                }
             }
+            for ((i, _), d) in lanes.take_finished() {
+                out[i] = d;
+            }
+            if lanes.is_empty() {
+                if next.len() == 0 {
+                    return out;
+                }
+                continue;
+            }
+            lanes.pass();
         }
-        return out;
     }
     inputs.iter().map(|d| digest(d)).collect()
-}
-
-/// Up to [`LANES`] buffers in AVX2 lanes while at least two still have whole blocks (a lane
-/// whose buffer has ended idles), then each buffer's rest (the longest one's extra blocks,
-/// every tail and the padding) alone.
-#[cfg(target_arch = "x86_64")]
-fn digest_lanes(group: &[&[u8]]) -> Vec<[u8; 16]> {
-    let mut states = [INIT; LANES];
-    let blocks: [usize; LANES] = std::array::from_fn(|i| group.get(i).map_or(0, |d| d.len() / 64));
-    let mut sorted = blocks;
-    sorted.sort_unstable();
-    // Past the second longest buffer only one lane would work: the rest is cheaper alone.
-    let upto = sorted[LANES - 2];
-    let lanes: [&[u8]; LANES] = std::array::from_fn(|i| *group.get(i).unwrap_or(&&[][..]));
-    if upto > 0 {
-        // SAFETY: AVX2 was detected by the caller, AVX-512 here; lane `i` holds `blocks[i]`
-        // whole blocks.
-        unsafe {
-            if avx512() {
-                lanes::avx512(&mut states, &lanes, &blocks, upto)
-            } else {
-                lanes::avx2(&mut states, &lanes, &blocks, upto)
-            }
-        };
-    }
-    group
-        .iter()
-        .zip(states)
-        .map(|(data, mut state)| {
-            let done = (data.len() / 64).min(upto) * 64;
-            let full = data.len() / 64 * 64;
-            compress(&mut state, &data[done..full]);
-            finish(state, &data[full..], data.len() as u64)
-        })
-        .collect()
 }
 
 /// Whether the AVX-512 lanes can run (and are not turned off with `H2K_MD5_AVX512=0`, which
@@ -580,103 +559,109 @@ const GATHER: Duration = Duration::from_millis(3);
 /// while others are being hashed takes a free lane at the next pass.
 const PASS_BLOCKS: usize = 256;
 
-/// A buffer being hashed in a lane: its job, its running state, and how many of its whole
-/// blocks are done.
-struct Lane {
-    job: Job,
+/// What a lane hashes: a buffer's bytes, and whatever identifies it to its owner.
+trait LaneItem {
+    fn data(&self) -> &[u8];
+}
+
+impl LaneItem for Job {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
+impl LaneItem for (usize, &[u8]) {
+    fn data(&self) -> &[u8] {
+        self.1
+    }
+}
+
+/// A buffer being hashed in a lane: its running state and how many whole blocks are done.
+struct Lane<T> {
+    item: T,
     state: [u32; 4],
     done: usize,
 }
 
-impl Lane {
-    fn data(&self) -> &[u8] {
-        &self.job.buf[self.job.range.clone()]
-    }
-
+impl<T: LaneItem> Lane<T> {
     fn blocks_left(&self) -> usize {
-        self.data().len() / 64 - self.done
-    }
-
-    /// Hashes the tail and the padding and hands the buffer back with its digest.
-    fn finish(self) {
-        let data = self.data();
-        let full = data.len() / 64 * 64;
-        let digest = finish(self.state, &data[full..], data.len() as u64);
-        // A cancelled read dropped its receiver: its buffer is dropped here.
-        let _ = self.job.reply.send((self.job.buf, digest));
+        self.item.data().len() / 64 - self.done
     }
 }
 
-/// The MD5 thread: buffers stream through the lanes. Each pass advances every busy lane by up
-/// to [`PASS_BLOCKS`]; a finished buffer leaves at once and a waiting one takes its lane, so
-/// lanes stay full while the queue holds work, whatever the buffers' lengths. A buffer alone
-/// runs on the portable loop, a pass at a time.
+/// Up to [`LANES`] buffers hashed side by side. Each [`pass`](LaneSet::pass) advances every
+/// busy lane by up to [`PASS_BLOCKS`]; a finished buffer leaves at once and a new one can take
+/// its lane, so lanes stay full while there is work, whatever the buffers' lengths. A buffer
+/// alone runs on the portable loop.
 #[cfg(target_arch = "x86_64")]
-fn serve(rx: mpsc::Receiver<Job>) {
-    let mut lanes: [Option<Lane>; LANES] = std::array::from_fn(|_| None);
-    let put = |lanes: &mut [Option<Lane>; LANES], job: Job| {
-        if let Some(slot) = lanes.iter_mut().find(|l| l.is_none()) {
-            *slot = Some(Lane {
-                job,
-                state: INIT,
-                done: 0,
-            });
+struct LaneSet<T> {
+    lanes: [Option<Lane<T>>; LANES],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T> Default for LaneSet<T> {
+    fn default() -> Self {
+        LaneSet {
+            lanes: std::array::from_fn(|_| None),
         }
-    };
-    let free = |lanes: &[Option<Lane>; LANES]| lanes.iter().filter(|l| l.is_none()).count();
-    loop {
-        if free(&lanes) == LANES {
-            // Idle: wait for a buffer, then a moment for others to join it.
-            match rx.recv() {
-                Ok(job) => put(&mut lanes, job),
-                Err(_) => return,
-            }
-            let deadline = Instant::now() + GATHER;
-            while free(&lanes) > 0 {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(job) => put(&mut lanes, job),
-                    Err(_) => break,
-                }
-            }
-        } else {
-            while free(&lanes) > 0 {
-                match rx.try_recv() {
-                    Ok(job) => put(&mut lanes, job),
-                    Err(_) => break,
-                }
-            }
-        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: LaneItem> LaneSet<T> {
+    fn has_room(&self) -> bool {
+        self.lanes.iter().any(Option::is_none)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lanes.iter().all(Option::is_none)
+    }
+
+    /// Puts `item` in a free lane; the caller checks [`has_room`](Self::has_room).
+    fn put(&mut self, item: T) {
+        let slot = self
+            .lanes
+            .iter_mut()
+            .find(|l| l.is_none())
+            .expect("a free lane");
+        *slot = Some(Lane {
+            item,
+            state: INIT,
+            done: 0,
+        });
+    }
+
+    /// Advances every busy lane by up to [`PASS_BLOCKS`] whole blocks. Needs AVX2.
+    fn pass(&mut self) {
         let blocks: [usize; LANES] = std::array::from_fn(|i| {
-            lanes[i]
+            self.lanes[i]
                 .as_ref()
                 .map_or(0, |l| l.blocks_left().min(PASS_BLOCKS))
         });
-        let busy = blocks.iter().filter(|&&n| n > 0).count();
-        if busy == 1 {
-            let lane = lanes
-                .iter_mut()
-                .flatten()
-                .find(|l| l.blocks_left() > 0)
-                .expect("one busy lane");
-            let n = lane.blocks_left().min(PASS_BLOCKS);
-            let mut state = lane.state;
-            compress(
-                &mut state,
-                &lane.data()[lane.done * 64..(lane.done + n) * 64],
-            );
-            lane.state = state;
-            lane.done += n;
-        } else if busy > 1 {
-            let mut states: [[u32; 4]; LANES] =
-                std::array::from_fn(|i| lanes[i].as_ref().map_or(INIT, |l| l.state));
-            {
+        match blocks.iter().filter(|&&n| n > 0).count() {
+            0 => {}
+            1 => {
+                let (i, n) = blocks
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .find(|&(_, n)| n > 0)
+                    .expect("one busy lane");
+                let lane = self.lanes[i].as_mut().expect("busy");
+                let at = lane.done * 64;
+                compress(&mut lane.state, &lane.item.data()[at..at + n * 64]);
+                lane.done += n;
+            }
+            _ => {
+                let mut states: [[u32; 4]; LANES] =
+                    std::array::from_fn(|i| self.lanes[i].as_ref().map_or(INIT, |l| l.state));
                 let slices: [&[u8]; LANES] = std::array::from_fn(|i| {
-                    lanes[i]
+                    self.lanes[i]
                         .as_ref()
-                        .map_or(&[][..], |l| &l.data()[l.done * 64..])
+                        .map_or(&[][..], |l| &l.item.data()[l.done * 64..])
                 });
                 let upto = blocks.iter().copied().max().unwrap_or(0);
-                // SAFETY: the pool runs only where AVX2 was detected (and AVX-512 where
+                // SAFETY: lane sets run only where AVX2 was detected (and AVX-512 where
                 // `avx512()` says so); lane `i` holds at least `blocks[i]` whole blocks.
                 unsafe {
                     if avx512() {
@@ -685,18 +670,62 @@ fn serve(rx: mpsc::Receiver<Job>) {
                         lanes::avx2(&mut states, &slices, &blocks, upto)
                     }
                 }
-            }
-            for (i, slot) in lanes.iter_mut().enumerate() {
-                if let Some(lane) = slot {
-                    lane.state = states[i];
-                    lane.done += blocks[i];
+                for (i, lane) in self.lanes.iter_mut().enumerate() {
+                    if let Some(lane) = lane {
+                        lane.state = states[i];
+                        lane.done += blocks[i];
+                    }
                 }
             }
         }
-        for slot in lanes.iter_mut() {
+    }
+
+    /// Takes out the buffers with no whole block left, hashing their tails and padding.
+    fn take_finished(&mut self) -> Vec<(T, [u8; 16])> {
+        let mut out = Vec::new();
+        for slot in self.lanes.iter_mut() {
             if slot.as_ref().is_some_and(|l| l.blocks_left() == 0) {
-                slot.take().expect("checked").finish();
+                let lane = slot.take().expect("checked");
+                let data = lane.item.data();
+                let full = data.len() / 64 * 64;
+                let digest = finish(lane.state, &data[full..], data.len() as u64);
+                out.push((lane.item, digest));
             }
+        }
+        out
+    }
+}
+
+/// The MD5 thread: buffers stream through a [`LaneSet`]; the idle thread waits [`GATHER`]
+/// after a first buffer for others to join it.
+#[cfg(target_arch = "x86_64")]
+fn serve(rx: mpsc::Receiver<Job>) {
+    let mut lanes = LaneSet::default();
+    loop {
+        if lanes.is_empty() {
+            match rx.recv() {
+                Ok(job) => lanes.put(job),
+                Err(_) => return,
+            }
+            let deadline = Instant::now() + GATHER;
+            while lanes.has_room() {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(job) => lanes.put(job),
+                    Err(_) => break,
+                }
+            }
+        } else {
+            while lanes.has_room() {
+                match rx.try_recv() {
+                    Ok(job) => lanes.put(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        lanes.pass();
+        for (job, digest) in lanes.take_finished() {
+            // A cancelled read dropped its receiver: its buffer is dropped here.
+            let _ = job.reply.send((job.buf, digest));
         }
     }
 }
