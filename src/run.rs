@@ -111,6 +111,7 @@ fn outcome(r: &FixReport) -> GuestOutcome {
         report: json!({
             "image": r.image,
             "guest": r.guest,
+            "network": r.network,
             "result": result,
             "detail": detail,
             "fixups": fixups,

@@ -12,6 +12,7 @@ use hyper2kvm_core::{Firmware, OsType};
 use crate::edits::kconfig;
 use crate::guestfish::Guestfish;
 use crate::guestfs::GuestFs;
+use crate::network::{self, NetworkInspection};
 use crate::{Error, ErrorKind, Result};
 
 /// Families of Linux distributions that share tools and file layouts.
@@ -105,6 +106,8 @@ pub struct Inspection {
     pub kernels: Vec<Kernel>,
     /// The boot loader.
     pub boot: BootLoader,
+    /// The network: stacks, configuration files, naming.
+    pub network: NetworkInspection,
 }
 
 impl Inspection {
@@ -168,6 +171,7 @@ pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
             grub_configs: Vec::new(),
             firmware: Vec::new(),
         },
+        network: NetworkInspection::default(),
     };
     if os != OsType::Linux {
         return Ok(inspection);
@@ -187,6 +191,7 @@ pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
     }
     inspection.kernels = kernels(gf)?;
     inspection.boot = boot_loader(gf)?;
+    inspection.network = network::inspect(gf)?;
     Ok(inspection)
 }
 

@@ -48,6 +48,7 @@ pub mod fixups;
 pub mod guestfish;
 pub mod guestfs;
 pub mod inspect;
+pub mod network;
 pub mod report;
 pub mod run;
 

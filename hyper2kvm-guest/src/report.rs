@@ -56,6 +56,9 @@ pub struct FixReport {
     pub image: String,
     /// One line about the guest found (OS, distribution, root, kernels, boot loader).
     pub guest: Option<String>,
+    /// The guest's network as found: stacks, the files that configure NICs, naming (one line
+    /// each; see [`crate::network::NetworkInspection::lines`]). Empty when not inspected.
+    pub network: Vec<String>,
     /// The outcome.
     pub outcome: Outcome,
     /// Each fix-up, in the order they ran.
@@ -78,6 +81,12 @@ impl fmt::Display for FixReport {
         writeln!(f, "{}:", self.image)?;
         if let Some(guest) = &self.guest {
             writeln!(f, "  guest: {guest}")?;
+        }
+        if !self.network.is_empty() {
+            writeln!(f, "  network:")?;
+            for line in &self.network {
+                writeln!(f, "      {line}")?;
+            }
         }
         for fixup in &self.fixups {
             let status = match &fixup.status {
@@ -116,6 +125,7 @@ mod tests {
         let report = FixReport {
             image: "vm.qcow2".into(),
             guest: Some("linux debian".into()),
+            network: vec![],
             outcome: Outcome::Fixed,
             fixups: vec![
                 FixUpResult {

@@ -59,6 +59,7 @@ pub fn fix_image(image: &Path, config: &GuestConfig) -> Result<FixReport> {
         return Ok(FixReport {
             image: subject,
             guest: None,
+            network: Vec::new(),
             outcome: Outcome::Skipped(format!(
                 "{}; skipping guest fix-ups",
                 guestfish::NOT_INSTALLED
@@ -87,6 +88,7 @@ fn report_for(
         return FixReport {
             image: subject.to_string(),
             guest: guest_line,
+            network: Vec::new(),
             outcome: Outcome::NotFixed(format!(
                 "{} guests are not fixed (virtio driver injection is future work)",
                 inspection.os.as_str()
@@ -98,6 +100,7 @@ fn report_for(
     FixReport {
         image: subject.to_string(),
         guest: guest_line,
+        network: inspection.network.lines(),
         outcome,
         fixups,
     }

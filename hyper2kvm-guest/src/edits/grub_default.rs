@@ -72,9 +72,138 @@ fn fix_line(line: &str) -> Option<(String, String)> {
     ))
 }
 
+/// The kernel parameters a `GRUB_CMDLINE_LINUX` / `GRUB_CMDLINE_LINUX_DEFAULT` assignment sets
+/// (the last assignment of each wins, as in the shell).
+pub fn cmdline_params(text: &str) -> Vec<String> {
+    let mut linux = Vec::new();
+    let mut default = Vec::new();
+    for line in text.lines() {
+        if let Some((name, inner)) = assignment(line) {
+            let params = inner.split_whitespace().map(String::from).collect();
+            match name {
+                "GRUB_CMDLINE_LINUX" => linux = params,
+                _ => default = params,
+            }
+        }
+    }
+    linux.extend(default);
+    linux
+}
+
+/// The variable and the unquoted value of a command-line assignment on `line`.
+fn assignment(line: &str) -> Option<(&'static str, &str)> {
+    let body = line.trim_start();
+    let body = body.strip_prefix("export ").unwrap_or(body);
+    let (name, value) = body.split_once('=')?;
+    let name = match name {
+        "GRUB_CMDLINE_LINUX" => "GRUB_CMDLINE_LINUX",
+        "GRUB_CMDLINE_LINUX_DEFAULT" => "GRUB_CMDLINE_LINUX_DEFAULT",
+        _ => return None,
+    };
+    let inner = match value.chars().next() {
+        Some(q @ ('"' | '\'')) => &value[1..1 + value[1..].find(q)?],
+        _ => value.split_whitespace().next().unwrap_or(""),
+    };
+    Some((name, inner))
+}
+
+/// Adds `param` (e.g. `net.ifnames=0`) to the last `GRUB_CMDLINE_LINUX` assignment, or appends
+/// one; `None` if the command line has it already.
+pub fn add_param(text: &str, param: &str) -> Option<Edit> {
+    if cmdline_params(text).iter().any(|p| p == param) {
+        return None;
+    }
+    let last = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| matches!(assignment(l), Some(("GRUB_CMDLINE_LINUX", _))))
+        .map(|(i, _)| i)
+        .last();
+    let change = format!("{PATH}: added {param} to GRUB_CMDLINE_LINUX");
+    let mut out = String::with_capacity(text.len() + param.len() + 32);
+    match last {
+        Some(index) => {
+            for (i, line) in lines_with_endings(text).enumerate() {
+                if i != index {
+                    out.push_str(line);
+                    continue;
+                }
+                let (body, ending) = match line.strip_suffix('\n') {
+                    Some(body) => (body, "\n"),
+                    None => (line, ""),
+                };
+                let eq = body.find('=')? + 1;
+                let value = &body[eq..];
+                let new_value = match value.chars().next() {
+                    Some(q @ ('"' | '\'')) => {
+                        let end = value[1..].find(q)? + 1;
+                        let inner = value[1..end].trim_end();
+                        let sep = if inner.is_empty() { "" } else { " " };
+                        format!("{q}{inner}{sep}{param}{q}{}", &value[end + 1..])
+                    }
+                    _ if value.trim().is_empty() => format!("\"{param}\""),
+                    _ => format!("\"{} {param}\"", value.trim()),
+                };
+                out.push_str(&body[..eq]);
+                out.push_str(&new_value);
+                out.push_str(ending);
+            }
+        }
+        None => {
+            out.push_str(text);
+            super::push_line(&mut out, &format!("GRUB_CMDLINE_LINUX=\"{param}\""));
+        }
+    }
+    Some(Edit {
+        text: out,
+        changes: vec![change],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adds_a_parameter_once() {
+        let text = "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"console=tty1 console=ttyS0,115200n8\"\n";
+        let edit = add_param(text, "net.ifnames=0").unwrap();
+        assert_eq!(
+            edit.text,
+            "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"console=tty1 console=ttyS0,115200n8 net.ifnames=0\"\n"
+        );
+        assert_eq!(
+            edit.changes,
+            ["/etc/default/grub: added net.ifnames=0 to GRUB_CMDLINE_LINUX"]
+        );
+        assert_eq!(add_param(&edit.text, "net.ifnames=0"), None, "idempotent");
+        assert!(cmdline_params(&edit.text).contains(&"quiet".to_string()));
+        // Empty, bare and missing assignments.
+        assert_eq!(
+            add_param("GRUB_CMDLINE_LINUX=\"\"\n", "net.ifnames=0")
+                .unwrap()
+                .text,
+            "GRUB_CMDLINE_LINUX=\"net.ifnames=0\"\n"
+        );
+        assert_eq!(
+            add_param("GRUB_CMDLINE_LINUX=quiet\n", "net.ifnames=0")
+                .unwrap()
+                .text,
+            "GRUB_CMDLINE_LINUX=\"quiet net.ifnames=0\"\n"
+        );
+        assert_eq!(
+            add_param("GRUB_TIMEOUT=1", "net.ifnames=0").unwrap().text,
+            "GRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX=\"net.ifnames=0\"\n"
+        );
+        // Already there, in the _DEFAULT variable.
+        assert_eq!(
+            add_param(
+                "GRUB_CMDLINE_LINUX_DEFAULT='net.ifnames=0 quiet'\n",
+                "net.ifnames=0"
+            ),
+            None
+        );
+    }
 
     // An Ubuntu 22.04 Azure image's /etc/default/grub plus the drop-in Azure images carry
     // (/etc/default/grub.d/50-cloudimg-settings.cfg uses the same variable).

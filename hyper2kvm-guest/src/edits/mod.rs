@@ -11,10 +11,13 @@ pub mod dracut;
 pub mod fstab;
 pub mod grub_default;
 pub mod ifcfg;
+pub mod ifupdown;
 pub mod initramfs_tools;
 pub mod kconfig;
 pub mod netplan;
 pub mod nm_keyfile;
+pub mod systemd_net;
+pub mod udev_net;
 
 /// A file's new text and what changed, one line per change.
 #[derive(Debug, Clone, PartialEq, Eq)]

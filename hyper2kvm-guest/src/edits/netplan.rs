@@ -138,6 +138,65 @@ pub fn rewrite(text: &str) -> Rewrite {
     })
 }
 
+/// One `ethernets:` entry, as far as the network inspection needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ethernet {
+    /// The entry's id: the interface name, unless `match:` is given.
+    pub id: String,
+    /// Whether it has a `match:` (by MAC, driver or name pattern).
+    pub matched: bool,
+    /// `match: macaddress:`, lower-cased.
+    pub mac: Option<String>,
+    /// `set-name:`.
+    pub set_name: Option<String>,
+    /// `dhcp4: true`.
+    pub dhcp4: bool,
+    /// `addresses:` given (static).
+    pub addresses: bool,
+}
+
+/// The `ethernets:` entries of a netplan file (block style; flow style yields none).
+pub fn ethernets(text: &str) -> Vec<Ethernet> {
+    let lines: Vec<Line> = text.lines().filter_map(Line::parse).collect();
+    let mut out: Vec<Ethernet> = Vec::new();
+    let mut ethernets_indent = None;
+    let mut entry_indent = None;
+    for line in &lines {
+        if line.key == "ethernets" && line.value.is_empty() {
+            ethernets_indent = Some(line.indent);
+            entry_indent = None;
+            continue;
+        }
+        let Some(base) = ethernets_indent else {
+            continue;
+        };
+        if line.indent <= base {
+            ethernets_indent = None;
+            continue;
+        }
+        let indent = *entry_indent.get_or_insert(line.indent);
+        if line.indent == indent {
+            out.push(Ethernet {
+                id: line.key.clone(),
+                ..Ethernet::default()
+            });
+            continue;
+        }
+        let Some(entry) = out.last_mut() else {
+            continue;
+        };
+        match line.key.as_str() {
+            "match" => entry.matched = true,
+            "macaddress" => entry.mac = Some(line.value.to_ascii_lowercase()),
+            "set-name" => entry.set_name = Some(line.value.clone()),
+            "dhcp4" => entry.dhcp4 = matches!(line.value.as_str(), "true" | "yes" | "on"),
+            "addresses" => entry.addresses = true,
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The settings cloud-init writes for an Azure NIC: DHCP and the NIC's identity, nothing a
 /// rewrite to DHCP on any NIC loses.
 const CLOUD_INIT_KEYS: [&str; 7] = [
@@ -290,6 +349,26 @@ network:
             .text
             .contains("    version: 2\n    renderer: networkd\n    ethernets:\n"));
         assert!(edit.changes[0].starts_with("eth0, eth1: dropped MAC 00:0d:3a:5e:21:7c"));
+    }
+
+    #[test]
+    fn lists_ethernets() {
+        let found = ethernets(AZURE);
+        assert_eq!(
+            found,
+            [Ethernet {
+                id: "eth0".into(),
+                matched: true,
+                mac: Some("00:0d:3a:5e:21:7c".into()),
+                set_name: Some("eth0".into()),
+                dhcp4: true,
+                addresses: false,
+            }]
+        );
+        let plain = ethernets("network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: yes\n    eth1:\n      addresses: [10.0.1.4/24]\n");
+        assert_eq!(plain.len(), 2);
+        assert!(!plain[0].matched && plain[0].dhcp4);
+        assert!(plain[1].addresses);
     }
 
     #[test]

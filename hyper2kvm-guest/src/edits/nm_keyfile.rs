@@ -8,6 +8,57 @@
 
 use super::{lines_with_endings, Edit};
 
+/// What a keyfile's connection applies to and configures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keyfile {
+    /// `[connection] interface-name=`.
+    pub interface_name: Option<String>,
+    /// `[connection] type=` (`ethernet`, `802-3-ethernet`, `bridge`…).
+    pub kind: Option<String>,
+    /// `[ethernet] mac-address=`, lower-cased.
+    pub mac: Option<String>,
+    /// `[ipv4] method=` (`auto`, `manual`, `disabled`…).
+    pub ipv4_method: Option<String>,
+    /// `[ipv4] address1=` … for a static address.
+    pub addresses: Vec<String>,
+    /// `[connection] autoconnect=false` turns it off at boot.
+    pub autoconnect: bool,
+}
+
+/// Reads a keyfile.
+pub fn read(text: &str) -> Keyfile {
+    let mut k = Keyfile {
+        autoconnect: true,
+        ..Keyfile::default()
+    };
+    let mut section = "";
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            section = &t[1..t.len() - 1];
+            continue;
+        }
+        let Some((key, value)) = t.split_once('=') else {
+            continue;
+        };
+        let value = value.trim();
+        match (section, key.trim()) {
+            ("connection", "interface-name") => k.interface_name = Some(value.to_string()),
+            ("connection", "type") => k.kind = Some(value.to_string()),
+            ("connection", "autoconnect") => k.autoconnect = value != "false",
+            ("ethernet" | "802-3-ethernet", "mac-address") => {
+                k.mac = Some(value.to_ascii_lowercase())
+            }
+            ("ipv4", "method") => k.ipv4_method = Some(value.to_string()),
+            ("ipv4", a) if a.starts_with("address") => k
+                .addresses
+                .push(value.split(',').next().unwrap_or(value).to_string()),
+            _ => {}
+        }
+    }
+    k
+}
+
 /// Removes `mac-address=` from the ethernet section; `None` if there is none.
 pub fn fix(text: &str) -> Option<Edit> {
     let mut out = String::with_capacity(text.len());
@@ -57,6 +108,19 @@ may-fail=false
 [ipv6]
 method=ignore
 ";
+
+    #[test]
+    fn reads_what_it_applies_to() {
+        let k = read(RHEL9_AZURE);
+        assert_eq!(k.interface_name, None);
+        assert_eq!(k.mac.as_deref(), Some("00:0d:3a:5e:21:7c"));
+        assert_eq!(k.ipv4_method.as_deref(), Some("auto"));
+        assert!(k.autoconnect);
+        let k = read("[connection]\ninterface-name=eth1\nautoconnect=false\n[ipv4]\nmethod=manual\naddress1=10.0.1.4/24,10.0.1.1\n");
+        assert_eq!(k.interface_name.as_deref(), Some("eth1"));
+        assert_eq!(k.addresses, ["10.0.1.4/24"]);
+        assert!(!k.autoconnect);
+    }
 
     #[test]
     fn removes_the_mac_match() {

@@ -14,7 +14,7 @@ impl FixUp for GrubCmdline {
         "grub"
     }
     fn description(&self) -> &'static str {
-        "kernel command line: rootdelay removed (console=ttyS0 kept), grub config regenerated"
+        "kernel command line: rootdelay removed (console=ttyS0 kept), grub config regenerated (also for net.ifnames=0)"
     }
     fn plan(&self, guest: &mut dyn GuestFs, inspection: &Inspection) -> Result<Plan> {
         let mut plan = Plan::default();
@@ -28,12 +28,17 @@ impl FixUp for GrubCmdline {
             plan.write(grub_default::PATH, edit.text);
             regenerate = true;
         }
-        // A configuration generated before (or without) the defaults' edit still has it.
+        // A configuration generated before (or without) the defaults' edit still has it, or
+        // lacks net.ifnames=0 that the interface-names fix-up put in the defaults.
+        let kernel_names = guest.read(grub_default::PATH)?.is_some_and(|text| {
+            grub_default::cmdline_params(&text)
+                .iter()
+                .any(|p| p == "net.ifnames=0")
+        });
         for path in &inspection.boot.grub_configs {
-            if guest
-                .read(path)?
-                .is_some_and(|cfg| cfg.contains("rootdelay="))
-            {
+            if guest.read(path)?.is_some_and(|cfg| {
+                cfg.contains("rootdelay=") || (kernel_names && !cfg.contains("net.ifnames=0"))
+            }) {
                 regenerate = true;
             }
         }

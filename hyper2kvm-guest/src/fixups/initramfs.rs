@@ -35,7 +35,13 @@ impl FixUp for InitramfsVirtio {
         let initramfs_tools = guest.exists("/usr/sbin/update-initramfs")?
             || guest.exists("/sbin/update-initramfs")?;
         let has_dracut = guest.exists("/usr/bin/dracut")? || guest.exists("/usr/sbin/dracut")?;
-        if initramfs_tools {
+        if initramfs_tools && modules_setting(guest)?.as_deref() == Some("most") {
+            // initramfs-tools' default: every block, SCSI and network driver goes in, virtio's
+            // among them, whatever the host the image was built on.
+            plan.notes.push(format!(
+                "initramfs-tools builds with MODULES=most, which takes the virtio drivers (kernels {kernels})"
+            ));
+        } else if initramfs_tools {
             let path = initramfs_tools::MODULES_PATH;
             let text = guest.read(path)?.unwrap_or_default();
             if let Some(edit) = initramfs_tools::add_modules(&text, &VIRTIO_DRIVERS) {
@@ -65,6 +71,40 @@ impl FixUp for InitramfsVirtio {
     }
 }
 
+/// initramfs-tools' `MODULES=` setting: `initramfs.conf`, then `conf.d/*` in name order (the
+/// last assignment wins, as mkinitramfs sources them); `most` when nothing sets it.
+fn modules_setting(guest: &mut dyn GuestFs) -> Result<Option<String>> {
+    let mut files = vec!["/etc/initramfs-tools/initramfs.conf".to_string()];
+    files.extend(super::files_in(
+        guest,
+        "/etc/initramfs-tools/conf.d",
+        |_| true,
+    )?);
+    let mut setting = None;
+    let mut found_any = false;
+    for path in files {
+        let Some(text) = guest.read(&path)? else {
+            continue;
+        };
+        found_any = true;
+        for line in text.lines() {
+            if let Some(value) = line.trim().strip_prefix("MODULES=") {
+                setting = Some(
+                    value
+                        .trim()
+                        .trim_matches(|c| c == '"' || c == '\'')
+                        .to_string(),
+                );
+            }
+        }
+    }
+    Ok(if found_any {
+        Some(setting.unwrap_or_else(|| "most".to_string()))
+    } else {
+        None
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +112,29 @@ mod tests {
     use crate::fixups::{apply, Action};
     use crate::guestfs::memory::MemoryGuest;
     use crate::inspect::Kernel;
+
+    #[test]
+    fn modules_most_needs_no_rebuild_but_list_does() {
+        let mut guest = MemoryGuest::with(&[
+            ("/usr/sbin/update-initramfs", "#!/bin/sh\n"),
+            (
+                "/etc/initramfs-tools/initramfs.conf",
+                "# comment\nMODULES=most\nBUSYBOX=auto\n",
+            ),
+        ]);
+        let plan = InitramfsVirtio.plan(&mut guest, &debian()).unwrap();
+        assert!(!plan.is_needed());
+        assert!(plan.notes[0].contains("MODULES=most"), "{plan:?}");
+        // An Azure host-only build: MODULES=list in conf.d overrides it.
+        guest.files.insert(
+            "/etc/initramfs-tools/conf.d/azure-hostonly.conf".into(),
+            "MODULES=list\n".into(),
+        );
+        assert!(InitramfsVirtio
+            .plan(&mut guest, &debian())
+            .unwrap()
+            .is_needed());
+    }
 
     #[test]
     fn debian_gets_modules_and_update_initramfs() {

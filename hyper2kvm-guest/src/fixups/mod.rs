@@ -24,7 +24,9 @@ pub use azure::{AzureAgent, AzureUdevRules, CloudInitDatasource};
 pub use fstab::Fstab;
 pub use grub::GrubCmdline;
 pub use initramfs::InitramfsVirtio;
-pub use network::{CloudInitNetwork, Ifcfg, NetplanDhcp, NmKeyfile};
+pub use network::{
+    CloudInitNetwork, Ifcfg, Ifupdown, InterfaceNames, NetplanDhcp, Networkd, NmKeyfile,
+};
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +96,11 @@ pub fn all() -> Vec<Box<dyn FixUp>> {
     vec![
         Box::new(NetplanDhcp),
         Box::new(CloudInitNetwork),
+        Box::new(Ifupdown),
         Box::new(Ifcfg),
         Box::new(NmKeyfile),
+        Box::new(Networkd),
+        Box::new(InterfaceNames),
         Box::new(CloudInitDatasource),
         Box::new(AzureAgent),
         Box::new(AzureUdevRules),
@@ -122,6 +127,11 @@ pub fn apply(guest: &mut dyn GuestFs, plan: &Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// netplan's YAML files in `dir`.
+pub(crate) fn yaml_files(guest: &mut dyn GuestFs, dir: &str) -> Result<Vec<String>> {
+    files_in(guest, dir, |n| n.ends_with(".yaml") || n.ends_with(".yml"))
 }
 
 /// The files in `dir` whose names satisfy `keep`, as absolute paths.
@@ -167,6 +177,7 @@ pub(crate) mod testing {
                 grub_configs: vec!["/boot/grub/grub.cfg".into()],
                 firmware: vec![Firmware::Bios],
             },
+            network: crate::network::NetworkInspection::default(),
         }
     }
 
