@@ -64,9 +64,7 @@ impl FixUp for CloudInitDatasource {
                 continue;
             };
             if let Some(edit) = cloud_init::replace_azure_datasource(&text) {
-                plan.changes
-                    .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                plan.write(&path, edit.text);
+                plan.edit(&path, edit);
             }
         }
         Ok(plan)

@@ -26,9 +26,7 @@ impl FixUp for Fstab {
             uuid_by_device: inspection.uuid_by_device.clone(),
         };
         if let Some(edit) = fstab::fix(&text, &os_disk) {
-            plan.changes
-                .extend(edit.changes.iter().map(|c| format!("/etc/fstab: {c}")));
-            plan.write("/etc/fstab", edit.text);
+            plan.edit("/etc/fstab", edit);
         }
         Ok(plan)
     }

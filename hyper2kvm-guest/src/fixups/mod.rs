@@ -74,6 +74,13 @@ impl Plan {
         });
     }
 
+    /// Writes an edited file, its changes listed under its path.
+    fn edit(&mut self, path: &str, edit: crate::edits::Edit) {
+        self.changes
+            .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
+        self.write(path, edit.text);
+    }
+
     fn run(&mut self, command: impl Into<String>) {
         self.actions.push(Action::Run {
             command: command.into(),

@@ -37,9 +37,7 @@ impl FixUp for NetplanDhcp {
             match netplan::rewrite(&text) {
                 Rewrite::Unchanged => {}
                 Rewrite::Rewritten(edit) => {
-                    plan.changes
-                        .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                    plan.write(&path, edit.text);
+                    plan.edit(&path, edit);
                 }
                 Rewrite::LeftAlone(why) => plan.notes.push(format!(
                     "{path}: pins the Hyper-V NIC but was left alone: {why}"
@@ -102,9 +100,7 @@ impl FixUp for Ifcfg {
                     plan.notes.push(static_note(&path, device, address));
                 }
                 if let Some(edit) = ifcfg::fix(&text) {
-                    plan.changes
-                        .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                    plan.write(&path, edit.text);
+                    plan.edit(&path, edit);
                 }
             }
         }
@@ -139,9 +135,7 @@ impl FixUp for NmKeyfile {
                     .push(static_note(&path, name, &keyfile.addresses.join(" ")));
             }
             if let Some(edit) = nm_keyfile::fix(&text) {
-                plan.changes
-                    .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                plan.write(&path, edit.text);
+                plan.edit(&path, edit);
             }
         }
         Ok(plan)
@@ -173,9 +167,7 @@ impl FixUp for Ifupdown {
                 ));
             }
             if let Some(edit) = ifupdown::fix(&text) {
-                plan.changes
-                    .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                plan.write(&path, edit.text);
+                plan.edit(&path, edit);
             }
         }
         Ok(plan)
@@ -211,9 +203,7 @@ impl FixUp for Networkd {
                 None => "eth0".to_string(),
             };
             if let Some(edit) = systemd_net::repin(&text, kind, &name) {
-                plan.changes
-                    .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                plan.write(&path, edit.text);
+                plan.edit(&path, edit);
             }
         }
         Ok(plan)
@@ -239,9 +229,7 @@ impl FixUp for InterfaceNames {
                 continue;
             };
             if let Some(edit) = udev_net::fix(&text) {
-                plan.changes
-                    .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                plan.write(&path, edit.text);
+                plan.edit(&path, edit);
             }
         }
         for (path, kind) in net::systemd_files(guest)? {
@@ -257,9 +245,7 @@ impl FixUp for InterfaceNames {
                 None => "eth0".to_string(),
             };
             if let Some(edit) = systemd_net::repin(&text, kind, &kernel_name) {
-                plan.changes
-                    .extend(edit.changes.iter().map(|c| format!("{path}: {c}")));
-                plan.write(&path, edit.text);
+                plan.edit(&path, edit);
             }
         }
         match (&network.naming, &network.kernel_names_needed) {
