@@ -652,3 +652,29 @@ async fn read_all_err(disk: &Arc<dyn DiskReader>) -> hyper2kvm_core::Error {
     }
     panic!("{} read without error", disk.describe());
 }
+
+#[test]
+fn grain_tables_shared_by_directory_entries_are_refused() {
+    let dir = Scratch::new("vmdk-shared-gt");
+    let raw = dir.path("two.raw");
+    make_raw(
+        &raw,
+        64 * MIB,
+        &[(0, 4096, Fill::Text), (40 * MIB, 4096, Fill::Text)],
+    );
+    let vmdk = dir.path("two.vmdk");
+    make_vmdk(&raw, &vmdk, "subformat=monolithicSparse");
+    // Both directories (primary and redundant) get entry 1 pointing at entry 0's table.
+    for field in [56, 48] {
+        let gd = le64_at(&vmdk, field) * 512;
+        let first = le32_at(&vmdk, gd);
+        assert_ne!(le32_at(&vmdk, gd + 4), 0);
+        patch(&vmdk, gd + 4, &first.to_le_bytes());
+    }
+    let err = open_err(&vmdk);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("two.vmdk") && msg.contains("entries 0 and 1 both point"),
+        "{msg}"
+    );
+}

@@ -353,14 +353,19 @@ fn open_extent(
     })?;
     let open_named = |name: &str| -> Result<(Arc<File>, PathBuf, u64)> {
         let full = dir.join(name);
+        // The cause goes in the message, not as a source: the CLI prints sources again.
         let file = File::open(&full).map_err(|e| {
-            Error::io(
+            Error::new(
+                ErrorKind::Io,
                 format!(
-                    "descriptor line {}: extent file \"{name}\" ({}) cannot be opened",
+                    "descriptor line {}: extent file \"{name}\"{} cannot be opened: {e}",
                     line.line,
-                    full.display()
+                    if full.as_os_str() == name {
+                        String::new()
+                    } else {
+                        format!(" ({})", full.display())
+                    }
                 ),
-                e,
             )
             .with_path(descriptor)
         })?;

@@ -135,6 +135,27 @@ impl SparseExtent {
                     .at_offset(at + index as u64 * 4));
                 }
             }
+            // Writers give each directory entry its own table. A shared one would let a
+            // small file claim a huge disk full of grains and make the allocated ranges,
+            // which are kept in memory, grow far beyond the file's size.
+            let mut used: Vec<(u32, usize)> = gd
+                .iter()
+                .enumerate()
+                .filter(|(_, &gt)| gt != 0)
+                .map(|(i, &gt)| (gt, i))
+                .collect();
+            used.sort_unstable();
+            if let Some(pair) = used.windows(2).find(|p| p[0].0 == p[1].0) {
+                let ((gt, first), (_, second)) = (pair[0], pair[1]);
+                return Err(Error::new(
+                    ErrorKind::InvalidFormat,
+                    format!(
+                        "{name} entries {first} and {second} both point to the grain table at sector {gt}"
+                    ),
+                )
+                .with_path(path)
+                .at_offset(at + second as u64 * 4));
+            }
             Ok(gd)
         };
         // The primary directory is the one writers keep current; the redundant copy is a
