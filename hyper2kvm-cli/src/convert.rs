@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use clap::ValueEnum;
 use hyper2kvm_azure::{build_http_client, BlobOptions, HttpOptions, PageBlobReader, SasUrl};
 use hyper2kvm_core::{
     convert, open_disk, Compression, ConvertOptions, ConvertStats, DiskReader, InputFormat,
@@ -28,6 +29,7 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let input_format = match args.input_format {
         InputFormatArg::Auto => InputFormat::Auto,
         InputFormatArg::Vhd => InputFormat::Vhd,
+        InputFormatArg::Vmdk => InputFormat::Vmdk,
         InputFormatArg::Raw => InputFormat::Raw,
     };
     let opts = ConvertOptions {
@@ -57,7 +59,10 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
                 args.input_format,
                 InputFormatArg::Auto | InputFormatArg::Vhd
             ) {
-                bail!("a URL source is always a fixed VHD page blob; drop --input-format raw");
+                bail!(
+                    "a URL source is always a fixed VHD page blob; drop --input-format {}",
+                    args.input_format.to_possible_value().unwrap().get_name()
+                );
             }
             let sas = SasUrl::parse(url)?;
             let http = build_http_client(&HttpOptions::default())?;

@@ -10,7 +10,8 @@ traits for Azure, and anything else (a local file, a test double) can too.
   disks; a disk reader gives random access to a disk's bytes and says which ranges hold data;
   an [`ExportedDisk`] carries the cleanup (revoke a grant, delete a snapshot) that always runs.
 * **Formats**: readers for [raw](RawFileReader) files and [VHDs](vhd) (fixed and dynamic,
-  footer checksums verified, size from `current_size`); a one-pass, append-only
+  footer checksums verified, size from `current_size`), [VMDKs](vmdk) (monolithicSparse,
+  streamOptimized, flat and split extents); a one-pass, append-only
   [qcow2 writer](qcow2::Qcow2Writer) with zstd or deflate compression; a sparse
   [raw writer](RawWriter).
 * **Pipeline** ([`convert`]): only allocated ranges are read, in cluster-aligned chunks,
@@ -50,6 +51,7 @@ pub mod raw;
 pub mod raw_writer;
 pub mod source;
 pub mod vhd;
+pub mod vmdk;
 pub mod zero;
 
 #[cfg(test)]
@@ -66,3 +68,4 @@ pub use raw::RawFileReader;
 pub use raw_writer::RawWriter;
 pub use source::{BoxFuture, Cleanups, DiskReader, ExportedDisk, PowerControl, VmSource};
 pub use vhd::{DynamicVhdReader, VhdFooter};
+pub use vmdk::VmdkReader;

@@ -8,15 +8,19 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::raw::{file_len, open_file, read_exact_at, RawFileReader};
 use crate::source::DiskReader;
 use crate::vhd::{self, VhdFooter, FOOTER_LEN};
+use crate::vmdk::{self, VmdkReader};
 
 /// The format of an input disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InputFormat {
-    /// Look at the content: a VHD footer in the last 512 bytes means VHD, else raw.
+    /// Look at the content: a VMDK header or descriptor at the start means VMDK, a VHD
+    /// footer in the last 512 bytes means VHD, else raw.
     #[default]
     Auto,
     /// A fixed or dynamic VHD; anything else is an error.
     Vhd,
+    /// A VMDK: a sparse or stream-optimized file, or a descriptor naming its extents.
+    Vmdk,
     /// Plain bytes, even if they happen to end in something that looks like a VHD footer.
     Raw,
 }
@@ -28,10 +32,11 @@ impl FromStr for InputFormat {
         match s.to_ascii_lowercase().as_str() {
             "auto" => Ok(InputFormat::Auto),
             "vhd" | "vpc" => Ok(InputFormat::Vhd),
+            "vmdk" => Ok(InputFormat::Vmdk),
             "raw" | "img" => Ok(InputFormat::Raw),
             other => Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!("unknown input format {other:?}; expected auto, vhd or raw"),
+                format!("unknown input format {other:?}; expected auto, vhd, vmdk or raw"),
             )),
         }
     }
@@ -39,7 +44,9 @@ impl FromStr for InputFormat {
 
 /// Opens the disk image at `path`.
 ///
-/// With [`InputFormat::Auto`], a file whose last 512 bytes are a VHD footer is a VHD; a
+/// With [`InputFormat::Auto`], a file starting with a VMDK sparse header (`KDMV`) or a VMDK
+/// text descriptor is a VMDK (its extents found beside the descriptor); a file whose last
+/// 512 bytes are a VHD footer is a VHD; a
 /// file named `*.vhd` without one is reported as not a VHD (or truncated) rather than
 /// silently read as raw; anything else is raw. A qcow2 image is refused with a clear message.
 ///
@@ -60,9 +67,14 @@ pub fn open_disk(path: &Path, format: InputFormat) -> Result<Arc<dyn DiskReader>
     if head.starts_with(b"QFI\xfb") {
         return Err(Error::new(
             ErrorKind::Unsupported,
-            "is a qcow2 image; convert reads VHD (fixed or dynamic) and raw disks",
+            "is a qcow2 image; convert reads VHD (fixed or dynamic), VMDK and raw disks",
         )
         .with_path(path));
+    }
+    // A VMDK announces itself at its start; a VHD at its end.
+    if format == InputFormat::Vmdk || (format == InputFormat::Auto && vmdk::sniff(&head).is_some())
+    {
+        return Ok(Arc::new(VmdkReader::from_file(file, path, len, &head)?));
     }
     let named_vhd = path
         .extension()
