@@ -50,6 +50,7 @@ pub mod raw;
 pub mod raw_writer;
 pub mod source;
 pub mod vhd;
+pub mod vhdx;
 pub mod zero;
 
 #[cfg(test)]
@@ -66,3 +67,4 @@ pub use raw::RawFileReader;
 pub use raw_writer::RawWriter;
 pub use source::{BoxFuture, Cleanups, DiskReader, ExportedDisk, PowerControl, VmSource};
 pub use vhd::{DynamicVhdReader, VhdFooter};
+pub use vhdx::VhdxReader;
