@@ -146,6 +146,11 @@ pub(crate) fn read_bat(view: &FileView, region: Region, meta: &Metadata) -> Resu
             continue;
         }
         let index = i - i / (chunk_ratio + 1);
+        // A differencing BAT covers whole chunks: entries past the disk's last block are
+        // never read, whatever they hold.
+        if index >= data_blocks {
+            continue;
+        }
         match state {
             NOT_PRESENT | UNDEFINED | ZERO | UNMAPPED | UNMAPPED_V095 => {}
             FULLY_PRESENT => {

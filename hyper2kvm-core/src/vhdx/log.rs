@@ -114,18 +114,22 @@ pub(crate) fn replay(view: &mut FileView, header: &VhdxHeader) -> Result<usize> 
         // so nothing was changed in place either.
         return Ok(0);
     };
-    let head = sequence.last().unwrap();
-    if head.flushed_file_offset > view.disk_len {
+    // Each entry records a size the file had durably reached; a smaller file lost data.
+    if let Some(short) = sequence
+        .iter()
+        .find(|e| e.flushed_file_offset > view.disk_len)
+    {
         return Err(Error::new(
             ErrorKind::InvalidFormat,
             format!(
                 "VHDX log entry {} says the file had {} bytes when it was written, but it has {} (truncated?)",
-                head.sequence, head.flushed_file_offset, view.disk_len
+                short.sequence, short.flushed_file_offset, view.disk_len
             ),
         )
         .with_path(&view.path)
-        .at_offset(offset + head.sector * LOG_SECTOR));
+        .at_offset(offset + short.sector * LOG_SECTOR));
     }
+    let head = sequence.last().unwrap();
     // The file as the log leaves it may be longer than on disk: structures may point there.
     let new_len = view
         .disk_len

@@ -31,6 +31,7 @@ mod testimage;
 mod tests;
 
 pub use guid::Guid;
+pub(crate) use header::FILE_SIGNATURE;
 pub use reader::{VhdxReader, MAX_CHAIN_LEN};
 
 /// VHDX aligns regions, blocks and the log to 1 MiB.
