@@ -28,6 +28,7 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let input_format = match args.input_format {
         InputFormatArg::Auto => InputFormat::Auto,
         InputFormatArg::Vhd => InputFormat::Vhd,
+        InputFormatArg::Vhdx => InputFormat::Vhdx,
         InputFormatArg::Raw => InputFormat::Raw,
     };
     let opts = ConvertOptions {
@@ -57,7 +58,7 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
                 args.input_format,
                 InputFormatArg::Auto | InputFormatArg::Vhd
             ) {
-                bail!("a URL source is always a fixed VHD page blob; drop --input-format raw");
+                bail!("a URL source is always a fixed VHD page blob; drop --input-format");
             }
             let sas = SasUrl::parse(url)?;
             let http = build_http_client(&HttpOptions::default())?;
