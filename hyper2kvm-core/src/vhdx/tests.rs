@@ -729,3 +729,68 @@ fn impossible_metadata_is_refused_without_allocating() {
     let err = open(&img, "partial.vhdx");
     assert!(err.to_string().contains("state 7"), "{err}");
 }
+
+/// Of two valid headers the one with the higher sequence number rules, whichever slot it is
+/// in: here it asks for a log version we do not know, so whether it was chosen shows.
+#[test]
+fn the_newer_valid_header_is_current() {
+    let dir = TempDir::new("vhdx-seq");
+    let path = dir.path().join("seq.vhdx");
+    let mut img = Image::new(2 * MIB, 1 << 20, 512);
+    img.log_guid = Guid([0x10; 16]);
+    let clean = Image::new(2 * MIB, 1 << 20, 512);
+    for (odd_slot, odd_seq, other_seq, chosen) in [
+        (65536usize, 9, 4, true),
+        (131072, 9, 4, true),
+        (65536, 3, 4, false),
+        (131072, 3, 4, false),
+    ] {
+        let mut bytes = clean.build();
+        let other_slot = if odd_slot == 65536 { 131072 } else { 65536 };
+        let mut odd = img.header(odd_seq, odd_slot as u64);
+        odd.log_version = 1;
+        bytes[odd_slot..odd_slot + 4096].copy_from_slice(&odd.to_bytes());
+        let normal = clean.header(other_seq, other_slot as u64).to_bytes();
+        bytes[other_slot..other_slot + 4096].copy_from_slice(&normal);
+        std::fs::write(&path, &bytes).unwrap();
+        let opened = VhdxReader::open(&path);
+        assert_eq!(opened.is_err(), chosen, "slot {odd_slot} seq {odd_seq}");
+        if let Err(e) = opened {
+            assert_eq!(e.offset(), Some(odd_slot as u64 + 64), "{e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn open_disk_detects_vhdx_by_content() {
+    use crate::open::{open_disk, InputFormat};
+    let dir = TempDir::new("vhdx-open");
+    let mut img = Image::new(3 * MIB, 1 << 20, 512);
+    img.blocks
+        .insert(1, BlockSpec::Full(noise(9, 0, MIB as usize)));
+    // Named .img: the content decides.
+    let path = dir.path().join("disk.img");
+    img.write(&path);
+    for format in [InputFormat::Auto, InputFormat::Vhdx] {
+        let disk = open_disk(&path, format).unwrap();
+        assert_eq!(disk.size(), 3 * MIB);
+        assert!(read_all(disk.as_ref()).await == expected(&img, None));
+    }
+    assert_eq!("VHDX".parse::<InputFormat>().unwrap(), InputFormat::Vhdx);
+    // Forced raw reads the container's bytes; forced vhd refuses it.
+    let raw = open_disk(&path, InputFormat::Raw).unwrap();
+    assert_eq!(raw.size(), std::fs::metadata(&path).unwrap().len());
+    assert!(open_disk(&path, InputFormat::Vhd).is_err());
+    // A raw file named .vhdx, or forced as vhdx, is refused at offset 0.
+    let fake = dir.path().join("fake.vhdx");
+    std::fs::write(&fake, vec![7u8; 4096]).unwrap();
+    let Err(err) = open_disk(&fake, InputFormat::Auto) else {
+        panic!("a raw file named .vhdx opened");
+    };
+    assert!(err.to_string().contains("not a VHDX"), "{err}");
+    assert_eq!(err.offset(), Some(0));
+    let fake_raw = dir.path().join("fake.raw");
+    std::fs::write(&fake_raw, vec![7u8; 4096]).unwrap();
+    assert!(open_disk(&fake_raw, InputFormat::Vhdx).is_err());
+    assert!(open_disk(&fake_raw, InputFormat::Auto).is_ok());
+}
