@@ -104,7 +104,8 @@ pub struct ConvertArgs {
     /// Bytes per read (rounded up to whole clusters).
     #[arg(long, value_parser = parse_chunk_size, default_value = "4M")]
     pub chunk_size: u32,
-    /// Source format; auto looks for a VMDK header or descriptor, then a VHD footer.
+    /// Source format; auto looks at the content (a VHDX signature, a VMDK header or
+    /// descriptor, a VHD footer).
     #[arg(long, value_enum, default_value_t = InputFormatArg::Auto)]
     pub input_format: InputFormatArg,
     /// Keep DST.part and a journal if interrupted (even by kill -9) or failed, and continue
@@ -147,6 +148,8 @@ pub enum InputFormatArg {
     /// VMDK: monolithicSparse, streamOptimized, monolithicFlat, twoGbMaxExtent*; give the
     /// descriptor (the small .vmdk) of a split or flat disk.
     Vmdk,
+    /// Fixed, dynamic or differencing VHDX (Hyper-V).
+    Vhdx,
     /// Raw bytes.
     Raw,
 }

@@ -30,6 +30,7 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         InputFormatArg::Auto => InputFormat::Auto,
         InputFormatArg::Vhd => InputFormat::Vhd,
         InputFormatArg::Vmdk => InputFormat::Vmdk,
+        InputFormatArg::Vhdx => InputFormat::Vhdx,
         InputFormatArg::Raw => InputFormat::Raw,
     };
     let opts = ConvertOptions {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use support::{
-    assert_image_matches, assert_image_matches_as, make_raw, make_vhd, s, Fill, Scratch,
+    assert_image_matches, assert_image_matches_as, make_raw, make_vhd, make_vhdx, s, Fill, Scratch,
 };
 
 const MIB: u64 = 1 << 20;
@@ -114,6 +114,76 @@ fn matrix_of_sources_formats_clusters_and_compression() {
         assert_image_matches_as(&out, "raw", src, src_format);
         std::fs::remove_file(&out).unwrap();
     }
+}
+
+#[test]
+fn vhdx_sources_fixed_and_dynamic() {
+    let dir = Scratch::new("vhdx");
+    let raw = scattered(&dir);
+    for (subformat, block) in [("dynamic", "1M"), ("dynamic", "32M"), ("fixed", "8M")] {
+        let vhdx = dir.path(&format!("{subformat}-{block}.vhdx"));
+        make_vhdx(&raw, &vhdx, subformat, block);
+        for extra in [
+            &[][..],
+            &["--compress", "zstd"],
+            &["--input-format", "vhdx"],
+        ] {
+            let out = dir.path("out.qcow2");
+            let summary = convert_ok(&vhdx, &out, extra);
+            // qemu-img check is clean and qemu-img compare finds the images identical.
+            assert_image_matches_as(&out, "qcow2", &vhdx, "vhdx");
+            assert_image_matches(&out, "qcow2", &raw);
+            // Only the blocks that hold data are read, not the 96 MiB disk.
+            assert!(!summary.contains("read 96"), "{summary}");
+            std::fs::remove_file(&out).unwrap();
+        }
+        let out = dir.path("out.raw");
+        convert_ok(&vhdx, &out, &["--format", "raw"]);
+        assert_image_matches_as(&out, "raw", &vhdx, "vhdx");
+        std::fs::remove_file(&out).unwrap();
+        std::fs::remove_file(&vhdx).unwrap();
+    }
+}
+
+#[test]
+fn bad_vhdx_inputs() {
+    let dir = Scratch::new("badvhdx");
+    let dst = dir.path("out.qcow2");
+    // Named .vhdx but not one, and --input-format vhdx on a raw file.
+    let fake = dir.path("fake.vhdx");
+    make_raw(&fake, MIB, &[(0, MIB, Fill::Text)]);
+    convert_fails(
+        &dir,
+        &fake,
+        &dst,
+        1,
+        &["fake.vhdx", "not a VHDX", "offset 0"],
+    );
+    let raw = dir.path("d.raw");
+    make_raw(&raw, 8 * MIB, &[(0, 2 * MIB, Fill::Noise(4))]);
+    let out = hyper2kvm(&["convert", s(&raw), s(&dst), "--input-format", "vhdx"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a VHDX"));
+    // Both headers damaged.
+    let vhdx = dir.path("d.vhdx");
+    make_vhdx(&raw, &vhdx, "dynamic", "1M");
+    flip_byte(&vhdx, 65536 + 200);
+    flip_byte(&vhdx, 131072 + 200);
+    let err = convert_fails(
+        &dir,
+        &vhdx,
+        &dst,
+        1,
+        &["d.vhdx", "bad VHDX header checksum"],
+    );
+    assert!(
+        err.contains("offset 65536") && err.contains("offset 131072"),
+        "{err}"
+    );
+    // Truncated: a block lies past the end.
+    make_vhdx(&raw, &vhdx, "dynamic", "1M");
+    truncate_by(&vhdx, MIB);
+    convert_fails(&dir, &vhdx, &dst, 1, &["d.vhdx", "BAT entry", "truncated"]);
 }
 
 #[test]

@@ -52,6 +52,7 @@ pub mod raw_writer;
 pub mod source;
 pub mod vhd;
 pub mod vmdk;
+pub mod vhdx;
 pub mod zero;
 
 #[cfg(test)]
@@ -69,3 +70,4 @@ pub use raw_writer::RawWriter;
 pub use source::{BoxFuture, Cleanups, DiskReader, ExportedDisk, PowerControl, VmSource};
 pub use vhd::{DynamicVhdReader, VhdFooter};
 pub use vmdk::VmdkReader;
+pub use vhdx::VhdxReader;

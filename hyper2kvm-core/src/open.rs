@@ -9,6 +9,7 @@ use crate::raw::{file_len, open_file, read_exact_at, RawFileReader};
 use crate::source::DiskReader;
 use crate::vhd::{self, VhdFooter, FOOTER_LEN};
 use crate::vmdk::{self, VmdkReader};
+use crate::vhdx::{self, VhdxReader};
 
 /// The format of an input disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,6 +24,8 @@ pub enum InputFormat {
     Vmdk,
     /// Plain bytes, even if they happen to end in something that looks like a VHD footer.
     Raw,
+    /// A fixed, dynamic or differencing VHDX (Hyper-V); anything else is an error.
+    Vhdx,
 }
 
 impl FromStr for InputFormat {
@@ -34,9 +37,10 @@ impl FromStr for InputFormat {
             "vhd" | "vpc" => Ok(InputFormat::Vhd),
             "vmdk" => Ok(InputFormat::Vmdk),
             "raw" | "img" => Ok(InputFormat::Raw),
+            "vhdx" => Ok(InputFormat::Vhdx),
             other => Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!("unknown input format {other:?}; expected auto, vhd, vmdk or raw"),
+                format!("unknown input format {other:?}; expected auto, vhd, vhdx, vmdk or raw"),
             )),
         }
     }
@@ -44,10 +48,10 @@ impl FromStr for InputFormat {
 
 /// Opens the disk image at `path`.
 ///
-/// With [`InputFormat::Auto`], a file starting with a VMDK sparse header (`KDMV`) or a VMDK
-/// text descriptor is a VMDK (its extents found beside the descriptor); a file whose last
-/// 512 bytes are a VHD footer is a VHD; a
-/// file named `*.vhd` without one is reported as not a VHD (or truncated) rather than
+/// With [`InputFormat::Auto`], a file that starts with `vhdxfile` is a VHDX; a file starting
+/// with a VMDK sparse header (`KDMV`) or a VMDK text descriptor is a VMDK (its extents found
+/// beside the descriptor); a file whose last 512 bytes are a VHD footer is a VHD; a file named
+/// `*.vhd` without one is reported as not a VHD (or truncated) rather than
 /// silently read as raw; anything else is raw. A qcow2 image is refused with a clear message.
 ///
 /// ```no_run
@@ -67,9 +71,24 @@ pub fn open_disk(path: &Path, format: InputFormat) -> Result<Arc<dyn DiskReader>
     if head.starts_with(b"QFI\xfb") {
         return Err(Error::new(
             ErrorKind::Unsupported,
-            "is a qcow2 image; convert reads VHD (fixed or dynamic), VMDK and raw disks",
+            "is a qcow2 image; convert reads VHD (fixed or dynamic), VHDX, VMDK and raw disks",
         )
         .with_path(path));
+    }
+    // VHDX: identified by its first 8 bytes, whatever the name says.
+    let named_vhdx = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("vhdx"));
+    if head.starts_with(vhdx::FILE_SIGNATURE) && format != InputFormat::Vhd {
+        return Ok(Arc::new(VhdxReader::open(path)?));
+    }
+    if format == InputFormat::Vhdx || named_vhdx {
+        return Err(Error::new(
+            ErrorKind::InvalidFormat,
+            "not a VHDX: no \"vhdxfile\" signature at its start; pass --input-format raw to read it as a raw disk",
+        )
+        .with_path(path)
+        .at_offset(0));
     }
     // A VMDK announces itself at its start; a VHD at its end.
     if format == InputFormat::Vmdk || (format == InputFormat::Auto && vmdk::sniff(&head).is_some())

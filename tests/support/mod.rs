@@ -120,6 +120,23 @@ pub fn qemu_img(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Turns a raw disk into a VHDX with qemu-img: `subformat` is `fixed` or `dynamic`,
+/// `block_size` e.g. `1M` or `32M`.
+pub fn make_vhdx(raw: &Path, vhdx: &Path, subformat: &str, block_size: &str) {
+    let opts = format!("subformat={subformat},block_size={block_size},log_size=1M");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vhdx",
+        "-o",
+        &opts,
+        s(raw),
+        s(vhdx),
+    ]);
+}
+
 /// Turns a raw disk into a VHD with qemu-img: `subformat` is `fixed` or `dynamic`.
 pub fn make_vhd(raw: &Path, vhd: &Path, subformat: &str) {
     let opts = if subformat == "fixed" {
@@ -146,8 +163,8 @@ pub fn assert_image_matches(image: &Path, format: &str, reference: &Path) {
     assert_image_matches_as(image, format, reference, "raw");
 }
 
-/// [`assert_image_matches`] against a reference in `ref_format` (`raw` or `vpc`), read by
-/// qemu-img's own driver.
+/// [`assert_image_matches`] against a reference in `ref_format` (`raw`, `vpc` or `vhdx`),
+/// read by qemu-img's own driver.
 pub fn assert_image_matches_as(image: &Path, format: &str, reference: &Path, ref_format: &str) {
     if format == "qcow2" {
         // Exit 0: no corruption and no leaked clusters.
@@ -174,8 +191,18 @@ pub fn assert_image_matches_as(image: &Path, format: &str, reference: &Path, ref
 }
 
 /// The guest size an image declares: the qcow2 header's `size` field, a VHD footer's
-/// `current_size`, or a raw file's length.
+/// `current_size`, a VHDX's as `qemu-img info` reads it, or a raw file's length.
 pub fn virtual_size(image: &Path, format: &str) -> u64 {
+    if format == "vhdx" {
+        // The first line of this form is the image's own: "virtual size: 96 MiB (100663296 bytes)".
+        let info = qemu_img(&["info", "-f", "vhdx", s(image)]);
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("virtual size:"))
+            .expect("virtual size in qemu-img info");
+        let bytes = line.split('(').nth(1).and_then(|t| t.split(' ').next());
+        return bytes.expect("(N bytes)").parse().unwrap();
+    }
     let file = std::fs::File::open(image).unwrap();
     let len = file.metadata().unwrap().len();
     let be64_at = |offset: u64| {
