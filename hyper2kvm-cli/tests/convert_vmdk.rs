@@ -5,7 +5,6 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use support::{make_raw, qemu_img, s, Fill, Scratch};
