@@ -678,3 +678,85 @@ fn grain_tables_shared_by_directory_entries_are_refused() {
         "{msg}"
     );
 }
+
+/// A copy of `vmdk` inside a larger file: `base` bytes of filler before it, 3000 after, as a
+/// disk sits inside an OVA. Returns the file and the VMDK's length.
+fn embed(dir: &Scratch, vmdk: &Path, base: u64, name: &str) -> (PathBuf, u64) {
+    let bytes = std::fs::read(vmdk).unwrap();
+    let mut out = vec![0x5Au8; base as usize];
+    out.extend_from_slice(&bytes);
+    out.extend_from_slice(&[0xA5u8; 3000]);
+    let path = dir.path(name);
+    std::fs::write(&path, &out).unwrap();
+    (path, bytes.len() as u64)
+}
+
+#[tokio::test]
+async fn a_vmdk_inside_a_larger_file_reads_in_place() {
+    let dir = Scratch::new("vmdk-region");
+    let raw = dir.path("disk.raw");
+    make_raw(&raw, 48 * MIB, &written());
+    let raw_bytes = std::fs::read(&raw).unwrap();
+    // 7 × 512: aligned as tar members are, but not to any grain or page.
+    let base = 7 * 512;
+    for (name, opts) in [
+        ("stream", "subformat=streamOptimized"),
+        ("sparse", "subformat=monolithicSparse"),
+    ] {
+        let vmdk = dir.path(&format!("{name}.vmdk"));
+        make_vmdk(&raw, &vmdk, opts);
+        let (outer, len) = embed(&dir, &vmdk, base, &format!("{name}.ova"));
+        let reader = VmdkReader::open_region(&outer, base, len, &format!("{name}.vmdk")).unwrap();
+        assert_eq!(reader.size(), 48 * MIB, "{name}");
+        assert!(
+            reader
+                .describe()
+                .ends_with(&format!("{name}.ova({name}.vmdk)")),
+            "{}",
+            reader.describe()
+        );
+        let disk: Arc<dyn DiskReader> = Arc::new(reader);
+        assert_eq!(read_all(&disk).await, raw_bytes, "{name}: whole disk");
+        let ranges = disk.allocated_ranges().await.unwrap();
+        check_ranges(&ranges, disk.size(), &raw_bytes);
+    }
+}
+
+#[tokio::test]
+async fn a_region_cut_short_fails_naming_the_member() {
+    let dir = Scratch::new("vmdk-region-cut");
+    let raw = dir.path("disk.raw");
+    make_raw(&raw, 8 * MIB, &[(0, 2 * MIB, Fill::Noise(9))]);
+    let vmdk = dir.path("d.vmdk");
+    make_vmdk(&raw, &vmdk, "subformat=streamOptimized");
+    let (outer, len) = embed(&dir, &vmdk, 1024, "x.ova");
+    // The member claims half the VMDK's bytes: the bytes after the member are not read as if
+    // they were its own, so its tables or grains run past its end.
+    let err = match VmdkReader::open_region(&outer, 1024, len / 2, "d.vmdk") {
+        Err(e) => e,
+        Ok(reader) => read_all_err(&(Arc::new(reader) as Arc<dyn DiskReader>)).await,
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("x.ova(d.vmdk): ")
+            && (msg.contains("past the end") || msg.contains("truncated")),
+        "{msg}"
+    );
+    // A region past the end of the file.
+    let err = VmdkReader::open_region(&outer, 1024, len + 4096, "d.vmdk").unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    // A grain table entry past the member's end names the member-relative offset.
+    let sparse = small_sparse(&dir, "s.vmdk");
+    let gd = le64_at(&sparse, 56) * 512;
+    let gt = u64::from(le32_at(&sparse, gd)) * 512;
+    let entry = gt + 2 * 4;
+    patch(&sparse, entry, &0x00ff_0000u32.to_le_bytes());
+    let (outer, len) = embed(&dir, &sparse, 3584, "s.ova");
+    let err = VmdkReader::open_region(&outer, 3584, len, "s.vmdk").unwrap_err();
+    assert_eq!(err.offset(), Some(entry));
+    assert!(
+        err.to_string()
+            .contains("s.ova(s.vmdk): grain table entry 2"),
+        "{err}"
+    );
+}

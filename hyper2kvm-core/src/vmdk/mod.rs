@@ -11,6 +11,9 @@
 //! * `twoGbMaxExtentSparse` / `twoGbMaxExtentFlat`: a descriptor file and several `-s001.vmdk`
 //!   / `-f001.vmdk` extents of at most 2 GiB, concatenated ([`extent`]).
 //!
+//! A monolithic sparse or stream-optimized VMDK can also be read in place from a byte range of
+//! a larger file ([`VmdkReader::open_region`]: the disk inside an OVA), through [`region`].
+//!
 //! Extent files are found relative to the descriptor's directory. Delta disks (a `parentCID`
 //! other than `ffffffff`: snapshots, linked clones) need their parent chain and are refused,
 //! as are ESXi's `vmfsSparse` / `seSparse` / raw-device extents; each error names the file and
@@ -20,6 +23,7 @@
 pub mod descriptor;
 pub(crate) mod extent;
 pub mod header;
+pub(crate) mod region;
 pub(crate) mod sparse;
 pub(crate) mod stream;
 
@@ -37,6 +41,7 @@ use crate::source::{BoxFuture, DiskReader};
 use descriptor::{Access, ExtentKind, ExtentLine};
 use extent::{Extent, ExtentData};
 use header::{COWD_MAGIC, GD_AT_END, HEADER_LEN, MAGIC, SECTOR};
+use region::Region;
 use sparse::SparseExtent;
 
 /// The largest descriptor we read: real ones are well under 4 KiB.
@@ -122,17 +127,53 @@ impl VmdkReader {
         VmdkReader::from_file(file, path, len, &head)
     }
 
+    /// Opens the monolithic sparse or stream-optimized VMDK stored in `len` bytes of the file
+    /// at `path` from byte `base`, in place: the disk of an OVA, which is a tar archive.
+    /// `member` names it in messages and identities (`path(member)`); offsets in errors are
+    /// relative to `base`.
+    ///
+    /// Only a single-file VMDK can live in a region: a text descriptor names extent files,
+    /// which an archive member cannot point to.
+    pub fn open_region(path: &Path, base: u64, len: u64, member: &str) -> Result<Self> {
+        let file = open_file(path)?;
+        let file_len = file_len(&file, path)?;
+        let name = PathBuf::from(format!("{}({member})", path.display()));
+        if base.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                format!(
+                    "{len} bytes from byte {base} do not fit in the {file_len}-byte file (truncated?)"
+                ),
+            )
+            .with_path(&name));
+        }
+        let region = Region::part(file, base, len);
+        let head = region::read_exact_at(&region, &name, vec![0; len.min(512) as usize], 0)?;
+        match sniff(&head) {
+            Some(Sniff::Sparse) => VmdkReader::open_sparse(Arc::new(region), &name),
+            Some(Sniff::Cowd) => Err(cowd_error(&name)),
+            Some(Sniff::Descriptor) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "is a VMDK text descriptor, whose extents are separate files; inside an archive only a monolithicSparse or streamOptimized VMDK can be read (unpack the archive and convert the descriptor file)",
+            )
+            .with_path(&name)),
+            None => Err(not_a_vmdk(&name)),
+        }
+    }
+
     /// [`open`](Self::open) for a file already opened: `len` bytes, starting with `head`.
     pub(crate) fn from_file(file: Arc<File>, path: &Path, len: u64, head: &[u8]) -> Result<Self> {
         match sniff(head) {
-            Some(Sniff::Sparse) => VmdkReader::open_sparse(file, path, len),
+            Some(Sniff::Sparse) => {
+                let file = Arc::try_unwrap(file).or_else(|f| {
+                    f.try_clone()
+                        .map_err(|e| Error::io("cannot reopen", e).with_path(path))
+                })?;
+                VmdkReader::open_sparse(Arc::new(Region::whole(file, len)), path)
+            }
             Some(Sniff::Descriptor) => VmdkReader::open_descriptor(&file, path, len),
             Some(Sniff::Cowd) => Err(cowd_error(path)),
-            None => Err(Error::new(
-                ErrorKind::InvalidFormat,
-                "not a VMDK: neither a sparse extent header (\"KDMV\") nor a text descriptor (\"# Disk DescriptorFile\") at its start",
-            )
-            .with_path(path)),
+            None => Err(not_a_vmdk(path)),
         }
     }
 
@@ -149,7 +190,8 @@ impl VmdkReader {
 
     /// A sparse file read as a whole disk: its embedded descriptor (if any) is consulted for
     /// the type and the parent, but the data is this one file, as qemu does.
-    fn open_sparse(file: Arc<File>, path: &Path, len: u64) -> Result<Self> {
+    fn open_sparse(file: Arc<Region>, path: &Path) -> Result<Self> {
+        let len = file.len();
         let (header, header_at) = read_sparse_header(&file, path, len)?;
         let descriptor = embedded_descriptor(&file, path, len, &header)?;
         if let Some(d) = &descriptor {
@@ -177,7 +219,7 @@ impl VmdkReader {
                 len: size,
                 data: ExtentData::Sparse(sparse),
             }]),
-            identity: file_identity(&file, path, size),
+            identity: region_identity(&file, path, size),
         })
     }
 
@@ -252,9 +294,26 @@ impl VmdkReader {
     }
 }
 
+fn not_a_vmdk(path: &Path) -> Error {
+    Error::new(
+        ErrorKind::InvalidFormat,
+        "not a VMDK: neither a sparse extent header (\"KDMV\") nor a text descriptor (\"# Disk DescriptorFile\") at its start",
+    )
+    .with_path(path)
+}
+
+/// A file's identity, plus where the region lies in it when it is part of the file.
+fn region_identity(region: &Region, path: &Path, size: u64) -> String {
+    let mut id = file_identity(region.file(), path, size);
+    if region.base() != 0 {
+        id.push_str(&format!(" base={} region={}", region.base(), region.len()));
+    }
+    id
+}
+
 /// Reads the header of a sparse extent file, and, for a stream whose directory is at the
 /// end, the footer that replaces it. Returns the header and where it was read.
-fn read_sparse_header(file: &File, path: &Path, len: u64) -> Result<(SparseHeader, u64)> {
+fn read_sparse_header(file: &Region, path: &Path, len: u64) -> Result<(SparseHeader, u64)> {
     if len < HEADER_LEN as u64 {
         return Err(Error::new(
             ErrorKind::InvalidFormat,
@@ -262,7 +321,7 @@ fn read_sparse_header(file: &File, path: &Path, len: u64) -> Result<(SparseHeade
         )
         .with_path(path));
     }
-    let bytes = read_exact_at(file, path, vec![0; HEADER_LEN], 0)?;
+    let bytes = region::read_exact_at(file, path, vec![0; HEADER_LEN], 0)?;
     if bytes.starts_with(COWD_MAGIC) {
         return Err(cowd_error(path));
     }
@@ -276,7 +335,7 @@ fn read_sparse_header(file: &File, path: &Path, len: u64) -> Result<(SparseHeade
 
 /// The descriptor embedded in a sparse extent, if its header points to one with text in it.
 fn embedded_descriptor(
-    file: &File,
+    file: &Region,
     path: &Path,
     len: u64,
     header: &SparseHeader,
@@ -292,7 +351,7 @@ fn embedded_descriptor(
     if size > MAX_DESCRIPTOR || at.checked_add(size).is_none_or(|end| end > len) {
         return Err(bad_descriptor_place(path, header, len));
     }
-    let text = read_exact_at(file, path, vec![0; size as usize], at)?;
+    let text = region::read_exact_at(file, path, vec![0; size as usize], at)?;
     let d = Descriptor::parse(&text).map_err(|e| e.with_path(path).at_offset(at))?;
     Ok((d.create_type.is_some() || !d.extents.is_empty()).then_some(d))
 }
@@ -351,7 +410,7 @@ fn open_extent(
             format!("extent size of {} sectors overflows", line.sectors),
         )
     })?;
-    let open_named = |name: &str| -> Result<(Arc<File>, PathBuf, u64)> {
+    let open_named = |name: &str| -> Result<(File, PathBuf, u64)> {
         let full = dir.join(name);
         // The cause goes in the message, not as a source: the CLI prints sources again.
         let file = File::open(&full).map_err(|e| {
@@ -370,7 +429,7 @@ fn open_extent(
             .with_path(descriptor)
         })?;
         let file_len = file_len(&file, &full)?;
-        Ok((Arc::new(file), full, file_len))
+        Ok((file, full, file_len))
     };
     let name = line.file.as_deref().unwrap_or("");
     let (data, id) = match &line.kind {
@@ -394,7 +453,7 @@ fn open_extent(
             let id = file_identity(&file, &full, len);
             (
                 ExtentData::Flat {
-                    file,
+                    file: Arc::new(file),
                     path: full,
                     offset,
                 },
@@ -403,6 +462,7 @@ fn open_extent(
         }
         ExtentKind::Sparse => {
             let (file, full, file_len) = open_named(name)?;
+            let file = Region::whole(file, file_len);
             let (header, header_at) = read_sparse_header(&file, &full, file_len)?;
             if header.capacity != line.sectors {
                 return Err(Error::new(
@@ -418,8 +478,8 @@ fn open_extent(
                 .with_path(&full)
                 .at_offset(header_at + SparseHeader::CAPACITY_FIELD));
             }
-            let id = file_identity(&file, &full, len);
-            let sparse = SparseExtent::open(file, &full, file_len, &header, header_at)?;
+            let id = file_identity(file.file(), &full, len);
+            let sparse = SparseExtent::open(Arc::new(file), &full, file_len, &header, header_at)?;
             (ExtentData::Sparse(sparse), Some(id))
         }
         ExtentKind::Other(kind) => {

@@ -11,15 +11,14 @@
 //! collected. Reads then load just the GT entries they need, from the page cache; nothing
 //! proportional to the disk's size stays in memory but the GD (4 bytes per 32 MiB).
 
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::header::{SparseHeader, FLAG_REDUNDANT_GD, GRAIN_MARKER_LEN, SECTOR};
+use super::region::{read_into, Region};
 use super::stream::{CompressedGrain, GrainCache, Inflater};
 use crate::error::{Error, ErrorKind, Result};
-use crate::raw::read_into;
 
 /// The largest grain we accept: 16 MiB. Writers use 64 KiB; a compressed grain is inflated
 /// into a buffer of this size, so the bound is also a memory bound.
@@ -41,7 +40,7 @@ enum Grain {
 /// One hosted sparse (or stream-optimized) extent file.
 #[derive(Debug)]
 pub(crate) struct SparseExtent {
-    file: Arc<File>,
+    file: Arc<Region>,
     path: PathBuf,
     file_len: u64,
     /// The extent's size in bytes.
@@ -62,7 +61,7 @@ impl SparseExtent {
     /// Checks `header` (read at `header_at` of `file`, or from its footer) against the file,
     /// reads the grain directory and checks every grain table.
     pub(crate) fn open(
-        file: Arc<File>,
+        file: Arc<Region>,
         path: &Path,
         file_len: u64,
         header: &SparseHeader,

@@ -15,7 +15,6 @@
 //! inside a grain) are kept in a small cache so the next chunk does not inflate them again.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -25,15 +24,19 @@ use super::header::{
     Marker, SparseHeader, GD_AT_END, GRAIN_MARKER_LEN, HEADER_LEN, MARKER_EOS, MARKER_FOOTER,
     SECTOR,
 };
+use super::region::{read_into, Region};
 use crate::error::{Error, ErrorKind, Result};
-use crate::raw::read_into;
 
 /// Footer marker, footer and end-of-stream marker: the last three sectors.
 const TAIL_LEN: u64 = 3 * SECTOR;
 
 /// Reads the footer of a stream-optimized extent whose header says [`GD_AT_END`] and returns
 /// the header it holds, with the file offset it was read from.
-pub(crate) fn read_footer(file: &File, path: &Path, file_len: u64) -> Result<(SparseHeader, u64)> {
+pub(crate) fn read_footer(
+    file: &Region,
+    path: &Path,
+    file_len: u64,
+) -> Result<(SparseHeader, u64)> {
     // Like qemu, look at whole sectors: a stream is written in sectors.
     let end = file_len / SECTOR * SECTOR;
     let missing = |at: u64, why: &str| {
@@ -95,7 +98,7 @@ impl Inflater {
 
 /// Where a compressed grain is and what it must inflate to.
 pub(crate) struct CompressedGrain<'a> {
-    pub file: &'a File,
+    pub file: &'a Region,
     pub path: &'a Path,
     pub file_len: u64,
     /// Byte offset of the grain marker (or of the bare deflate stream without markers).
@@ -266,7 +269,7 @@ mod tests {
     use flate2::write::ZlibEncoder;
     use std::io::Write;
 
-    fn grain_file(dir: &TempDir, lba: u64, payload: &[u8], claimed: Option<u32>) -> (File, u64) {
+    fn grain_file(dir: &TempDir, lba: u64, payload: &[u8], claimed: Option<u32>) -> (Region, u64) {
         let mut enc = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(payload).unwrap();
         let data = enc.finish().unwrap();
@@ -276,10 +279,11 @@ mod tests {
         bytes.extend_from_slice(&data);
         let path = dir.path().join("g");
         std::fs::write(&path, &bytes).unwrap();
-        (File::open(&path).unwrap(), bytes.len() as u64)
+        let len = bytes.len() as u64;
+        (Region::whole(std::fs::File::open(&path).unwrap(), len), len)
     }
 
-    fn grain<'a>(file: &'a File, path: &'a Path, len: u64, lba: u64) -> CompressedGrain<'a> {
+    fn grain<'a>(file: &'a Region, path: &'a Path, len: u64, lba: u64) -> CompressedGrain<'a> {
         CompressedGrain {
             file,
             path,
