@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use hyper2kvm_azure::migrate::{DiskChoice, Layout, PlanOptions, RunningVmPolicy};
-use hyper2kvm_azure::{AuthMethod, RetryConfig, Selection};
+use hyper2kvm::migrate::{DiskChoice, Layout, PlanOptions, RunOptions, RunningVmPolicy};
+use hyper2kvm_azure::{AuthMethod, ExportOptions, RetryConfig, Selection};
 use hyper2kvm_core::libvirt::{CpuMode, NetworkAttachment};
 use hyper2kvm_core::PowerState;
 use hyper2kvm_core::{Compression, OutputFormat};
@@ -132,11 +132,11 @@ pub struct AzureSection {
 }
 
 fn default_running_vm() -> RunningVmPolicy {
-    RunningVmPolicy::Snapshot
+    PlanOptions::default().running_vm
 }
 
 fn default_disks() -> DiskChoice {
-    DiskChoice::All
+    PlanOptions::default().disks
 }
 
 /// `azure.retry`.
@@ -217,11 +217,13 @@ pub struct ExportSection {
 }
 
 impl Default for ExportSection {
+    /// The library's defaults.
     fn default() -> Self {
+        let export = ExportOptions::default();
         ExportSection {
-            grant_duration_secs: 3600,
-            keep_snapshots: false,
-            operation_timeout_secs: 900,
+            grant_duration_secs: u32::try_from(export.sas_duration.as_secs()).unwrap_or(u32::MAX),
+            keep_snapshots: RunOptions::default().keep_snapshots,
+            operation_timeout_secs: export.lro.timeout.as_secs(),
         }
     }
 }
@@ -246,12 +248,15 @@ pub struct DownloadSection {
 }
 
 impl Default for DownloadSection {
+    /// The library's defaults.
     fn default() -> Self {
+        let run = RunOptions::default();
+        let small = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
         DownloadSection {
-            concurrency: 16,
-            chunk_size: "4M".into(),
-            parallel_disks: 4,
-            parallel_vms: 4,
+            concurrency: small(run.convert.concurrency),
+            chunk_size: format!("{}K", run.convert.chunk_size >> 10),
+            parallel_disks: small(run.parallel_disks),
+            parallel_vms: small(run.parallel_vms),
             max_connections: None,
             bandwidth: None,
         }
@@ -518,22 +523,21 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
         Some(OutputArg::Json) => ListFormat::Json,
         None => file.output.list_format.unwrap_or(ListFormat::Table),
     };
-    let migration = PlanOptions {
-        run_id: hyper2kvm_azure::migrate::new_run_id(),
-        running_vm: a.running_vm,
-        disks: a.disks,
-        layout: file.output.layout.unwrap_or(Layout::Vm),
-        dir: file
-            .output
-            .dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("out")),
-        format: match file.output.format {
-            Some(ImageFormat::Raw) => OutputFormat::Raw,
-            _ => OutputFormat::Qcow2,
-        },
-        restart: a.restart_vms,
-    };
+    let mut migration = PlanOptions::default();
+    migration.running_vm = a.running_vm;
+    migration.disks = a.disks;
+    if let Some(layout) = file.output.layout {
+        migration.layout = layout;
+    }
+    if let Some(dir) = file.output.dir.clone() {
+        migration.dir = dir;
+    }
+    match file.output.format {
+        Some(ImageFormat::Raw) => migration.format = OutputFormat::Raw,
+        Some(ImageFormat::Qcow2) => migration.format = OutputFormat::Qcow2,
+        None => {}
+    }
+    migration.restart = a.restart_vms;
     ListPlan {
         subscriptions,
         selection,
@@ -778,6 +782,39 @@ output: { list_format: json, dir: ./out, format: qcow2, compress: zstd }
         assert!(
             err.0.contains("magic") || err.0.contains("variant"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn file_defaults_are_the_library_defaults() {
+        let run = RunOptions::default();
+        let d = DownloadSection::default();
+        assert_eq!(usize::from(d.concurrency), run.convert.concurrency);
+        assert_eq!(
+            parse_size(&d.chunk_size).unwrap(),
+            u64::from(run.convert.chunk_size)
+        );
+        assert_eq!(usize::from(d.parallel_vms), run.parallel_vms);
+        assert_eq!(usize::from(d.parallel_disks), run.parallel_disks);
+        let e = ExportSection::default();
+        let export = ExportOptions::default();
+        assert_eq!(
+            u64::from(e.grant_duration_secs),
+            export.sas_duration.as_secs()
+        );
+        assert_eq!(e.operation_timeout_secs, export.lro.timeout.as_secs());
+        let plan = list_plan(
+            parse("azure:\n  subscription: s\n", "c.yaml").unwrap(),
+            Overrides::default(),
+        );
+        let lib = PlanOptions::default();
+        assert_eq!(
+            (
+                plan.migration.dir,
+                plan.migration.format,
+                plan.migration.layout
+            ),
+            (lib.dir, lib.format, lib.layout)
         );
     }
 
