@@ -311,7 +311,7 @@ impl DiskReader for MemReader {
 
     fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
         let size = self.size();
-        Box::pin(async move { Ok(vec![0..size]) })
+        Box::pin(async move { Ok(std::iter::once(0..size).collect()) })
     }
 
     fn read_at(&self, offset: u64, mut buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
