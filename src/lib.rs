@@ -23,6 +23,9 @@ conversion, guest fix-ups, domain XML, reports) as one call with a progress call
 [`migrate::Source`]; the `hyper2kvm` binary (crate `hyper2kvm-cli`) is a thin layer over it
 and these.
 
+[`config`] reads the `config.yaml` the command reads (its schema, line-and-column errors, the
+libraries' defaults), so an embedding tool can share it.
+
 # Errors
 
 Every library call fails with [`core::Error`]: match its [`core::ErrorKind`] (`Credential`,
@@ -49,6 +52,7 @@ A disk that is not a local file (an HTTP range reader, a test double) implements
 */
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod run;
 
 pub use hyper2kvm_azure as azure;
