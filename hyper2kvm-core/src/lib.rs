@@ -58,8 +58,8 @@ pub mod raw;
 pub mod raw_writer;
 pub mod source;
 pub mod vhd;
-pub mod vmdk;
 pub mod vhdx;
+pub mod vmdk;
 pub mod zero;
 
 #[cfg(test)]
@@ -78,5 +78,5 @@ pub use raw::RawFileReader;
 pub use raw_writer::RawWriter;
 pub use source::{BoxFuture, Cleanups, DiskReader, ExportedDisk, Origin, PowerControl, VmSource};
 pub use vhd::{DynamicVhdReader, VhdFooter};
-pub use vmdk::VmdkReader;
 pub use vhdx::VhdxReader;
+pub use vmdk::VmdkReader;

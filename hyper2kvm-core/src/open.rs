@@ -8,8 +8,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::raw::{file_len, open_file, read_exact_at, RawFileReader};
 use crate::source::DiskReader;
 use crate::vhd::{self, VhdFooter, FOOTER_LEN};
-use crate::vmdk::{self, VmdkReader};
 use crate::vhdx::{self, VhdxReader};
+use crate::vmdk::{self, VmdkReader};
 
 /// The format of an input disk image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
