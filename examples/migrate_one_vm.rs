@@ -11,15 +11,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hyper2kvm::azure::migrate::{
-    new_run_id, DiskChoice, Layout, PlanOptions, RunEvent, RunOptions, RunningVmPolicy,
-};
 use hyper2kvm::azure::{
     build_http_client, ArmClient, ArmCredential, AuthMethod, AzureSource, ExportOptions,
-    HttpOptions, LroOptions, Selection,
+    HttpOptions, Selection,
 };
-use hyper2kvm::core::libvirt::{CpuMode, NetworkAttachment};
-use hyper2kvm::core::{Cleanups, Compression, ConvertOptions, Limits, OutputFormat};
+use hyper2kvm::core::{Cleanups, Compression};
+use hyper2kvm::migrate::{RunEvent, RunOptions, RunningVmPolicy, Source};
 use hyper2kvm_sim::{Scenario, Simulator};
 
 #[tokio::main]
@@ -63,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         names: vec![vm.to_string()],
         ..Selection::default()
     };
-    let source = AzureSource::new(
+    let azure = AzureSource::new(
         arm,
         http,
         vec![subscription],
@@ -71,30 +68,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ExportOptions::default(),
         cleanups.clone(),
     );
-    let opts = RunOptions {
-        plan: PlanOptions {
-            run_id: new_run_id(),
-            running_vm: RunningVmPolicy::Snapshot,
-            disks: DiskChoice::All,
-            layout: Layout::Vm,
-            dir: PathBuf::from(out),
-            format: OutputFormat::Qcow2,
-            restart: false,
-        },
-        convert: ConvertOptions {
-            compression: Some(Compression::Zstd),
-            concurrency: 16,
-            ..ConvertOptions::default()
-        },
-        parallel_vms: 1,
-        parallel_disks: 4,
-        limits: Limits::default(),
-        keep_snapshots: false,
-        lro: LroOptions::default(),
-        cpu: CpuMode::HostPassthrough,
-        network: NetworkAttachment::Network("default".into()),
-        guest: None, // Some(hyper2kvm::run::guest_hook(GuestConfig::default())) to fix the guest
-    };
+    // Azure implements every trait the engine reads through (VMs and disks, power,
+    // snapshots, hardware); another source could implement fewer.
+    let source = Source::full(Arc::new(azure));
+    let mut opts = RunOptions::default();
+    opts.plan.running_vm = RunningVmPolicy::Snapshot;
+    opts.plan.dir = PathBuf::from(out);
+    opts.convert.compression = Some(Compression::Zstd);
+    opts.parallel_vms = 1;
+    // opts.guest = Some(hyper2kvm::run::guest_hook(GuestConfig::default())) to fix the guest
     let events = Arc::new(|e: &RunEvent| match e {
         RunEvent::DiskProgress { .. } => {}
         RunEvent::DiskFinished { vm, report } => println!(

@@ -1,50 +1,52 @@
-//! A whole migration run as a library call: discover the selected VMs through an
-//! [`AzureSource`], then migrate them with [`Migration`], guest fix-ups included, reporting
-//! progress through a callback. The `hyper2kvm -c config.yaml` command is this call.
+//! A whole migration run as a library call, for any source: discover the VMs the
+//! [`Source`] selects, then migrate them with [`Migration`], guest fix-ups included,
+//! reporting progress through a callback. The `hyper2kvm -c config.yaml` command is this call
+//! over an [`AzureSource`](hyper2kvm_azure::AzureSource).
 
 use std::sync::Arc;
 
-use hyper2kvm_azure::migrate::{
-    EventFn, GuestHook, GuestOutcome, Migration, RunOptions, RunSummary,
-};
-use hyper2kvm_azure::AzureSource;
-use hyper2kvm_core::{Cleanups, VmSource};
+use hyper2kvm_core::Cleanups;
 use hyper2kvm_guest::report::{FixReport, Outcome, Status};
 use hyper2kvm_guest::{fix_image, GuestConfig};
+use hyper2kvm_migrate::{
+    EventFn, GuestHook, GuestOutcome, Migration, Result, RunOptions, RunSummary, Source,
+};
 use serde_json::json;
 
 /// Discovers the VMs `source` selects and migrates them. Progress goes to `events`;
 /// background cleanups (grants, snapshots, VMs to start again) go to `cleanups`, which the
 /// caller waits for ([`Cleanups::wait_all`]) if it stops the run early.
 ///
+/// Fails only when the run cannot start; the error's [`kind`](hyper2kvm_core::Error::kind)
+/// says why (a credential, throttling, a bad plan, …) and its `source()` chain reaches the
+/// source's own error. Each VM's failures are in its report and the summary.
+///
 /// ```no_run
 /// use std::sync::Arc;
-/// use hyper2kvm::azure::migrate::{RunEvent, RunOptions};
-/// # async fn run(source: hyper2kvm::azure::AzureSource, opts: RunOptions,
-/// #              cleanups: hyper2kvm::core::Cleanups) -> hyper2kvm::azure::Result<()> {
+/// use hyper2kvm::migrate::{RunEvent, RunOptions, Source};
+/// # async fn run(azure: hyper2kvm::azure::AzureSource, cleanups: hyper2kvm::core::Cleanups)
+/// #     -> hyper2kvm::core::Result<()> {
 /// let events = Arc::new(|e: &RunEvent| {
 ///     if let RunEvent::VmFinished { vm, status } = e {
 ///         println!("{vm}: {}", status.as_str());
 ///     }
 /// });
-/// let summary = hyper2kvm::run::migrate(&source, cleanups, opts, Some(events)).await?;
+/// let source = Source::full(Arc::new(azure));
+/// let summary = hyper2kvm::run::migrate(&source, cleanups, RunOptions::default(), Some(events)).await?;
 /// std::process::exit(summary.exit_code.into());
 /// # }
 /// ```
 pub async fn migrate(
-    source: &AzureSource,
+    source: &Source,
     cleanups: Cleanups,
     opts: RunOptions,
     events: Option<EventFn>,
-) -> hyper2kvm_azure::Result<RunSummary> {
-    let vms = source.list_vms().await.map_err(|e| {
-        hyper2kvm_azure::Error::new(hyper2kvm_azure::ErrorKind::Status, e.to_string())
-    })?;
+) -> Result<RunSummary> {
     let mut migration = Migration::new(source.clone(), cleanups, opts);
     if let Some(events) = events {
         migration = migration.with_events(events);
     }
-    migration.run(&vms).await
+    migration.discover_and_run().await
 }
 
 /// The guest fix-ups of `hyper2kvm-guest` as a run's [`GuestHook`]: run on every migrated OS

@@ -281,16 +281,13 @@ async fn a_changed_source_is_not_resumed() -> Result<()> {
 /// nothing left behind in (simulated) Azure.
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_is_one_library_call_with_progress() {
-    use hyper2kvm::azure::migrate::{
-        DiskChoice, DiskStatus, Layout, PlanOptions, RunEvent, RunOptions, RunningVmPolicy,
-        VmStatus,
-    };
     use hyper2kvm::azure::{
         build_http_client, ArmClient, ArmCredential, AuthMethod, AzureSource, ExportOptions,
-        HttpOptions, LroOptions, Selection,
+        HttpOptions, Selection,
     };
-    use hyper2kvm::core::libvirt::{CpuMode, NetworkAttachment};
-    use hyper2kvm::core::{Cleanups, Limits, OutputFormat};
+    use hyper2kvm::core::libvirt::NetworkAttachment;
+    use hyper2kvm::core::{Cleanups, Limits};
+    use hyper2kvm::migrate::{DiskStatus, RunEvent, RunOptions, Source, VmStatus};
     use hyper2kvm_sim::{Scenario, Simulator};
 
     const SUB: &str = "00000000-0000-0000-0000-000000000000";
@@ -307,7 +304,7 @@ async fn migrate_is_one_library_call_with_progress() {
         .build()
         .unwrap();
     let cleanups = Cleanups::new();
-    let source = AzureSource::new(
+    let azure = AzureSource::new(
         arm,
         http,
         vec![SUB.into()],
@@ -318,26 +315,16 @@ async fn migrate_is_one_library_call_with_progress() {
         ExportOptions::default(),
         cleanups.clone(),
     );
-    let opts = RunOptions {
-        plan: PlanOptions {
-            run_id: "h2k-test-run".into(),
-            running_vm: RunningVmPolicy::Snapshot,
-            disks: DiskChoice::All,
-            layout: Layout::Vm,
-            dir: dir.path("out"),
-            format: OutputFormat::Qcow2,
-            restart: false,
-        },
-        convert: ConvertOptions::default(),
-        parallel_vms: 2,
-        parallel_disks: 2,
-        limits: Limits::new(Some(3), None),
-        keep_snapshots: false,
-        lro: LroOptions::default(),
-        cpu: CpuMode::HostPassthrough,
-        network: NetworkAttachment::Network("default".into()),
-        guest: None,
-    };
+    let source = Source::full(Arc::new(azure));
+    // The library's defaults (snapshot running VMs, all disks, qcow2, `<dir>/<vm>/`), and a
+    // few settings of this test's own.
+    let mut opts = RunOptions::default();
+    opts.plan.run_id = "h2k-test-run".into();
+    opts.plan.dir = dir.path("out");
+    opts.parallel_vms = 2;
+    opts.parallel_disks = 2;
+    opts.limits = Limits::new(Some(3), None);
+    opts.network = NetworkAttachment::Network("default".into());
     let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
     let sink = events.clone();
     let callback = Arc::new(move |e: &RunEvent| sink.lock().unwrap().push(e.clone()));

@@ -1,5 +1,9 @@
 //! The Azure crate's error: a small matchable [`ErrorKind`], a one-line message that says what
 //! failed (method, redacted URL, status, ARM's error code) and the underlying cause.
+//!
+//! Through core's traits it travels as a [`hyper2kvm_core::Error`] of the matching
+//! [`hyper2kvm_core::ErrorKind`] that keeps this error as its source (`From`), so an
+//! embedder matches on the kind and still reads the status (`downcast_source`).
 
 use std::fmt;
 
@@ -19,6 +23,11 @@ pub enum ErrorKind {
     Network,
     /// Requests timed out (after retries).
     Timeout,
+    /// ARM refused the operation because of the resource's state or another operation in
+    /// progress (409).
+    Conflict,
+    /// Data did not match its `Content-MD5` (after retries).
+    Integrity,
     /// ARM answered with another error status.
     Status,
     /// ARM's answer could not be understood (bad JSON, a `nextLink` to another host).
@@ -29,10 +38,13 @@ pub enum ErrorKind {
 
 /// An error with enough context to tell the user what failed. Never holds a secret: URLs are
 /// shown without their query string.
+#[derive(thiserror::Error)]
+#[error("{}", self.line())]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     status: Option<u16>,
+    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -81,31 +93,44 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        // Walk the cause chain on one line: reqwest's "error sending request" alone says
-        // nothing, its source ("connection refused") does.
+impl Error {
+    /// The message and the cause chain on one line: reqwest's "error sending request" alone
+    /// says nothing, its source ("connection refused") does.
+    fn line(&self) -> String {
+        let mut out = self.message.clone();
         let mut source = self.source.as_deref().map(|s| s as &dyn std::error::Error);
         while let Some(s) = source {
-            write!(f, ": {s}")?;
+            out.push_str(&format!(": {s}"));
             source = s.source();
         }
-        Ok(())
+        out
+    }
+}
+
+impl From<Error> for hyper2kvm_core::Error {
+    /// The core error of the matching kind, holding `e` as its source.
+    fn from(e: Error) -> Self {
+        use hyper2kvm_core::ErrorKind as Core;
+        let kind = match e.kind() {
+            ErrorKind::Credential => Core::Credential,
+            ErrorKind::PermissionDenied => Core::PermissionDenied,
+            ErrorKind::NotFound => Core::NotFound,
+            ErrorKind::Throttled => Core::Throttled,
+            ErrorKind::Network => Core::Network,
+            ErrorKind::Timeout => Core::Timeout,
+            ErrorKind::Conflict => Core::Conflict,
+            ErrorKind::Integrity => Core::Integrity,
+            ErrorKind::Status => Core::Remote,
+            ErrorKind::InvalidResponse => Core::InvalidFormat,
+            ErrorKind::InvalidArgument => Core::InvalidArgument,
+        };
+        hyper2kvm_core::Error::wrap(kind, e)
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self} ({:?})", self.kind)
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -143,6 +168,25 @@ mod tests {
         );
         let upper = reqwest::Url::parse("https://h/b?SIG=abc&sv=1").unwrap();
         assert_eq!(redact_url(&upper), "https://h/b?REDACTED");
+    }
+
+    #[test]
+    fn core_errors_keep_the_kind_and_the_azure_error() {
+        let err = Error::new(
+            ErrorKind::Throttled,
+            "GET https://management.azure.com/x: HTTP 429",
+        )
+        .with_status(429);
+        let core: hyper2kvm_core::Error = err.into();
+        assert_eq!(core.kind(), hyper2kvm_core::ErrorKind::Throttled);
+        assert_eq!(
+            core.to_string(),
+            "GET https://management.azure.com/x: HTTP 429"
+        );
+        let azure = core.downcast_source::<Error>().expect("the Azure error");
+        assert_eq!(azure.status(), Some(429));
+        let conflict: hyper2kvm_core::Error = Error::new(ErrorKind::Conflict, "busy").into();
+        assert_eq!(conflict.kind(), hyper2kvm_core::ErrorKind::Conflict);
     }
 
     #[test]

@@ -24,7 +24,10 @@ and paging, credentials, and batched VM discovery that produces core's [`Vm`] mo
   long-running-operation protocol, and [`PageBlobReader`], which reads only the written pages
   of an exported disk with MD5-checked ranged GETs, retries, and re-grants when a SAS
   expires. [`SasUrl`] never prints its query.
-* **Migration plan** ([`migrate`]): what a run would do for each VM, shown by `--dry-run`.
+* **Migration sources**: [`AzureSource`] implements core's traits — [`VmSource`] (discovery,
+  export), [`PowerControl`] ([`power`]), [`PointInTimeCopies`] ([`snapshots`]) and
+  [`HardwareCatalog`] ([`hardware`]) — so the migration engine (`hyper2kvm-migrate`), which
+  never names Azure, runs on it.
 
 # Example
 
@@ -46,6 +49,10 @@ println!("{} requests", arm.requests_sent());
 ```
 
 [`Vm`]: hyper2kvm_core::Vm
+[`VmSource`]: hyper2kvm_core::VmSource
+[`PowerControl`]: hyper2kvm_core::PowerControl
+[`PointInTimeCopies`]: hyper2kvm_core::PointInTimeCopies
+[`HardwareCatalog`]: hyper2kvm_core::HardwareCatalog
 */
 #![deny(missing_docs)]
 
@@ -53,12 +60,14 @@ pub mod arm;
 pub mod blob;
 pub mod credential;
 pub mod error;
+pub mod hardware;
 pub mod http;
-pub mod migrate;
 pub mod pagination;
+pub mod power;
 pub mod retry;
 pub mod sas;
 pub mod selection;
+pub mod snapshots;
 pub mod source;
 
 pub use arm::{discover, ArmClient, ArmClientBuilder, LroOptions, VmSize};

@@ -1,5 +1,7 @@
 //! Azure as a core [`VmSource`]: VMs from batched discovery, disks exported through read
-//! grants and read as page blobs.
+//! grants and read as page blobs. The same [`AzureSource`] is the run's power control
+//! ([`crate::power`]), its point-in-time copies ([`crate::snapshots`]) and its hardware
+//! catalog ([`crate::hardware`]).
 //!
 //! Every grant is revoked: the revoke is armed *before* `beginGetAccess` is sent (revoking a
 //! disk that has no grant is harmless), so a failure, a dropped future or Ctrl-C at any
@@ -8,19 +10,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper2kvm_core::{BoxFuture, Cleanups, Disk, ExportedDisk, Vm, VmSource};
+use hyper2kvm_core::{BoxFuture, Cleanups, Disk, ExportedDisk, Origin, Vm, VmSource};
 
 use crate::arm::{discover, ArmClient, LroOptions};
-use crate::blob::reader::to_core;
 use crate::blob::{BlobOptions, PageBlobReader, Regrant};
+use crate::hardware::SizeCache;
 use crate::selection::Selection;
 
 /// How disks are exported.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ExportOptions {
-    /// How long each SAS stays valid; an expired one is renewed while reading.
+    /// How long each SAS stays valid (1 hour: a SAS is a secret, and an expired one is
+    /// renewed while reading).
     pub sas_duration: Duration,
-    /// Limits for grant and revoke operations.
+    /// Limits of grant, revoke, snapshot and power operations.
     pub lro: LroOptions,
     /// Retries and the rest for reading the blobs.
     pub blob: BlobOptions,
@@ -29,7 +33,7 @@ pub struct ExportOptions {
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
-            sas_duration: Duration::from_secs(4 * 3600),
+            sas_duration: Duration::from_secs(3600),
             lro: LroOptions::default(),
             blob: BlobOptions::default(),
         }
@@ -45,6 +49,7 @@ pub struct AzureSource {
     selection: Selection,
     export: ExportOptions,
     cleanups: Cleanups,
+    sizes: Arc<SizeCache>,
 }
 
 impl AzureSource {
@@ -66,12 +71,22 @@ impl AzureSource {
             selection,
             export,
             cleanups,
+            sizes: Arc::default(),
         }
     }
 
     /// The ARM client.
     pub fn arm(&self) -> &ArmClient {
         &self.arm
+    }
+
+    /// Limits of long-running operations.
+    pub(crate) fn lro(&self) -> &LroOptions {
+        &self.export.lro
+    }
+
+    pub(crate) fn sizes(&self) -> &SizeCache {
+        &self.sizes
     }
 
     async fn export(&self, disk: &Disk) -> hyper2kvm_core::Result<ExportedDisk> {
@@ -88,7 +103,7 @@ impl AzureSource {
             .arm
             .begin_get_access(&disk.id, self.export.sas_duration, &self.export.lro)
             .await
-            .map_err(to_core)?;
+            .map_err(hyper2kvm_core::Error::from)?;
         let regrant: Regrant = {
             let (arm, id, lro) = (self.arm.clone(), disk.id.clone(), self.export.lro.clone());
             let duration = self.export.sas_duration;
@@ -105,7 +120,7 @@ impl AzureSource {
         };
         let reader = PageBlobReader::open(self.http.clone(), sas, opts)
             .await
-            .map_err(to_core)?;
+            .map_err(hyper2kvm_core::Error::from)?;
         // From here the ExportedDisk owns the revoke.
         let revoke = guard.disarm();
         Ok(ExportedDisk::new(
@@ -116,12 +131,18 @@ impl AzureSource {
     }
 }
 
+impl Origin for AzureSource {
+    fn platform(&self) -> &str {
+        "Azure"
+    }
+}
+
 impl VmSource for AzureSource {
     fn list_vms(&self) -> BoxFuture<'_, hyper2kvm_core::Result<Vec<Vm>>> {
         Box::pin(async move {
             discover(&self.arm, &self.subscriptions, &self.selection)
                 .await
-                .map_err(to_core)
+                .map_err(hyper2kvm_core::Error::from)
         })
     }
 
@@ -148,7 +169,7 @@ impl Revoke {
             self.arm
                 .end_get_access(&self.id, &self.lro)
                 .await
-                .map_err(to_core)
+                .map_err(hyper2kvm_core::Error::from)
         })
     }
 }

@@ -97,14 +97,12 @@ impl Setup {
             .build()
             .unwrap();
         let cleanups = Cleanups::new();
-        let export = ExportOptions {
-            blob: BlobOptions {
-                retry: fast_retry(retries),
-                body_retries: retries,
-                jitter: Some(Arc::new(SplitMix64::new(2))),
-                ..BlobOptions::default()
-            },
-            ..ExportOptions::default()
+        let mut export = ExportOptions::default();
+        export.blob = BlobOptions {
+            retry: fast_retry(retries),
+            body_retries: retries,
+            jitter: Some(Arc::new(SplitMix64::new(2))),
+            ..BlobOptions::default()
         };
         let source = AzureSource::new(
             arm,

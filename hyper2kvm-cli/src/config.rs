@@ -1,23 +1,24 @@
-//! `config.yaml`: the file's schema, how it is read (unknown keys and wrong types rejected with
-//! line and column), and how it and the flags become one resolved [`ListPlan`].
+//! How `config.yaml` and the flags become one resolved [`ListPlan`]. The file's schema and
+//! reader are the library's (`hyper2kvm::config`), so an embedding tool reads the same file.
 //!
-//! The reference is `docs/config.md`; keep the two in step. Secrets are never read from the
-//! file: credentials come from the environment (see `hyper2kvm_azure::credential`).
+//! The reference is `docs/config.md`; keep the two in step.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use hyper2kvm_azure::migrate::{DiskChoice, Layout, PlanOptions, RunningVmPolicy};
+use hyper2kvm::config::{
+    parse_size, AuthSetting, CompressionSetting, ConfigFile, DomainSection, DownloadSection,
+    ExportSection, GuestSection, ImageFormat,
+};
+use hyper2kvm::migrate::PlanOptions;
 use hyper2kvm_azure::{AuthMethod, RetryConfig, Selection};
 use hyper2kvm_core::libvirt::{CpuMode, NetworkAttachment};
-use hyper2kvm_core::PowerState;
 use hyper2kvm_core::{Compression, OutputFormat};
 use hyper2kvm_guest::GuestConfig;
-use serde::Deserialize;
+
+pub use hyper2kvm::config::ListFormat;
 
 use crate::args::OutputArg;
-use crate::units::parse_size;
 
 /// A mistake the user must fix in the command line or the config file: exit code 2.
 #[derive(Debug)]
@@ -30,281 +31,6 @@ impl fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
-
-/// The whole file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    /// Where the VMs are and how to reach them.
-    pub azure: AzureSection,
-    /// How disks are exported (used from disk export on; validated now).
-    #[serde(default)]
-    pub export: ExportSection,
-    /// How disks are downloaded (used from disk export on; validated now).
-    #[serde(default)]
-    pub download: DownloadSection,
-    /// What is written where.
-    #[serde(default)]
-    pub output: OutputSection,
-    /// The libvirt domain written for each VM.
-    #[serde(default)]
-    pub domain: DomainSection,
-    /// Guest fix-ups on every migrated OS disk; present (even `guest: {}`) to run them.
-    #[serde(default)]
-    pub guest: Option<GuestSection>,
-}
-
-/// `domain:`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DomainSection {
-    /// `host-passthrough` (default), `host-model`, or a CPU model name such as
-    /// `Skylake-Server-IBRS`.
-    pub cpu_mode: String,
-    /// The libvirt network the NIC joins (`default` when neither this nor `bridge` is set).
-    pub network: Option<String>,
-    /// A host bridge for the NIC instead of a libvirt network.
-    pub bridge: Option<String>,
-}
-
-impl Default for DomainSection {
-    fn default() -> Self {
-        DomainSection {
-            cpu_mode: "host-passthrough".into(),
-            network: None,
-            bridge: None,
-        }
-    }
-}
-
-/// `guest:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GuestSection {
-    /// Fix-ups not to run, by name (see `hyper2kvm fix --help`).
-    pub skip: Vec<String>,
-    /// Fail the VM when the fix-ups cannot run (libguestfs missing) instead of carrying on.
-    pub require: bool,
-}
-
-/// `azure:`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AzureSection {
-    /// Subscription ids.
-    #[serde(default)]
-    pub subscriptions: Vec<String>,
-    /// One subscription id (the same as a one-element `subscriptions`).
-    #[serde(default)]
-    pub subscription: Option<String>,
-    /// Resource groups to list; all when absent.
-    #[serde(default)]
-    pub resource_groups: Vec<String>,
-    /// The ARM base URL; Azure public cloud when absent.
-    #[serde(default)]
-    pub arm_endpoint: Option<String>,
-    /// Which credentials to use (`default` when absent; `none` with a simulator).
-    #[serde(default)]
-    pub auth: Option<AuthSetting>,
-    /// Serve this scenario in-process and list it instead of Azure.
-    #[serde(default)]
-    pub simulator: Option<SimulatorSection>,
-    /// Which VMs to pick.
-    #[serde(default)]
-    pub selection: SelectionSection,
-    /// How often to retry throttled or failed requests.
-    #[serde(default)]
-    pub retry: RetrySection,
-    /// VMs that are not deallocated: `snapshot` (default), `deallocate`, `stop` or `refuse`.
-    #[serde(default = "default_running_vm")]
-    pub running_vm: RunningVmPolicy,
-    /// Which disks to migrate: `all` (default), `os` or `data`.
-    #[serde(default = "default_disks")]
-    pub disks: DiskChoice,
-    /// Start VMs again once their snapshots are taken (`stop`) or disks exported
-    /// (`deallocate`).
-    #[serde(default)]
-    pub restart_vms: bool,
-    /// Allow a migration without `resource_groups`, i.e. of every selected VM of the
-    /// subscriptions. Off: naming the groups is a guard against migrating too much.
-    #[serde(default)]
-    pub allow_whole_subscription: bool,
-}
-
-fn default_running_vm() -> RunningVmPolicy {
-    RunningVmPolicy::Snapshot
-}
-
-fn default_disks() -> DiskChoice {
-    DiskChoice::All
-}
-
-/// `azure.retry`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrySection {
-    /// Retries per request after the first attempt.
-    pub max_retries: u32,
-    /// No retry starts later than this after the first attempt, in seconds.
-    pub timeout_secs: u64,
-}
-
-impl Default for RetrySection {
-    fn default() -> Self {
-        let d = RetryConfig::default();
-        RetrySection {
-            max_retries: d.max_retries,
-            timeout_secs: d.retry_timeout.as_secs(),
-        }
-    }
-}
-
-/// `azure.simulator`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimulatorSection {
-    /// The scenario file, relative to the config file's directory.
-    pub scenario: PathBuf,
-}
-
-/// `azure.auth`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthSetting {
-    /// Send no token (simulator).
-    None,
-    /// The chain: client secret (env), workload identity, managed identity, Azure CLI.
-    #[default]
-    Default,
-    /// Only the client secret from `AZURE_TENANT_ID`/`AZURE_CLIENT_ID`/`AZURE_CLIENT_SECRET`.
-    ClientSecret,
-    /// Only workload identity.
-    WorkloadIdentity,
-    /// Only managed identity.
-    ManagedIdentity,
-    /// Only the Azure CLI.
-    AzureCli,
-}
-
-/// `azure.selection`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SelectionSection {
-    /// VM names, exact or globs (`web-*`, `db-0?`).
-    #[serde(default)]
-    pub names: Vec<String>,
-    /// Tags that must all match.
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    /// Power states (`running`, `stopped`, `deallocated`, …).
-    #[serde(default)]
-    pub power_states: Vec<String>,
-    /// Locations.
-    #[serde(default)]
-    pub locations: Vec<String>,
-}
-
-/// `export:` (read by disk export; listed here so that configs can be written once).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExportSection {
-    /// How long a read grant (SAS) stays valid, in seconds; an expired one is renewed.
-    pub grant_duration_secs: u32,
-    /// Keep the snapshots a run creates instead of deleting them after the export.
-    pub keep_snapshots: bool,
-    /// How long to wait for one long-running ARM operation (grant, snapshot, power), seconds.
-    pub operation_timeout_secs: u64,
-}
-
-impl Default for ExportSection {
-    fn default() -> Self {
-        ExportSection {
-            grant_duration_secs: 3600,
-            keep_snapshots: false,
-            operation_timeout_secs: 900,
-        }
-    }
-}
-
-/// `download:` (read by disk export).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DownloadSection {
-    /// Ranged reads in flight per disk.
-    pub concurrency: u16,
-    /// Bytes per read, e.g. `4M`.
-    pub chunk_size: String,
-    /// Disks converting at once, across all VMs.
-    pub parallel_disks: u16,
-    /// VMs in progress at once.
-    pub parallel_vms: u16,
-    /// Reads in flight at once across all disks (HTTP connections); no limit beyond
-    /// `parallel_disks` × `concurrency` when absent.
-    pub max_connections: Option<u16>,
-    /// A bandwidth cap for the whole run, bytes per second (`100M`); none when absent.
-    pub bandwidth: Option<String>,
-}
-
-impl Default for DownloadSection {
-    fn default() -> Self {
-        DownloadSection {
-            concurrency: 16,
-            chunk_size: "4M".into(),
-            parallel_disks: 4,
-            parallel_vms: 4,
-            max_connections: None,
-            bandwidth: None,
-        }
-    }
-}
-
-/// `output:`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutputSection {
-    /// Where migrated VMs go, one folder per VM (`./out` when absent).
-    pub dir: Option<PathBuf>,
-    /// Image format: `qcow2` (default) or `raw`.
-    pub format: Option<ImageFormat>,
-    /// `zstd` or `deflate`; no compression when absent or `none`.
-    pub compress: Option<CompressionSetting>,
-    /// `vm` (default: `<dir>/<vm>/`) or `resource-group` (`<dir>/<rg>/<vm>/`).
-    pub layout: Option<Layout>,
-    /// `table` or `json` for `--list-only` and `--dry-run` (the `--output` flag wins).
-    pub list_format: Option<ListFormat>,
-}
-
-/// `output.list_format`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ListFormat {
-    /// Aligned columns for people.
-    Table,
-    /// A JSON array for scripts.
-    Json,
-}
-
-/// `output.format`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageFormat {
-    /// qcow2 v3.
-    Qcow2,
-    /// Sparse raw.
-    Raw,
-}
-
-/// `output.compress`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum CompressionSetting {
-    /// No compression.
-    None,
-    /// zstd.
-    Zstd,
-    /// deflate.
-    Deflate,
-}
 
 /// Everything `--list-only` needs, resolved from the file and the flags.
 #[derive(Debug)]
@@ -364,121 +90,15 @@ pub struct RunSettings {
     pub guest: Option<GuestConfig>,
 }
 
-/// Reads and checks `path`; a simulator scenario's path is made relative to the file's
-/// directory.
+/// Reads and checks `path` ([`hyper2kvm::config::load`]); its mistakes are the user's.
 pub fn load(path: &Path) -> Result<ConfigFile, UsageError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| UsageError(format!("cannot read config {}: {e}", path.display())))?;
-    let mut file = parse(&text, &path.display().to_string())?;
-    if let Some(sim) = &mut file.azure.simulator {
-        if sim.scenario.is_relative() {
-            let dir = path.parent().unwrap_or(Path::new(""));
-            sim.scenario = dir.join(&sim.scenario);
-        }
-    }
-    Ok(file)
+    hyper2kvm::config::load(path).map_err(|e| UsageError(e.0))
 }
 
-/// Parses config text; `name` prefixes messages (`config.yaml:3:5: …`).
+/// Parses config text ([`hyper2kvm::config::parse`]); `name` prefixes messages.
+#[cfg(test)]
 pub fn parse(text: &str, name: &str) -> Result<ConfigFile, UsageError> {
-    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!("{}:{}", l.line(), l.column()))
-            .map(|lc| format!("{name}:{lc}"))
-            .unwrap_or_else(|| name.to_string());
-        UsageError(format!("{at}: {}", first_line(&e.to_string())))
-    })?;
-    check(&file).map_err(|m| UsageError(format!("{name}: {m}")))?;
-    Ok(file)
-}
-
-/// serde-saphyr renders a source snippet under its message and may start the message with
-/// its own `line L column C:`; we show the message alone, after our `file:L:C:`.
-fn first_line(text: &str) -> String {
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let line = line.trim().trim_start_matches("error: ");
-    match line
-        .strip_prefix("line ")
-        .and_then(|rest| rest.split_once(": "))
-    {
-        Some((position, message)) if position.contains(" column ") => message.to_string(),
-        _ => line.to_string(),
-    }
-}
-
-fn check(file: &ConfigFile) -> Result<(), String> {
-    let a = &file.azure;
-    if a.subscription.is_some() && !a.subscriptions.is_empty() {
-        return Err("azure: give either `subscription` or `subscriptions`, not both".into());
-    }
-    if a.subscription.is_none() && a.subscriptions.is_empty() {
-        return Err("azure.subscriptions: at least one subscription id is required".into());
-    }
-    if a.simulator.is_some() {
-        if a.arm_endpoint.is_some() {
-            return Err("azure: give either `simulator` or `arm_endpoint`, not both".into());
-        }
-        if a.auth.is_some_and(|auth| auth != AuthSetting::None) {
-            return Err(
-                "azure.auth: the simulator takes no credentials; use `auth: none` or leave it out"
-                    .into(),
-            );
-        }
-    }
-    for p in &a.selection.power_states {
-        if let PowerState::Unknown(word) = p.parse::<PowerState>().unwrap_or_else(|e| match e {}) {
-            return Err(format!(
-                "azure.selection.power_states: unknown power state {word:?} (use running, stopped, deallocated, starting, stopping or deallocating)"
-            ));
-        }
-    }
-    let chunk =
-        parse_size(&file.download.chunk_size).map_err(|e| format!("download.chunk_size: {e}"))?;
-    if !(4096..=64 << 20).contains(&chunk) {
-        return Err(format!("download.chunk_size: {chunk} is outside 4K..64M"));
-    }
-    if file.download.concurrency == 0 {
-        return Err("download.concurrency must be at least 1".into());
-    }
-    if file.download.parallel_disks == 0 || file.download.parallel_vms == 0 {
-        return Err("download.parallel_disks and download.parallel_vms must be at least 1".into());
-    }
-    if file.download.max_connections == Some(0) {
-        return Err("download.max_connections must be at least 1".into());
-    }
-    if let Some(b) = &file.download.bandwidth {
-        let n = parse_size(b).map_err(|e| format!("download.bandwidth: {e}"))?;
-        if n < 64 << 10 {
-            return Err(format!("download.bandwidth: {n} bytes/s is below 64K"));
-        }
-    }
-    if file.export.operation_timeout_secs < 10 {
-        return Err("export.operation_timeout_secs must be at least 10".into());
-    }
-    if file.domain.network.is_some() && file.domain.bridge.is_some() {
-        return Err("domain: give either `network` or `bridge`, not both".into());
-    }
-    if file.domain.cpu_mode.trim().is_empty() {
-        return Err(
-            "domain.cpu_mode: empty; use host-passthrough, host-model or a CPU model name".into(),
-        );
-    }
-    if let Some(g) = &file.guest {
-        let names = hyper2kvm_guest::fixups::names();
-        for name in &g.skip {
-            if !names.contains(&name.as_str()) {
-                return Err(format!(
-                    "guest.skip: unknown fix-up {name:?}; fix-ups are: {}",
-                    names.join(", ")
-                ));
-            }
-        }
-    }
-    if !(300..=86_400).contains(&file.export.grant_duration_secs) {
-        return Err("export.grant_duration_secs must be between 300 and 86400".into());
-    }
-    Ok(())
+    hyper2kvm::config::parse(text, name).map_err(|e| UsageError(e.0))
 }
 
 /// The flags that override the file.
@@ -518,22 +138,21 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
         Some(OutputArg::Json) => ListFormat::Json,
         None => file.output.list_format.unwrap_or(ListFormat::Table),
     };
-    let migration = PlanOptions {
-        run_id: hyper2kvm_azure::migrate::new_run_id(),
-        running_vm: a.running_vm,
-        disks: a.disks,
-        layout: file.output.layout.unwrap_or(Layout::Vm),
-        dir: file
-            .output
-            .dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("out")),
-        format: match file.output.format {
-            Some(ImageFormat::Raw) => OutputFormat::Raw,
-            _ => OutputFormat::Qcow2,
-        },
-        restart: a.restart_vms,
-    };
+    let mut migration = PlanOptions::default();
+    migration.running_vm = a.running_vm;
+    migration.disks = a.disks;
+    if let Some(layout) = file.output.layout {
+        migration.layout = layout;
+    }
+    if let Some(dir) = file.output.dir.clone() {
+        migration.dir = dir;
+    }
+    match file.output.format {
+        Some(ImageFormat::Raw) => migration.format = OutputFormat::Raw,
+        Some(ImageFormat::Qcow2) => migration.format = OutputFormat::Qcow2,
+        None => {}
+    }
+    migration.restart = a.restart_vms;
     ListPlan {
         subscriptions,
         selection,
@@ -616,6 +235,9 @@ fn run_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper2kvm::migrate::{DiskChoice, Layout, RunOptions, RunningVmPolicy};
+    use hyper2kvm_azure::ExportOptions;
+    use hyper2kvm_core::PowerState;
 
     #[test]
     fn smallest_config_lists_with_defaults() {
@@ -778,6 +400,39 @@ output: { list_format: json, dir: ./out, format: qcow2, compress: zstd }
         assert!(
             err.0.contains("magic") || err.0.contains("variant"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn file_defaults_are_the_library_defaults() {
+        let run = RunOptions::default();
+        let d = DownloadSection::default();
+        assert_eq!(usize::from(d.concurrency), run.convert.concurrency);
+        assert_eq!(
+            parse_size(&d.chunk_size).unwrap(),
+            u64::from(run.convert.chunk_size)
+        );
+        assert_eq!(usize::from(d.parallel_vms), run.parallel_vms);
+        assert_eq!(usize::from(d.parallel_disks), run.parallel_disks);
+        let e = ExportSection::default();
+        let export = ExportOptions::default();
+        assert_eq!(
+            u64::from(e.grant_duration_secs),
+            export.sas_duration.as_secs()
+        );
+        assert_eq!(e.operation_timeout_secs, export.lro.timeout.as_secs());
+        let plan = list_plan(
+            parse("azure:\n  subscription: s\n", "c.yaml").unwrap(),
+            Overrides::default(),
+        );
+        let lib = PlanOptions::default();
+        assert_eq!(
+            (
+                plan.migration.dir,
+                plan.migration.format,
+                plan.migration.layout
+            ),
+            (lib.dir, lib.format, lib.layout)
         );
     }
 

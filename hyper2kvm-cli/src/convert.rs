@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use hyper2kvm_azure::{build_http_client, BlobOptions, HttpOptions, PageBlobReader, SasUrl};
+use hyper2kvm_core::pipeline::REMOTE_CONCURRENCY;
 use hyper2kvm_core::{
     convert, open_disk, Compression, ConvertOptions, ConvertStats, DiskReader, InputFormat,
     OutputFormat,
@@ -45,10 +46,12 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         compression_level: args.compress_level,
         cluster_size: args.cluster_size,
         chunk_size: args.chunk_size,
-        concurrency: usize::from(
-            args.concurrency
-                .unwrap_or(if url.is_some() { 16 } else { 4 }),
-        ),
+        // The library's defaults: more reads in flight over a network than from a file.
+        concurrency: match (args.concurrency, url.is_some()) {
+            (Some(n), _) => usize::from(n),
+            (None, true) => REMOTE_CONCURRENCY,
+            (None, false) => ConvertOptions::default().concurrency,
+        },
         // A download is worth keeping: a URL source always resumes.
         resume: args.resume || url.is_some(),
         checkpoint_bytes: args.checkpoint_every,

@@ -5,9 +5,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use hyper2kvm_azure::{
-    build_http_client, discover, migrate, ArmClient, ArmCredential, HttpOptions,
-};
+use hyper2kvm::migrate;
+use hyper2kvm_azure::{build_http_client, discover, ArmClient, ArmCredential, HttpOptions};
 use hyper2kvm_core::{DiskRole, Vm};
 use serde::Serialize;
 

@@ -94,10 +94,28 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("hyper2kvm: error: {err:#}");
+            eprintln!("hyper2kvm: error: {}", one_line(&err));
             ExitCode::from(exit_code(&err))
         }
     }
+}
+
+/// The error and its causes on one line. Our libraries' messages already include their
+/// causes (a core error wrapping an Azure error shows the Azure message, which shows the
+/// HTTP client's), so a cause whose text is already there is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// The exit code for an error: 2 for what the user must change in the command or config, 130
@@ -125,5 +143,25 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         Some(ErrorKind::InvalidArgument) => 2,
         Some(ErrorKind::Cancelled) => 130,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_shown_once() {
+        let azure = hyper2kvm_azure::Error::new(hyper2kvm_azure::ErrorKind::Network, "GET x");
+        let core: hyper2kvm_core::Error = azure.into();
+        let err = anyhow::Error::new(core).context("listing VMs");
+        assert_eq!(one_line(&err), "listing VMs: GET x");
+        assert_eq!(
+            exit_code(&anyhow::Error::new(hyper2kvm_core::Error::new(
+                ErrorKind::InvalidArgument,
+                "bad"
+            ))),
+            2
+        );
     }
 }

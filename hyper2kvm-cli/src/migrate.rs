@@ -7,9 +7,9 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper2kvm::azure::migrate::{DiskStatus, EventFn, RunEvent, RunOptions, RunSummary, VmStatus};
-use hyper2kvm::azure::{AzureSource, BlobOptions, ExportOptions, LroOptions};
-use hyper2kvm::core::{Cleanups, ConvertOptions, Error as CoreError, ErrorKind, Limits};
+use hyper2kvm::azure::{AzureSource, ExportOptions};
+use hyper2kvm::core::{Cleanups, ErrorKind, Limits};
+use hyper2kvm::migrate::{DiskStatus, EventFn, RunEvent, RunOptions, RunSummary, Source, VmStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{ListPlan, UsageError};
@@ -27,54 +27,36 @@ pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
     }
     let c = connect(&plan).await?;
     let cleanups = Cleanups::new();
-    let lro = LroOptions {
-        timeout: plan.run.operation_timeout,
-    };
-    let source = AzureSource::new(
+    let r = &plan.run;
+    let mut export = ExportOptions::default();
+    export.sas_duration = r.grant_duration;
+    export.lro.timeout = r.operation_timeout;
+    let azure = AzureSource::new(
         c.arm.clone(),
         c.http.clone(),
         plan.subscriptions.clone(),
         plan.selection.clone(),
-        ExportOptions {
-            sas_duration: plan.run.grant_duration,
-            lro: lro.clone(),
-            blob: BlobOptions::default(),
-        },
+        export,
         cleanups.clone(),
     );
-    let r = &plan.run;
-    let opts = RunOptions {
-        plan: plan.migration.clone(),
-        convert: ConvertOptions {
-            format: plan.migration.format,
-            compression: r.compression,
-            chunk_size: r.chunk_size,
-            concurrency: r.concurrency,
-            resume: true,
-            ..ConvertOptions::default()
-        },
-        parallel_vms: r.parallel_vms,
-        parallel_disks: r.parallel_disks,
-        limits: Limits::new(r.max_connections, r.bandwidth),
-        keep_snapshots: r.keep_snapshots,
-        lro,
-        cpu: r.cpu.clone(),
-        network: r.network.clone(),
-        guest: r.guest.clone().map(hyper2kvm::run::guest_hook),
-    };
+    // Azure is every kind of source the engine reads through.
+    let source = Source::full(Arc::new(azure));
+    let mut opts = RunOptions::default();
+    opts.plan = plan.migration.clone();
+    opts.convert.compression = r.compression;
+    opts.convert.chunk_size = r.chunk_size;
+    opts.convert.concurrency = r.concurrency;
+    opts.parallel_vms = r.parallel_vms;
+    opts.parallel_disks = r.parallel_disks;
+    opts.limits = Limits::new(r.max_connections, r.bandwidth);
+    opts.keep_snapshots = r.keep_snapshots;
+    opts.cpu = r.cpu.clone();
+    opts.network = r.network.clone();
+    opts.guest = r.guest.clone().map(hyper2kvm::run::guest_hook);
     let display = Display::new(quiet);
-    // The library call is the run: discovery through the source, then the migration.
-    let work = async {
-        hyper2kvm::run::migrate(&source, cleanups.clone(), opts, Some(display.callback()))
-            .await
-            .map_err(|e| {
-                let kind = match e.kind() {
-                    hyper2kvm::azure::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
-                    _ => ErrorKind::Io,
-                };
-                CoreError::new(kind, e.to_string())
-            })
-    };
+    // The library call is the run: discovery through the source, then the migration. Its
+    // error keeps its kind (exit code 2 for configuration, 130 for Ctrl-C, 1 else).
+    let work = hyper2kvm::run::migrate(&source, cleanups.clone(), opts, Some(display.callback()));
     let result = until_interrupted(work).await;
     display.finish();
     let summary = match result {
@@ -302,6 +284,7 @@ impl Display {
                     VmStatus::Completed => format!("{vm}: completed"),
                     other => format!("{vm}: {}", other.as_str().to_uppercase()),
                 }),
+                _ => None,
             };
             if quiet {
                 return;

@@ -1,9 +1,14 @@
-//! The one error type of the core crate.
+//! The one error type of the core crate, and of everything that reads through core's traits.
 //!
 //! An [`Error`] is a small matchable [`ErrorKind`] plus the context a user needs to act on it:
 //! the file (or redacted URL) it concerns, the byte offset, and the underlying cause. `Display`
 //! reads as one line: `disk.vhd: bad VHD footer checksum (stored 0x1234, computed 0x5678) at
 //! offset 1073741824`.
+//!
+//! Sources (Azure, local files) report their failures in this type, with their own error as
+//! the [`source`](std::error::Error::source) ([`Error::wrap`]), so an embedder can match on
+//! the kind (retry on [`ErrorKind::Throttled`], ask for a login on
+//! [`ErrorKind::Credential`]) and still walk the chain down to the HTTP layer.
 
 use std::fmt;
 use std::io;
@@ -25,14 +30,49 @@ pub enum ErrorKind {
     NoSpace,
     /// The operation was cancelled (Ctrl-C, a dropped future).
     Cancelled,
+    /// No credential could be had, or the source refused it: log in again.
+    Credential,
+    /// The identity may not do this (e.g. HTTP 403): grant it a role.
+    PermissionDenied,
+    /// The VM, disk, snapshot or subscription does not exist.
+    NotFound,
+    /// The resource is busy with another operation or in a state that forbids this one
+    /// (e.g. HTTP 409): try again later.
+    Conflict,
+    /// The source kept throttling until the retry budget ran out: try again later, or slower.
+    Throttled,
+    /// Connecting to or talking to the source failed (after retries).
+    Network,
+    /// The source did not answer in time (after retries).
+    Timeout,
+    /// Data did not match its checksum (after retries).
+    Integrity,
+    /// The source answered with an error no other kind describes.
+    Remote,
+    /// The guest fix-ups failed: the image was converted but must not be used as is.
+    Guest,
+}
+
+impl ErrorKind {
+    /// Whether trying the same thing again later may succeed (throttling, network, timeouts,
+    /// conflicts with an operation still running).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Throttled | ErrorKind::Network | ErrorKind::Timeout | ErrorKind::Conflict
+        )
+    }
 }
 
 /// An error with enough context to tell the user what failed and where.
+#[derive(thiserror::Error)]
+#[error("{}", self.line())]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     subject: Option<String>,
     offset: Option<u64>,
+    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -49,6 +89,13 @@ impl Error {
             offset: None,
             source: None,
         }
+    }
+
+    /// `source`, a source's own error, as a core error of `kind`: its message is the
+    /// source's, and it stays reachable through [`source`](std::error::Error::source) (and
+    /// [`downcast_source`](Error::downcast_source)).
+    pub fn wrap(kind: ErrorKind, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::new(kind, String::new()).with_source(source)
     }
 
     /// An I/O error while doing `what` (e.g. "reading 4 MiB"); the kind follows the OS error.
@@ -98,21 +145,31 @@ impl Error {
     pub fn offset(&self) -> Option<u64> {
         self.offset
     }
-}
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The direct cause, if it is a `T` (e.g. the Azure crate's error, to read its HTTP
+    /// status).
+    pub fn downcast_source<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        self.source.as_deref()?.downcast_ref::<T>()
+    }
+
+    /// The one-line message: subject, message, offset, then the cause.
+    fn line(&self) -> String {
+        let mut out = String::new();
         if let Some(subject) = &self.subject {
-            write!(f, "{subject}: ")?;
+            out.push_str(subject);
+            out.push_str(": ");
         }
-        f.write_str(&self.message)?;
+        out.push_str(&self.message);
         if let Some(offset) = self.offset {
-            write!(f, " at offset {offset}")?;
+            out.push_str(&format!(" at offset {offset}"));
         }
         if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+            if !self.message.is_empty() || self.offset.is_some() {
+                out.push_str(": ");
+            }
+            out.push_str(&source.to_string());
         }
-        Ok(())
+        out
     }
 }
 
@@ -120,14 +177,6 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Debug is what `unwrap()` and `?` in main print; keep it as readable as Display.
         write!(f, "{self} ({:?})", self.kind)
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -142,6 +191,18 @@ mod tests {
             .at_offset(512)
             .with_source(io::Error::other("boom"));
         assert_eq!(err.to_string(), "disk.vhd: bad footer at offset 512: boom");
+    }
+
+    #[test]
+    fn wrapped_errors_keep_kind_message_and_chain() {
+        let inner = io::Error::other("HTTP 429 after 10 retries");
+        let err = Error::wrap(ErrorKind::Throttled, inner);
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+        assert!(err.kind().is_transient());
+        assert_eq!(err.to_string(), "HTTP 429 after 10 retries");
+        let source = std::error::Error::source(&err).expect("the cause");
+        assert_eq!(source.to_string(), "HTTP 429 after 10 retries");
+        assert!(err.downcast_source::<io::Error>().is_some());
     }
 
     #[test]

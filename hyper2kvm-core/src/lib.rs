@@ -6,9 +6,14 @@ traits for Azure, and anything else (a local file, a test double) can too.
 # Design
 
 * **Model** ([`Vm`], [`Disk`], [`PowerState`], …): what a source knows about a VM.
-* **Traits** ([`VmSource`], [`DiskReader`], [`PowerControl`]): a source lists VMs and exports
-  disks; a disk reader gives random access to a disk's bytes and says which ranges hold data;
-  an [`ExportedDisk`] carries the cleanup (revoke a grant, delete a snapshot) that always runs.
+* **Traits** ([`VmSource`], [`Origin`], [`DiskReader`], [`PowerControl`],
+  [`PointInTimeCopies`], [`HardwareCatalog`]): a source lists VMs, says what platform it is
+  and exports disks; a disk reader gives random access to a disk's bytes and says which
+  ranges hold data; an [`ExportedDisk`] carries the cleanup (revoke a grant, delete a
+  snapshot) that always runs; power control stops and starts VMs; point-in-time copies
+  (snapshots) are created, found again and deleted; the hardware catalog says how many
+  vCPUs and how much memory a VM needs. The migration engine (`hyper2kvm-migrate`) runs on
+  these traits alone.
 * **Formats**: readers for [raw](RawFileReader) files and [VHDs](vhd) (fixed and dynamic,
   footer checksums verified, size from `current_size`), [VMDKs](vmdk) (monolithicSparse,
   streamOptimized, flat and split extents); a one-pass, append-only
@@ -37,7 +42,9 @@ println!("{} of {} bytes held data", stats.bytes_read - stats.zero_bytes, stats.
 #![deny(missing_docs)]
 
 pub mod buffers;
+pub mod copies;
 pub mod error;
+pub mod hardware;
 pub mod journal;
 pub mod libvirt;
 pub mod limits;
@@ -58,7 +65,9 @@ pub mod zero;
 #[cfg(test)]
 mod testutil;
 
+pub use copies::PointInTimeCopies;
 pub use error::{Error, ErrorKind, Result};
+pub use hardware::{Hardware, HardwareCatalog};
 pub use limits::Limits;
 pub use model::{Disk, DiskRole, Firmware, OsType, PowerState, Vm};
 pub use open::{open_disk, InputFormat};
@@ -67,7 +76,7 @@ pub use pipeline::{convert, ConvertOptions, ConvertStats, OutputFormat, Progress
 pub use qcow2::{Compression, Qcow2Writer};
 pub use raw::RawFileReader;
 pub use raw_writer::RawWriter;
-pub use source::{BoxFuture, Cleanups, DiskReader, ExportedDisk, PowerControl, VmSource};
+pub use source::{BoxFuture, Cleanups, DiskReader, ExportedDisk, Origin, PowerControl, VmSource};
 pub use vhd::{DynamicVhdReader, VhdFooter};
 pub use vhdx::VhdxReader;
 pub use vmdk::VmdkReader;

@@ -55,6 +55,10 @@ impl std::str::FromStr for OutputFormat {
     }
 }
 
+/// Reads in flight for a disk read over a network (an exported Azure disk, a SAS URL): enough
+/// to hide the round trips. [`ConvertOptions::default`]'s 4 suits local files.
+pub const REMOTE_CONCURRENCY: usize = 16;
+
 /// How to convert.
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
@@ -68,7 +72,8 @@ pub struct ConvertOptions {
     pub cluster_size: u32,
     /// Bytes per read; rounded up to whole clusters. 4 MiB by default.
     pub chunk_size: u32,
-    /// Reads in flight at once.
+    /// Reads in flight at once: 4 by default, for local files; [`REMOTE_CONCURRENCY`] over
+    /// a network.
     pub concurrency: usize,
     /// Reads closer than this many bytes are merged into one (worth it over a network).
     pub merge_gap: u64,

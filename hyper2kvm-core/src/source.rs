@@ -1,6 +1,8 @@
-//! The seams other sources plug into: where VMs come from ([`VmSource`]), how a disk is read
-//! ([`DiskReader`]), how a VM is stopped and started ([`PowerControl`]), and an exported disk
-//! whose cleanup always runs ([`ExportedDisk`]).
+//! The seams other sources plug into: where VMs come from ([`VmSource`], which also says
+//! what the source is: [`Origin`]), how a disk is read ([`DiskReader`]), how a VM is stopped
+//! and started ([`PowerControl`]), and an exported disk whose cleanup always runs
+//! ([`ExportedDisk`]). Point-in-time copies and hardware are in
+//! [`copies`](crate::copies) and [`hardware`](crate::hardware).
 //!
 //! The traits return boxed futures rather than using `async fn` so they stay object safe:
 //! the pipeline holds an `Arc<dyn DiskReader>` whatever the disk comes from.
@@ -45,8 +47,20 @@ pub trait DiskReader: Send + Sync {
     fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>>;
 }
 
+/// What a source is, for the domain's description and the reports.
+pub trait Origin: Send + Sync {
+    /// The platform as people name it: `Azure`, `Hyper-V`, `an OVA file`.
+    fn platform(&self) -> &str;
+
+    /// One line saying where `vm` lived on the platform: by default its id, size and
+    /// location.
+    fn describe(&self, vm: &Vm) -> String {
+        format!("{} ({}, {})", vm.id, vm.vm_size, vm.location)
+    }
+}
+
 /// Where VMs come from: lists them and exports their disks for reading.
-pub trait VmSource: Send + Sync {
+pub trait VmSource: Origin {
     /// Every VM the source's configuration selects, sorted for stable output.
     fn list_vms(&self) -> BoxFuture<'_, Result<Vec<Vm>>>;
 
@@ -56,13 +70,16 @@ pub trait VmSource: Send + Sync {
         -> BoxFuture<'a, Result<ExportedDisk>>;
 }
 
-/// Stops, deallocates and starts VMs, for sources that can.
+/// Stops, deallocates and starts VMs, for sources that can. A migration run uses it to
+/// export the disks of a VM that is running (stop or deallocate first), and to start the VM
+/// again afterwards, also when the run fails or is cancelled.
 pub trait PowerControl: Send + Sync {
     /// Stops the guest but keeps the VM allocated; returns once it is stopped.
     fn stop<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<()>>;
     /// Stops the VM and releases its host; returns once it is deallocated.
     fn deallocate<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<()>>;
-    /// Starts the VM; returns once the start was accepted.
+    /// Starts the VM, first undoing whatever of the run's would keep it from starting (for
+    /// Azure, read grants on its disks); returns once it has started.
     fn start<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, Result<()>>;
 }
 

@@ -262,6 +262,7 @@ pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: 
         StatusCode::UNAUTHORIZED => ErrorKind::Credential,
         StatusCode::FORBIDDEN => ErrorKind::PermissionDenied,
         StatusCode::NOT_FOUND => ErrorKind::NotFound,
+        StatusCode::CONFLICT => ErrorKind::Conflict,
         _ => ErrorKind::Status,
     };
     Error::new(kind, format!("{method} {shown}: HTTP {status}{detail}"))

@@ -27,14 +27,14 @@ const MAX_POLL: Duration = Duration::from_secs(30);
 /// Limits for long-running operations.
 #[derive(Debug, Clone)]
 pub struct LroOptions {
-    /// Give up polling after this long.
+    /// Give up polling after this long (15 minutes: snapshots of large disks take a while).
     pub timeout: Duration,
 }
 
 impl Default for LroOptions {
     fn default() -> Self {
         LroOptions {
-            timeout: Duration::from_secs(600),
+            timeout: Duration::from_secs(900),
         }
     }
 }

@@ -368,7 +368,7 @@ impl Inner {
                                 return Ok(buf);
                             }
                             Failure::Retry(Error::new(
-                                ErrorKind::Network,
+                                ErrorKind::Integrity,
                                 format!(
                                     "{}: range at {offset}: Content-MD5 mismatch (expected {expected}, got {actual})",
                                     self.name
@@ -518,7 +518,12 @@ impl DiskReader for PageBlobReader {
     }
 
     fn allocated_ranges(&self) -> BoxFuture<'_, hyper2kvm_core::Result<Vec<Range<u64>>>> {
-        Box::pin(async move { self.inner.page_ranges().await.map_err(to_core) })
+        Box::pin(async move {
+            self.inner
+                .page_ranges()
+                .await
+                .map_err(hyper2kvm_core::Error::from)
+        })
     }
 
     fn read_at(
@@ -547,7 +552,7 @@ impl DiskReader for PageBlobReader {
                     .inner
                     .get_range(offset + done as u64, buf, done..done + n)
                     .await
-                    .map_err(to_core)?;
+                    .map_err(hyper2kvm_core::Error::from)?;
                 done += n;
             }
             Ok(buf)
@@ -565,14 +570,4 @@ async fn md5_of(buf: Vec<u8>, range: Range<usize>) -> (Vec<u8>, [u8; 16]) {
             (buf, digest)
         }
     }
-}
-
-/// Our errors as core's, keeping the message (which never holds a SAS).
-pub(crate) fn to_core(e: Error) -> hyper2kvm_core::Error {
-    let kind = match e.kind() {
-        ErrorKind::InvalidArgument => hyper2kvm_core::ErrorKind::InvalidArgument,
-        ErrorKind::InvalidResponse => hyper2kvm_core::ErrorKind::InvalidFormat,
-        _ => hyper2kvm_core::ErrorKind::Io,
-    };
-    hyper2kvm_core::Error::new(kind, e.to_string())
 }

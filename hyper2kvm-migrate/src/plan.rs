@@ -7,10 +7,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use hyper2kvm_core::{Disk, DiskRole, OutputFormat, PowerState, Vm};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// What to do with a VM that is not deallocated (Azure refuses to export its disks directly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+use crate::time::new_run_id;
+
+/// What to do with a VM that is not deallocated (a source such as Azure refuses to export its
+/// disks directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunningVmPolicy {
     /// Snapshot every disk at once and export the snapshots; the VM keeps running.
@@ -24,7 +27,7 @@ pub enum RunningVmPolicy {
 }
 
 /// Which disks of each VM to migrate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskChoice {
     /// The OS disk and every data disk.
@@ -36,7 +39,7 @@ pub enum DiskChoice {
 }
 
 /// How VM folders are laid out under the output directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layout {
     /// `<dir>/<vm>/`: VM names must be unique across the run.
@@ -45,24 +48,65 @@ pub enum Layout {
     ResourceGroup,
 }
 
-/// What a plan is made from besides the VMs.
+/// What a plan is made from besides the VMs. Start from [`PlanOptions::default`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PlanOptions {
-    /// Identifies the run; snapshots are named and tagged with it.
+    /// Identifies the run; snapshots are named and tagged with it (a new id).
     pub run_id: String,
-    /// Running or stopped VMs: snapshot, deallocate, stop or refuse.
+    /// Running or stopped VMs: snapshot (default), deallocate, stop or refuse.
     pub running_vm: RunningVmPolicy,
-    /// Which disks.
+    /// Which disks (all).
     pub disks: DiskChoice,
-    /// Folder layout.
+    /// Folder layout (`vm`).
     pub layout: Layout,
-    /// The output directory.
+    /// The output directory (`out`).
     pub dir: PathBuf,
-    /// Image format.
+    /// Image format (qcow2).
     pub format: OutputFormat,
     /// Start VMs again once their snapshots are taken (stop) or their disks exported
-    /// (deallocate).
+    /// (deallocate) (no).
     pub restart: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            run_id: new_run_id(),
+            running_vm: RunningVmPolicy::Snapshot,
+            disks: DiskChoice::All,
+            layout: Layout::Vm,
+            dir: PathBuf::from("out"),
+            format: OutputFormat::Qcow2,
+            restart: false,
+        }
+    }
+}
+
+/// A disk's role, as plans and reports name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The OS disk.
+    Os,
+    /// A data disk.
+    Data,
+}
+
+impl Role {
+    /// `os` or `data`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Os => "os",
+            Role::Data => "data",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How one VM's disks are exported.
@@ -118,7 +162,7 @@ pub struct DiskPlan {
     /// The disk's name.
     pub name: String,
     /// `os` or `data`.
-    pub role: &'static str,
+    pub role: Role,
     /// The LUN of a data disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lun: Option<u32>,
@@ -186,16 +230,9 @@ impl Plan {
 }
 
 /// A plan that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct PlanError(pub String);
-
-impl fmt::Display for PlanError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PlanError {}
 
 /// Plans the migration of `vms`.
 ///
@@ -240,7 +277,9 @@ fn plan_vm(vm: &Vm, dir: PathBuf, opts: &PlanOptions) -> VmPlan {
         (_, RunningVmPolicy::Deallocate) => VmAction::DeallocateThenExport { restart },
         (_, RunningVmPolicy::Stop) => VmAction::StopThenSnapshot { restart },
         (state, RunningVmPolicy::Refuse) => VmAction::Refused {
-            reason: format!("the VM is {state}, not deallocated, and azure.running_vm is refuse"),
+            reason: format!(
+                "the VM is {state}, not deallocated, and the running-VM policy (running_vm) is refuse"
+            ),
         },
     };
     let snapshots = matches!(
@@ -278,8 +317,8 @@ fn plan_vm(vm: &Vm, dir: PathBuf, opts: &PlanOptions) -> VmPlan {
 
 fn disk_plan(disk: &Disk, dir: &Path, vm: &str, ext: &str, run_id: Option<&String>) -> DiskPlan {
     let (role, lun, file) = match disk.role {
-        DiskRole::Os => ("os", None, format!("{vm}-os.{ext}")),
-        DiskRole::Data { lun } => ("data", Some(lun), format!("{vm}-data-lun{lun}.{ext}")),
+        DiskRole::Os => (Role::Os, None, format!("{vm}-os.{ext}")),
+        DiskRole::Data { lun } => (Role::Data, Some(lun), format!("{vm}-data-lun{lun}.{ext}")),
     };
     DiskPlan {
         id: disk.id.clone(),
@@ -292,7 +331,8 @@ fn disk_plan(disk: &Disk, dir: &Path, vm: &str, ext: &str, run_id: Option<&Strin
     }
 }
 
-/// `<disk>-<run id>`, within Azure's 80 characters for snapshot names. A disk name too long
+/// `<disk>-<run id>`, within 80 characters (Azure's limit for snapshot names, the strictest
+/// of the sources). A disk name too long
 /// for that is cut and followed by a hash of the whole name, so two long names that share
 /// their beginning (`<long vm>_DataDisk_0`, `…_1`) still give two snapshots.
 pub fn snapshot_name(disk: &str, run_id: &str) -> String {
@@ -365,11 +405,8 @@ mod tests {
         PlanOptions {
             run_id: "h2k-20261126t083500z".into(),
             running_vm: policy,
-            disks: DiskChoice::All,
-            layout: Layout::Vm,
             dir: "/out".into(),
-            format: OutputFormat::Qcow2,
-            restart: false,
+            ..PlanOptions::default()
         }
     }
 

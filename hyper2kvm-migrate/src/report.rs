@@ -2,9 +2,12 @@
 //! the VM is in progress, so it records every resource before it is created) and a
 //! [`RunSummary`] for the whole run. The JSON shapes are documented in `docs/config.md`.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::plan::Role;
 
 /// How a VM ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,12 +55,12 @@ pub enum DiskStatus {
 /// One disk of a VM report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiskReport {
-    /// The managed disk's name.
+    /// The source disk's name.
     pub name: String,
-    /// The managed disk's id.
+    /// The source disk's id.
     pub id: String,
     /// `os` or `data`.
-    pub role: String,
+    pub role: Role,
     /// The LUN of a data disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lun: Option<u32>,
@@ -91,11 +94,19 @@ pub struct DiskReport {
     pub error: Option<String>,
 }
 
-/// A resource the run created in Azure.
+/// What kind of resource a run created in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    /// A point-in-time copy of a disk.
+    Snapshot,
+}
+
+/// A resource the run created in the source (a snapshot).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceRecord {
     /// `snapshot`.
-    pub kind: String,
+    pub kind: ResourceKind,
     /// Its id.
     pub id: String,
     /// The disk it was made from.
@@ -114,11 +125,40 @@ pub struct ResourceRecord {
     pub kept: bool,
 }
 
+/// A power operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    /// Stop, staying allocated.
+    PowerOff,
+    /// Stop and release the host.
+    Deallocate,
+    /// Start.
+    Start,
+}
+
+impl PowerAction {
+    /// `power_off`, `deallocate` or `start`, as in `report.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerAction::PowerOff => "power_off",
+            PowerAction::Deallocate => "deallocate",
+            PowerAction::Start => "start",
+        }
+    }
+}
+
+impl fmt::Display for PowerAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A power operation the run performed on the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PowerRecord {
     /// `power_off`, `deallocate` or `start`.
-    pub action: String,
+    pub action: PowerAction,
     /// When it was sent.
     pub at: String,
     /// Whether it succeeded.
@@ -138,7 +178,7 @@ pub struct VmReport {
     pub resource_group: String,
     /// Its location.
     pub location: String,
-    /// Its Azure size.
+    /// Its size in the source (e.g. `Standard_D2s_v5`).
     pub vm_size: String,
     /// Hyper-V generation: 1 (BIOS) or 2 (UEFI).
     pub generation: u8,
@@ -168,7 +208,7 @@ pub struct VmReport {
     /// Memory of the domain in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
-    /// Resources created in Azure, and whether they were deleted.
+    /// Resources created in the source, and whether they were deleted.
     pub resources: Vec<ResourceRecord>,
     /// Power operations.
     pub power: Vec<PowerRecord>,
@@ -246,7 +286,7 @@ pub struct RunSummary {
     pub not_completed: usize,
     /// Bytes downloaded in this run.
     pub bytes_downloaded: u64,
-    /// Access grants or snapshots whose cleanup failed: they need attention.
+    /// Cleanups (access grants, snapshots, starts) that failed: they need attention.
     pub cleanup_errors: Vec<String>,
     /// 0 all done, 3 partial, 1 failed.
     pub exit_code: u8,
@@ -310,6 +350,28 @@ mod tests {
             report: "r".into(),
             error: None,
         }
+    }
+
+    #[test]
+    fn typed_fields_keep_their_json_words() {
+        let p = PowerRecord {
+            action: PowerAction::PowerOff,
+            at: "t".into(),
+            ok: true,
+        };
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["action"], "power_off");
+        let back: PowerRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(
+            serde_json::to_value(ResourceKind::Snapshot).unwrap(),
+            "snapshot"
+        );
+        assert_eq!(serde_json::to_value(Role::Data).unwrap(), "data");
+        assert_eq!(
+            serde_json::to_value(PowerAction::Deallocate).unwrap(),
+            "deallocate"
+        );
     }
 
     #[test]

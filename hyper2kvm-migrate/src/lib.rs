@@ -1,0 +1,60 @@
+/*!
+hyper2kvm's migration engine: everything a migration run does that does not depend on where
+the VMs come from. It depends on `hyper2kvm-core` alone and runs over core's source traits;
+`hyper2kvm-azure` implements them for Azure, and tests implement them in memory.
+
+# Design
+
+* **Sources** ([`Source`]): a bundle of core's traits — [`VmSource`] (VMs, disks, exports,
+  and through [`Origin`] the platform's name), and optionally [`PowerControl`],
+  [`PointInTimeCopies`] (snapshots) and [`HardwareCatalog`] (vCPUs, memory, firmware).
+* **Plan** ([`plan()`]): which VMs, how each is exported (directly, through snapshots, after a
+  stop or deallocate, or refused), which disks, where each output goes. Made from the VMs
+  alone, so `--dry-run` shows exactly what a run would do.
+* **Run** ([`Migration`]): VMs and disks in parallel within limits; disks staged (OS disks
+  converted to `.pre-fixup` when the guest hook runs) and renamed into place only when whole;
+  partial images resumed from their journal; snapshots recorded *before* they are created so a
+  killed run's successor finds them again; guards that delete snapshots, revoke grants (the
+  [`ExportedDisk`] cleanup) and start stopped VMs on success, failure and cancellation;
+  SHA-256 of every image; the [`GuestHook`] on OS disks; a libvirt domain per VM.
+* **Reports** ([`report`]): `report.json` per VM, written as the VM goes, and
+  `run-<id>.json` for the run; their JSON shapes are documented in `docs/config.md`.
+* **Errors**: a run fails as a whole only when it cannot start (a plan that cannot work, an
+  output directory that cannot be made, a discovery that fails); those errors are core's
+  [`Error`], whose [`ErrorKind`] keeps what the source said (credential, throttled, not
+  found, conflict, …) and whose `source()` chain reaches the source's own error. Each VM's
+  own failures are in its report, and the summary's `exit_code` says how the run went.
+
+[`VmSource`]: hyper2kvm_core::VmSource
+[`Origin`]: hyper2kvm_core::Origin
+[`PowerControl`]: hyper2kvm_core::PowerControl
+[`PointInTimeCopies`]: hyper2kvm_core::PointInTimeCopies
+[`HardwareCatalog`]: hyper2kvm_core::HardwareCatalog
+[`ExportedDisk`]: hyper2kvm_core::ExportedDisk
+*/
+#![deny(missing_docs)]
+
+mod checksum;
+mod domain;
+mod guards;
+pub mod options;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod source;
+mod time;
+mod vm;
+
+pub use hyper2kvm_core::{Error, ErrorKind, Result};
+pub use options::{EventFn, GuestHook, GuestOutcome, RunEvent, RunOptions};
+pub use plan::{
+    plan, snapshot_name, DiskChoice, DiskPlan, Layout, Plan, PlanError, PlanOptions, Role,
+    RunningVmPolicy, VmAction, VmPlan,
+};
+pub use report::{
+    DiskReport, DiskStatus, PowerAction, PowerRecord, ResourceKind, ResourceRecord, RunSummary,
+    VmReport, VmStatus, VmSummary,
+};
+pub use run::Migration;
+pub use source::Source;
+pub use time::{new_run_id, rfc3339};

@@ -1,0 +1,136 @@
+//! How a run runs ([`RunOptions`], one default per setting), the guest hook it calls on OS
+//! disks, and the events it reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hyper2kvm_core::libvirt::{CpuMode, NetworkAttachment};
+use hyper2kvm_core::pipeline::REMOTE_CONCURRENCY;
+use hyper2kvm_core::{BoxFuture, ConvertOptions, Limits};
+
+use crate::plan::PlanOptions;
+use crate::report::{DiskReport, VmStatus};
+
+/// What the guest fix-ups of an OS disk produced.
+#[derive(Debug, Clone, Default)]
+pub struct GuestOutcome {
+    /// The fix-up report, as it goes into `report.json`.
+    pub report: serde_json::Value,
+    /// Not fatal: fix-ups skipped (libguestfs missing), a Windows guest left alone.
+    pub warnings: Vec<String>,
+    /// Fatal: the image was not fixed and must not be used as is.
+    pub error: Option<String>,
+}
+
+/// Runs the guest fix-ups on an OS disk image (in place) and reports.
+pub type GuestHook = Arc<dyn Fn(PathBuf) -> BoxFuture<'static, GuestOutcome> + Send + Sync>;
+
+/// How a run runs. Start from [`RunOptions::default`] and change what you need.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Which VMs and disks, how, and where (see [`plan`](crate::plan::plan)).
+    pub plan: PlanOptions,
+    /// How each disk is converted. The run owns two of these: the format is
+    /// `plan.format`, and `resume` is always on.
+    pub convert: ConvertOptions,
+    /// VMs in progress at once (4).
+    pub parallel_vms: usize,
+    /// Disks converting at once, across all VMs (4).
+    pub parallel_disks: usize,
+    /// Reads in flight and bandwidth, across all disks (no limits).
+    pub limits: Limits,
+    /// Keep the snapshots the run creates instead of deleting them (no).
+    pub keep_snapshots: bool,
+    /// The domain's CPU mode (`host-passthrough`).
+    pub cpu: CpuMode,
+    /// Where the domain's NIC goes (the libvirt network `default`).
+    pub network: NetworkAttachment,
+    /// Guest fix-ups for OS disks, if wanted (none).
+    pub guest: Option<GuestHook>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            plan: PlanOptions::default(),
+            convert: ConvertOptions {
+                concurrency: REMOTE_CONCURRENCY,
+                ..ConvertOptions::default()
+            },
+            parallel_vms: 4,
+            parallel_disks: 4,
+            limits: Limits::default(),
+            keep_snapshots: false,
+            cpu: CpuMode::HostPassthrough,
+            network: NetworkAttachment::Network("default".into()),
+            guest: None,
+        }
+    }
+}
+
+/// What happens during a run, for progress displays.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RunEvent {
+    /// The run starts: its plan is made.
+    RunStarted {
+        /// The run id.
+        run_id: String,
+        /// VMs selected.
+        vms: usize,
+        /// The output directory.
+        dir: PathBuf,
+    },
+    /// The run starts on a VM.
+    VmStarted {
+        /// The VM's name.
+        vm: String,
+        /// What will be done.
+        action: String,
+    },
+    /// A step of a VM: a power operation, snapshots, fix-ups, a disk skipped.
+    Step {
+        /// The VM's name.
+        vm: String,
+        /// What happens.
+        message: String,
+    },
+    /// A disk's conversion starts.
+    DiskStarted {
+        /// The VM's name.
+        vm: String,
+        /// The disk's name.
+        disk: String,
+        /// The disk's size.
+        size: u64,
+    },
+    /// Bytes of a disk's written ranges processed so far.
+    DiskProgress {
+        /// The VM's name.
+        vm: String,
+        /// The disk's name.
+        disk: String,
+        /// Bytes done.
+        done: u64,
+        /// Bytes to do.
+        total: u64,
+    },
+    /// A disk is done, failed, or was already done.
+    DiskFinished {
+        /// The VM's name.
+        vm: String,
+        /// The disk's report.
+        report: Box<DiskReport>,
+    },
+    /// A VM is finished.
+    VmFinished {
+        /// The VM's name.
+        vm: String,
+        /// How it ended.
+        status: VmStatus,
+    },
+}
+
+/// Receives [`RunEvent`]s; called from the run's tasks, so keep it quick.
+pub type EventFn = Arc<dyn Fn(&RunEvent) + Send + Sync>;

@@ -1,0 +1,162 @@
+//! `config.yaml`, the file the `hyper2kvm` command reads, as a library: its schema
+//! ([`ConfigFile`] and its sections), and how it is read ([`load`], [`parse`]: unknown keys
+//! and wrong types rejected with line and column, values checked), so that an embedding tool
+//! reads the same file the command does.
+//!
+//! It lives in the facade because the file spans every library: Azure (subscriptions,
+//! selection, retries, grants), the engine (policies, layout, parallelism) and the guest
+//! fix-ups (`guest.skip` is checked against their names). Defaults are the libraries' own
+//! (`RunOptions::default()`, `PlanOptions::default()`, `ExportOptions::default()`). How the
+//! file and the command's flags become a run is the command's business (`hyper2kvm-cli`).
+//!
+//! The reference is `docs/config.md`. Secrets are never read from the file: credentials come
+//! from the environment (see `hyper2kvm_azure::credential`).
+
+use std::path::Path;
+
+use hyper2kvm_core::{Error, ErrorKind, PowerState};
+
+mod schema;
+mod size;
+
+pub use schema::*;
+pub use size::parse_size;
+
+/// A file that cannot be read or does not hold a valid configuration; the message names the
+/// file, and the line and column where it can.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<ConfigError> for Error {
+    /// A configuration error is the caller's to fix: [`ErrorKind::InvalidArgument`].
+    fn from(e: ConfigError) -> Self {
+        Error::wrap(ErrorKind::InvalidArgument, e)
+    }
+}
+
+/// Reads and checks `path`; a simulator scenario's path is made relative to the file's
+/// directory.
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+    let mut file = parse(&text, &path.display().to_string())?;
+    if let Some(sim) = &mut file.azure.simulator {
+        if sim.scenario.is_relative() {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            sim.scenario = dir.join(&sim.scenario);
+        }
+    }
+    Ok(file)
+}
+
+/// Parses config text; `name` prefixes messages (`config.yaml:3:5: …`).
+///
+/// ```
+/// let file = hyper2kvm::config::parse("azure:\n  subscription: s\n", "config.yaml")?;
+/// assert_eq!(file.azure.subscription.as_deref(), Some("s"));
+/// assert_eq!(file.download.parallel_vms, 4); // the engine's default
+/// let err = hyper2kvm::config::parse("azure:\n  colour: red\n", "config.yaml").unwrap_err();
+/// assert!(err.0.starts_with("config.yaml:2:"));
+/// # Ok::<(), hyper2kvm::config::ConfigError>(())
+/// ```
+pub fn parse(text: &str, name: &str) -> Result<ConfigFile, ConfigError> {
+    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("{}:{}", l.line(), l.column()))
+            .map(|lc| format!("{name}:{lc}"))
+            .unwrap_or_else(|| name.to_string());
+        ConfigError(format!("{at}: {}", first_line(&e.to_string())))
+    })?;
+    check(&file).map_err(|m| ConfigError(format!("{name}: {m}")))?;
+    Ok(file)
+}
+
+/// serde-saphyr renders a source snippet under its message and may start the message with
+/// its own `line L column C:`; we show the message alone, after our `file:L:C:`.
+fn first_line(text: &str) -> String {
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = line.trim().trim_start_matches("error: ");
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, message)) if position.contains(" column ") => message.to_string(),
+        _ => line.to_string(),
+    }
+}
+
+fn check(file: &ConfigFile) -> Result<(), String> {
+    let a = &file.azure;
+    if a.subscription.is_some() && !a.subscriptions.is_empty() {
+        return Err("azure: give either `subscription` or `subscriptions`, not both".into());
+    }
+    if a.subscription.is_none() && a.subscriptions.is_empty() {
+        return Err("azure.subscriptions: at least one subscription id is required".into());
+    }
+    if a.simulator.is_some() {
+        if a.arm_endpoint.is_some() {
+            return Err("azure: give either `simulator` or `arm_endpoint`, not both".into());
+        }
+        if a.auth.is_some_and(|auth| auth != AuthSetting::None) {
+            return Err(
+                "azure.auth: the simulator takes no credentials; use `auth: none` or leave it out"
+                    .into(),
+            );
+        }
+    }
+    for p in &a.selection.power_states {
+        if let PowerState::Unknown(word) = p.parse::<PowerState>().unwrap_or_else(|e| match e {}) {
+            return Err(format!(
+                "azure.selection.power_states: unknown power state {word:?} (use running, stopped, deallocated, starting, stopping or deallocating)"
+            ));
+        }
+    }
+    let chunk =
+        parse_size(&file.download.chunk_size).map_err(|e| format!("download.chunk_size: {e}"))?;
+    if !(4096..=64 << 20).contains(&chunk) {
+        return Err(format!("download.chunk_size: {chunk} is outside 4K..64M"));
+    }
+    if file.download.concurrency == 0 {
+        return Err("download.concurrency must be at least 1".into());
+    }
+    if file.download.parallel_disks == 0 || file.download.parallel_vms == 0 {
+        return Err("download.parallel_disks and download.parallel_vms must be at least 1".into());
+    }
+    if file.download.max_connections == Some(0) {
+        return Err("download.max_connections must be at least 1".into());
+    }
+    if let Some(b) = &file.download.bandwidth {
+        let n = parse_size(b).map_err(|e| format!("download.bandwidth: {e}"))?;
+        if n < 64 << 10 {
+            return Err(format!("download.bandwidth: {n} bytes/s is below 64K"));
+        }
+    }
+    if file.export.operation_timeout_secs < 10 {
+        return Err("export.operation_timeout_secs must be at least 10".into());
+    }
+    if file.domain.network.is_some() && file.domain.bridge.is_some() {
+        return Err("domain: give either `network` or `bridge`, not both".into());
+    }
+    if file.domain.cpu_mode.trim().is_empty() {
+        return Err(
+            "domain.cpu_mode: empty; use host-passthrough, host-model or a CPU model name".into(),
+        );
+    }
+    if let Some(g) = &file.guest {
+        let names = hyper2kvm_guest::fixups::names();
+        for name in &g.skip {
+            if !names.contains(&name.as_str()) {
+                return Err(format!(
+                    "guest.skip: unknown fix-up {name:?}; fix-ups are: {}",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    if !(300..=86_400).contains(&file.export.grant_duration_secs) {
+        return Err("export.grant_duration_secs must be between 300 and 86400".into());
+    }
+    Ok(())
+}
