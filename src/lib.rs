@@ -23,6 +23,9 @@ conversion, guest fix-ups, domain XML, reports) as one call with a progress call
 [`migrate::Source`]; the `hyper2kvm` binary (crate `hyper2kvm-cli`) is a thin layer over it
 and these.
 
+[`import::import`] is the same run over local exports — OVA, OVF, Hyper-V export folders,
+disk images — through [`local`] (`hyper2kvm-local`).
+
 [`config`] reads the `config.yaml` the command reads (its schema, line-and-column errors, the
 libraries' defaults), so an embedding tool can share it.
 
@@ -53,9 +56,11 @@ A disk that is not a local file (an HTTP range reader, a test double) implements
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod import;
 pub mod run;
 
 pub use hyper2kvm_azure as azure;
 pub use hyper2kvm_core as core;
 pub use hyper2kvm_guest as guest;
+pub use hyper2kvm_local as local;
 pub use hyper2kvm_migrate as migrate;

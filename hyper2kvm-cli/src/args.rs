@@ -12,7 +12,8 @@ use crate::units::parse_size;
 ///
 /// `hyper2kvm -c config.yaml` migrates the VMs a config selects (`--dry-run` shows the plan,
 /// `--list-only` lists them);
-/// `hyper2kvm convert SRC DST` converts one disk image; `hyper2kvm sim` serves a simulated Azure.
+/// `hyper2kvm import SRC... --output-dir DIR` imports local VM exports (OVA, OVF, Hyper-V,
+/// disk images); `hyper2kvm convert SRC DST` converts one disk image; `hyper2kvm sim` serves a simulated Azure.
 #[derive(Debug, Parser)]
 #[command(
     name = "hyper2kvm",
@@ -61,6 +62,8 @@ pub enum OutputArg {
 pub enum Command {
     /// Convert a disk image (fixed or dynamic VHD, or raw) into qcow2 or sparse raw.
     Convert(ConvertArgs),
+    /// Import local VM exports (OVA, OVF, Hyper-V export folders, disk images) into KVM.
+    Import(crate::import::ImportArgs),
     /// Make a migrated Azure Linux guest KVM-ready, in place (through libguestfs).
     Fix(crate::fix::FixArgs),
     /// Serve a simulated Azure (ARM compute subset) from a scenario file.

@@ -189,7 +189,7 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
     }
 }
 
-fn run_settings(
+pub(crate) fn run_settings(
     download: &DownloadSection,
     export: &ExportSection,
     domain: &DomainSection,

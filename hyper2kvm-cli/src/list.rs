@@ -127,7 +127,7 @@ pub async fn dry_run(plan: ListPlan) -> anyhow::Result<()> {
 }
 
 /// One block per VM: its action and each disk with its size and output.
-fn render_plan(plan: &migrate::Plan) -> String {
+pub(crate) fn render_plan(plan: &migrate::Plan) -> String {
     let mut out = format!("run {}\n", plan.run_id);
     for vm in &plan.vms {
         out.push_str(&format!(

@@ -7,6 +7,7 @@ mod args;
 mod config;
 mod convert;
 mod fix;
+mod import;
 mod list;
 mod migrate;
 mod progress;
@@ -27,6 +28,7 @@ enum Mode {
     Convert(args::ConvertArgs),
     Sim(args::SimArgs),
     Fix(crate::fix::FixArgs),
+    Import(crate::import::ImportArgs),
     List(Box<config::ListPlan>),
     DryRun(Box<config::ListPlan>),
     Migrate(Box<config::ListPlan>, bool),
@@ -39,6 +41,7 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
         (Some(Command::Convert(a)), _) => Ok(Mode::Convert(a)),
         (Some(Command::Sim(a)), _) => Ok(Mode::Sim(a)),
         (Some(Command::Fix(a)), _) => Ok(Mode::Fix(a)),
+        (Some(Command::Import(a)), _) => Ok(Mode::Import(a)),
         (None, None) => Err(UsageError(
             "nothing to do: give -c CONFIG --list-only, or a subcommand (see --help)".into(),
         )),
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Mode::Convert(args) => convert::run(args).await.map(|()| 0),
             Mode::Sim(args) => sim::run(args).await.map(|()| 0),
             Mode::Fix(args) => fix::run(args).await.map(|()| 0),
+            Mode::Import(args) => import::run(args).await,
             Mode::List(plan) => list::run(*plan).await.map(|()| 0),
             Mode::DryRun(plan) => list::dry_run(*plan).await.map(|()| 0),
             Mode::Migrate(plan, quiet) => migrate::run(*plan, quiet).await,

@@ -111,7 +111,7 @@ pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
 }
 
 /// The table printed at the end of a run.
-fn render_summary(s: &RunSummary) -> String {
+pub(crate) fn render_summary(s: &RunSummary) -> String {
     let rows: Vec<[String; 6]> = s
         .vms
         .iter()
@@ -163,7 +163,7 @@ fn render_summary(s: &RunSummary) -> String {
 
 /// Progress of a run: a bar per disk in flight on a terminal; lines otherwise (VM and disk
 /// events as they happen, and the bytes done every 10 seconds); nothing but errors when quiet.
-struct Display {
+pub(crate) struct Display {
     inner: Arc<Mutex<DisplayState>>,
     quiet: bool,
 }
@@ -177,7 +177,7 @@ struct DisplayState {
 }
 
 impl Display {
-    fn new(quiet: bool) -> Display {
+    pub(crate) fn new(quiet: bool) -> Display {
         let multi = (!quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Display {
@@ -192,14 +192,14 @@ impl Display {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         let mut st = self.inner.lock().unwrap();
         for (_, bar) in std::mem::take(&mut st.bars) {
             bar.finish_and_clear();
         }
     }
 
-    fn callback(&self) -> EventFn {
+    pub(crate) fn callback(&self) -> EventFn {
         let inner = self.inner.clone();
         let quiet = self.quiet;
         Arc::new(move |e: &RunEvent| {

@@ -11,12 +11,17 @@ use hyper2kvm_core::{
     Origin, PowerState, Result, Vm, VmSource,
 };
 
+use tokio::sync::OnceCell;
+
 use crate::manifest;
 use crate::package::{Defaults, Package};
 
 /// The opened SRCs of a run.
 pub struct LocalSource {
     packages: Vec<Package>,
+    /// Per package, once its first disk is exported: whether every manifest digest matched
+    /// (or the error's kind and message).
+    verified: Vec<OnceCell<std::result::Result<(), (ErrorKind, String)>>>,
     cleanups: Cleanups,
 }
 
@@ -32,7 +37,12 @@ impl LocalSource {
         for src in srcs {
             packages.push(crate::package::open(src.as_ref(), defaults)?);
         }
-        Ok(LocalSource { packages, cleanups })
+        let verified = packages.iter().map(|_| OnceCell::new()).collect();
+        Ok(LocalSource {
+            packages,
+            verified,
+            cleanups,
+        })
     }
 
     /// The opened packages, in SRC order.
@@ -45,6 +55,31 @@ impl LocalSource {
             .iter()
             .find(|p| vm_id(p) == vm.id)
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no SRC is VM {}", vm.id)))
+    }
+}
+
+/// Hashes every disk of `p` that its manifest lists, one after the other, off the runtime.
+async fn verify_package(p: Package) -> std::result::Result<(), (ErrorKind, String)> {
+    let Some(mf) = p.manifest.clone() else {
+        return Ok(());
+    };
+    let check = move || -> Result<()> {
+        for d in &p.disks {
+            let Some(entry) = &d.digest else { continue };
+            let (file, offset, len) = &d.bytes;
+            let f = std::fs::File::open(file)
+                .map_err(|e| Error::io("cannot open", e).with_path(file))?;
+            manifest::verify(entry, &mf, &f, &d.shown, *offset, *len)?;
+        }
+        Ok(())
+    };
+    match tokio::task::spawn_blocking(check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err((e.kind(), e.to_string())),
+        Err(e) => Err((
+            ErrorKind::Cancelled,
+            format!("the digest task did not finish: {e}"),
+        )),
     }
 }
 
@@ -136,21 +171,18 @@ impl VmSource for LocalSource {
                     )
                 })?;
             let d = p.disks[i].clone();
-            if let (Some(entry), Some(mf)) = (d.digest.clone(), p.manifest.clone()) {
-                let (file, offset, len) = d.bytes.clone();
-                let shown = d.shown.clone();
-                tokio::task::spawn_blocking(move || {
-                    let f = std::fs::File::open(&file)
-                        .map_err(|e| Error::io("cannot open", e).with_path(&file))?;
-                    manifest::verify(&entry, &mf, &f, &shown, offset, len)
-                })
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Cancelled,
-                        format!("the digest task did not finish: {e}"),
-                    )
-                })??;
+            // Every disk of the VM is checked before any is converted: a mismatch in one
+            // fails them all, so no image of a damaged package gets its final name.
+            let pi = self
+                .packages
+                .iter()
+                .position(|q| std::ptr::eq(q, p))
+                .unwrap_or(0);
+            let verdict = self.verified[pi]
+                .get_or_init(|| verify_package(p.clone()))
+                .await;
+            if let Err((kind, message)) = verdict {
+                return Err(Error::new(*kind, message.clone()));
             }
             Ok(ExportedDisk::new(
                 d.reader.clone(),

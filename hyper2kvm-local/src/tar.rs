@@ -112,7 +112,7 @@ fn index(file: &File, path: &Path, len: u64) -> Result<Vec<Member>> {
                 path,
                 at,
                 format!(
-                    "truncated tar archive: member \"{name}\" needs {size} bytes from offset {data}, but the file ends at {len}"
+                    "truncated tar archive: member \"{name}\" needs {size} bytes from byte {data}, but the file has only {len} bytes; member header"
                 ),
             ));
         };
@@ -341,7 +341,7 @@ mod tests {
         let err = TarIndex::open(&write("cut.ova", cut)).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("cut.ova: truncated tar archive: member \"disk1.vmdk\" needs 3000 bytes from offset 1536"),
+            msg.contains("cut.ova: truncated tar archive: member \"disk1.vmdk\" needs 3000 bytes from byte 1536"),
             "{msg}"
         );
         assert_eq!(err.offset(), Some(1024));

@@ -113,6 +113,45 @@ fn check(file: &ConfigFile) -> Result<(), String> {
             ));
         }
     }
+    check_common(&file.download, &file.domain, file.guest.as_ref())?;
+    if file.export.operation_timeout_secs < 10 {
+        return Err("export.operation_timeout_secs must be at least 10".into());
+    }
+    if !(300..=86_400).contains(&file.export.grant_duration_secs) {
+        return Err("export.grant_duration_secs must be between 300 and 86400".into());
+    }
+    Ok(())
+}
+
+/// Reads and checks the sections of `path` that `hyper2kvm import -c` uses ([`ImportConfig`]):
+/// the same file as a migration run's works, its `azure:` and `export:` sections ignored.
+pub fn load_import(path: &Path) -> Result<ImportConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+    let name = path.display().to_string();
+    let file: ImportConfig = serde_saphyr::from_str(&text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
+            .unwrap_or_else(|| name.clone());
+        ConfigError(format!("{at}: {}", first_line(&e.to_string())))
+    })?;
+    check_common(&file.download, &file.domain, file.guest.as_ref())
+        .map_err(|m| ConfigError(format!("{name}: {m}")))?;
+    Ok(file)
+}
+
+/// The checks of the sections every run reads: download, domain, guest.
+fn check_common(
+    download: &DownloadSection,
+    domain: &DomainSection,
+    guest: Option<&GuestSection>,
+) -> Result<(), String> {
+    let file = Sections {
+        download,
+        domain,
+        guest,
+    };
     let chunk =
         parse_size(&file.download.chunk_size).map_err(|e| format!("download.chunk_size: {e}"))?;
     if !(4096..=64 << 20).contains(&chunk) {
@@ -133,9 +172,6 @@ fn check(file: &ConfigFile) -> Result<(), String> {
             return Err(format!("download.bandwidth: {n} bytes/s is below 64K"));
         }
     }
-    if file.export.operation_timeout_secs < 10 {
-        return Err("export.operation_timeout_secs must be at least 10".into());
-    }
     if file.domain.network.is_some() && file.domain.bridge.is_some() {
         return Err("domain: give either `network` or `bridge`, not both".into());
     }
@@ -144,7 +180,7 @@ fn check(file: &ConfigFile) -> Result<(), String> {
             "domain.cpu_mode: empty; use host-passthrough, host-model or a CPU model name".into(),
         );
     }
-    if let Some(g) = &file.guest {
+    if let Some(g) = file.guest {
         let names = hyper2kvm_guest::fixups::names();
         for name in &g.skip {
             if !names.contains(&name.as_str()) {
@@ -155,8 +191,12 @@ fn check(file: &ConfigFile) -> Result<(), String> {
             }
         }
     }
-    if !(300..=86_400).contains(&file.export.grant_duration_secs) {
-        return Err("export.grant_duration_secs must be between 300 and 86400".into());
-    }
     Ok(())
+}
+
+/// The sections [`check_common`] looks at.
+struct Sections<'a> {
+    download: &'a DownloadSection,
+    domain: &'a DomainSection,
+    guest: Option<&'a GuestSection>,
 }

@@ -31,6 +31,31 @@ pub struct ConfigFile {
     pub guest: Option<GuestSection>,
 }
 
+/// The sections `hyper2kvm import -c FILE` reads. The file may be a migration run's
+/// config: its `azure:` and `export:` sections are accepted and ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportConfig {
+    /// Ignored by an import.
+    #[serde(default)]
+    pub azure: Option<serde::de::IgnoredAny>,
+    /// Ignored by an import.
+    #[serde(default)]
+    pub export: Option<serde::de::IgnoredAny>,
+    /// Parallelism and chunking.
+    #[serde(default)]
+    pub download: DownloadSection,
+    /// What is written where.
+    #[serde(default)]
+    pub output: OutputSection,
+    /// The libvirt domain written for each VM.
+    #[serde(default)]
+    pub domain: DomainSection,
+    /// Guest fix-ups on every imported OS disk; present (even `guest: {}`) to run them.
+    #[serde(default)]
+    pub guest: Option<GuestSection>,
+}
+
 /// `domain:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
