@@ -404,3 +404,28 @@ fn bad_inputs_fail_with_one_clear_line() {
         ],
     );
 }
+
+#[test]
+fn a_migration_config_gives_the_output_section() {
+    let dir = Scratch::new("import-config");
+    let raw = dir.path("disk.raw");
+    make_raw(&raw, 8 * MIB, &[(MIB, MIB, Fill::Noise(5))]);
+    let config = dir.path("config.yaml");
+    let out = dir.path("out");
+    std::fs::write(
+        &config,
+        format!(
+            "azure:\n  subscriptions: [\"00000000-0000-0000-0000-000000000000\"]\noutput:\n  dir: {}\n  format: raw\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let r = h2k(&["import", "-c", s(&config), s(&raw), "-q"]);
+    assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+    assert_image_matches_as(&out.join("disk/disk-os.raw"), "raw", &raw, "raw");
+    // An unknown key is a usage error naming the file, line and column.
+    std::fs::write(&config, "output:\n  colour: red\n").unwrap();
+    let r = h2k(&["import", "-c", s(&config), s(&raw)]);
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert!(stderr(&r).contains("config.yaml:2:"), "{}", stderr(&r));
+}
