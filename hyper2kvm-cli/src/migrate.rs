@@ -98,6 +98,14 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
             if let Some(sim) = c.sim {
                 sim.shutdown().await;
             }
+            if e.kind() == ErrorKind::InvalidArgument && e.to_string().contains("matched no VM") {
+                // Say what matched nothing (exit code 2 stays: the error keeps its kind).
+                return Err(anyhow::Error::new(e).context(format!(
+                    "no VM of subscription(s) {} matched {:?}",
+                    plan.subscriptions.join(", "),
+                    plan.selection
+                )));
+            }
             return Err(e.into());
         }
     };
