@@ -359,7 +359,8 @@ fn usage_errors_exit_2() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    convert_fails(&dir, &raw, &raw, 1, &["destination is the source"]);
+    // Writing over the source is a usage error (exit 2 since the trust issue).
+    convert_fails(&dir, &raw, &raw, 2, &["is the destination too"]);
     assert_eq!(dir.files(), vec!["d.raw"]);
 }
 

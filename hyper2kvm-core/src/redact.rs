@@ -50,7 +50,9 @@ pub fn redact(text: &str) -> Cow<'_, str> {
                 b,
                 b'&' | b';' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'`' | b':' | b',' | b')' | b']'
             ) || b.is_ascii_whitespace()
-                || lower[i..].starts_with("%26")
+                || bytes[i..]
+                    .get(..3)
+                    .is_some_and(|b| b.eq_ignore_ascii_case(b"%26"))
             {
                 break;
             }
