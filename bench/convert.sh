@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark: hyper2kvm convert against qemu-img convert on the same fixed VHD, in one run.
 #
-# The input is a 4 GiB fixed VHD holding an ext4 file system filled with about 1 GiB of real
+# The input is a 4 GiB disk image holding an ext4 file system filled with about 1 GiB of real
 # files (hard links to /usr, so no extra disk is used for staging), the shape of a typical
-# Azure OS disk. Each tool converts it REPS times, alternating, with a warm page cache; each
+# Azure OS disk: a fixed VHD by default, or (INPUT=vhdx|vmdk) a dynamic VHDX as Hyper-V
+# exports it or a streamOptimized VMDK as OVAs carry it, each written by qemu-img. Each tool converts it REPS times, alternating, with a warm page cache; each
 # run is timed with /usr/bin/time -v (wall clock and peak RSS) and its output is checked with
 # qemu-img compare.
 #
-# usage: bench/convert.sh [WORKDIR] [REPS]       (needs qemu-img, mke2fs, /usr/bin/time)
+# usage: [INPUT=vhd|vhdx|vmdk] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/hyper2kvm-bench}
@@ -17,7 +18,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyper2kvm-target}"
 cargo build --release -q -p hyper2kvm-cli
 h2k="$CARGO_TARGET_DIR/release/hyper2kvm"
 
-vhd="$work/disk.vhd"
+input=${INPUT:-vhd}
+case $input in
+  vhd) qfmt=vpc; qopts=subformat=fixed,force_size=on ;;
+  vhdx) qfmt=vhdx; qopts=subformat=dynamic ;;
+  vmdk) qfmt=vmdk; qopts=subformat=streamOptimized ;;
+  *) echo "INPUT must be vhd, vhdx or vmdk" >&2; exit 2 ;;
+esac
+vhd="$work/disk.$input"
 if [[ ! -f $vhd ]]; then
   stage="$work/stage"
   rm -rf "$stage"; mkdir -p "$stage"
@@ -30,7 +38,7 @@ if [[ ! -f $vhd ]]; then
   truncate -s 4G "$work/disk.raw"
   mke2fs -q -F -t ext4 -d "$stage" "$work/disk.raw"
   rm -rf "$stage"
-  qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on "$work/disk.raw" "$vhd"
+  qemu-img convert -f raw -O "$qfmt" -o "$qopts" "$work/disk.raw" "$vhd"
   rm -f "$work/disk.raw"
 fi
 data_mib=$(du -m "$vhd" | cut -f1)
@@ -44,26 +52,26 @@ run() {
   local wall rss
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$work/time.txt")
   rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$work/time.txt")
-  qemu-img compare -q -f vpc -F qcow2 "$vhd" "$out"
+  qemu-img compare -q -f "$qfmt" -F qcow2 "$vhd" "$out"
   echo "$name $wall $rss $(( $(stat -c %s "$out") >> 20 ))"
 }
 
 results="$work/results.txt"; : > "$results"
 cat "$vhd" > /dev/null   # warm the page cache for everyone
 for ((i = 1; i <= reps; i++)); do
-  run qemu-plain  "$work/q.qcow2"  qemu-img convert -f vpc -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
+  run qemu-plain  "$work/q.qcow2"  qemu-img convert -f "$qfmt" -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
   # qemu-img's default is cache=unsafe (no flush after the data); -t writeback syncs like we do.
-  run qemu-plain-durable "$work/q.qcow2" qemu-img convert -t writeback -f vpc -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
+  run qemu-plain-durable "$work/q.qcow2" qemu-img convert -t writeback -f "$qfmt" -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
   run h2k-plain   "$work/h.qcow2"  "$h2k" convert --quiet "$vhd" "$work/h.qcow2" >> "$results"
-  run qemu-zstd   "$work/qz.qcow2" qemu-img convert -W -c -o compression_type=zstd -f vpc -O qcow2 "$vhd" "$work/qz.qcow2" >> "$results"
+  run qemu-zstd   "$work/qz.qcow2" qemu-img convert -W -c -o compression_type=zstd -f "$qfmt" -O qcow2 "$vhd" "$work/qz.qcow2" >> "$results"
   run h2k-zstd    "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd "$vhd" "$work/hz.qcow2" >> "$results"
   run h2k-zstd-l3 "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd --compress-level 3 "$vhd" "$work/hz.qcow2" >> "$results"
-  run qemu-deflate "$work/qd.qcow2" qemu-img convert -W -c -f vpc -O qcow2 "$vhd" "$work/qd.qcow2" >> "$results"
+  run qemu-deflate "$work/qd.qcow2" qemu-img convert -W -c -f "$qfmt" -O qcow2 "$vhd" "$work/qd.qcow2" >> "$results"
   run h2k-deflate "$work/hd.qcow2" "$h2k" convert --quiet --compress deflate "$vhd" "$work/hd.qcow2" >> "$results"
 done
 rm -f "$work"/*.qcow2
 
-echo "input: 4 GiB fixed VHD, ${data_mib} MiB allocated ($(du -sm --apparent-size "$vhd" | cut -f1) MiB apparent); $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')); $(qemu-img --version | head -1)"
+echo "input: 4 GiB $input ($qopts), ${data_mib} MiB allocated ($(du -sm --apparent-size "$vhd" | cut -f1) MiB apparent); $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')); $(qemu-img --version | head -1)"
 echo
 python3 - "$results" <<'PY'
 import statistics, sys

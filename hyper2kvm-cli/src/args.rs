@@ -40,6 +40,14 @@ pub struct Cli {
     /// summary table and errors.
     #[arg(long, short, requires = "config")]
     pub quiet: bool,
+    /// With -c, a migration run: a selection that matches no VM is not an error (exit 0
+    /// instead of 2).
+    #[arg(long, requires = "config")]
+    pub allow_empty: bool,
+    /// With -c, a migration run: hash every image an earlier run finished and compare it
+    /// with its report's SHA-256 (by default its size and header are checked).
+    #[arg(long, requires = "config")]
+    pub verify_images: bool,
     /// The ARM base URL, e.g. a simulator's (overrides azure.arm_endpoint).
     #[arg(long, value_name = "URL", requires = "config")]
     pub arm_endpoint: Option<String>,

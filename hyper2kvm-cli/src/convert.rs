@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::ValueEnum;
 use hyper2kvm_azure::{build_http_client, BlobOptions, HttpOptions, PageBlobReader, SasUrl};
+use hyper2kvm_core::fsafe::{check_destination, check_distinct};
 use hyper2kvm_core::pipeline::REMOTE_CONCURRENCY;
 use hyper2kvm_core::{
     convert, open_disk, Compression, ConvertOptions, ConvertStats, DiskReader, InputFormat,
@@ -19,13 +20,13 @@ use crate::units::human_bytes;
 
 /// Runs the conversion and prints the summary line.
 pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
-    // A URL is recognised by its scheme; it is a secret, so it is never printed as given.
-    let url = args
-        .src
-        .to_str()
-        .filter(|s| s.starts_with("https://") || s.starts_with("http://"));
-    if url.is_none() {
-        refuse_same_file(&args.src, &args.dst)?;
+    // A URL is recognised by its scheme, in any case (`HTTPS://`), and any scheme is taken
+    // for a URL so that `ftp://…` is refused as one; it is a secret, so it is never printed
+    // as given.
+    let url = args.src.to_str().filter(|s| has_scheme(s));
+    match url {
+        None => check_distinct(&args.src, &args.dst)?,
+        Some(_) => check_destination(&args.dst)?,
     }
     let input_format = match args.input_format {
         InputFormatArg::Auto => InputFormat::Auto,
@@ -114,19 +115,12 @@ fn summary(dst: &Path, s: &ConvertStats) -> String {
     )
 }
 
-/// Writing over the source would destroy it while it is read.
-fn refuse_same_file(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    let src = src
-        .canonicalize()
-        .with_context(|| format!("{}: cannot open", src.display()))?;
-    let dst_parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+/// `scheme://…`: letters, digits, `+`, `-` or `.` after a letter, then `://`.
+fn has_scheme(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once("://") else {
+        return false;
     };
-    if let (Ok(parent), Some(name)) = (dst_parent.canonicalize(), dst.file_name()) {
-        if parent.join(name) == src {
-            bail!("{}: the destination is the source file", dst.display());
-        }
-    }
-    Ok(())
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }

@@ -18,7 +18,7 @@ mod units;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use hyper2kvm_core::ErrorKind;
+use hyper2kvm_core::{redact, ErrorKind};
 
 use crate::args::{Cli, Command};
 use crate::config::UsageError;
@@ -31,7 +31,7 @@ enum Mode {
     Import(crate::import::ImportArgs),
     List(Box<config::ListPlan>),
     DryRun(Box<config::ListPlan>),
-    Migrate(Box<config::ListPlan>, bool),
+    Migrate(Box<config::ListPlan>, migrate::Flags),
 }
 
 /// Turns the parsed flags (and the config file they name) into one mode. Every problem here
@@ -57,7 +57,14 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
             } else if cli.list_only {
                 Mode::List(plan)
             } else {
-                Mode::Migrate(plan, cli.quiet)
+                Mode::Migrate(
+                    plan,
+                    migrate::Flags {
+                        quiet: cli.quiet,
+                        allow_empty: cli.allow_empty,
+                        verify_images: cli.verify_images,
+                    },
+                )
             })
         }
     }
@@ -69,7 +76,7 @@ fn main() -> ExitCode {
     let mode = match mode(cli) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("hyper2kvm: error: {e}");
+            eprintln!("hyper2kvm: error: {}", redact(&e.to_string()));
             eprintln!("{}", Cli::command().render_usage());
             return ExitCode::from(2);
         }
@@ -92,13 +99,14 @@ fn main() -> ExitCode {
             Mode::Import(args) => import::run(args).await,
             Mode::List(plan) => list::run(*plan).await.map(|()| 0),
             Mode::DryRun(plan) => list::dry_run(*plan).await.map(|()| 0),
-            Mode::Migrate(plan, quiet) => migrate::run(*plan, quiet).await,
+            Mode::Migrate(plan, flags) => migrate::run(*plan, flags).await,
         }
     });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("hyper2kvm: error: {}", one_line(&err));
+            // The last line of defence: whatever the error says, no signature is printed.
+            eprintln!("hyper2kvm: error: {}", redact(&one_line(&err)));
             ExitCode::from(exit_code(&err))
         }
     }

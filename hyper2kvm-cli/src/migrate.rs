@@ -17,8 +17,19 @@ use crate::list::{connect, print_stdout};
 use crate::signal::until_interrupted;
 use crate::units::human_bytes;
 
+/// Flags of a migration run that are not in the config file.
+pub struct Flags {
+    /// No progress.
+    pub quiet: bool,
+    /// A selection of no VM is fine.
+    pub allow_empty: bool,
+    /// Hash images earlier runs finished in full.
+    pub verify_images: bool,
+}
+
 /// Runs the migration the plan describes and returns the exit code.
-pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
+pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
+    let quiet = flags.quiet;
     if plan.whole_subscription && !plan.allow_whole_subscription {
         return Err(UsageError(
             "this run would migrate every selected VM of whole subscriptions: name azure.resource_groups, or set azure.allow_whole_subscription: true".into(),
@@ -53,6 +64,8 @@ pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
     opts.cpu = r.cpu.clone();
     opts.network = r.network.clone();
     opts.guest = r.guest.clone().map(hyper2kvm::run::guest_hook);
+    opts.allow_empty = flags.allow_empty;
+    opts.verify_done_images = flags.verify_images;
     let display = Display::new(quiet);
     // The library call is the run: discovery through the source, then the migration. Its
     // error keeps its kind (exit code 2 for configuration, 130 for Ctrl-C, 1 else).
@@ -84,6 +97,14 @@ pub async fn run(plan: ListPlan, quiet: bool) -> anyhow::Result<u8> {
             }
             if let Some(sim) = c.sim {
                 sim.shutdown().await;
+            }
+            if e.kind() == ErrorKind::InvalidArgument && e.to_string().contains("matched no VM") {
+                // Say what matched nothing (exit code 2 stays: the error keeps its kind).
+                return Err(anyhow::Error::new(e).context(format!(
+                    "no VM of subscription(s) {} matched {:?}",
+                    plan.subscriptions.join(", "),
+                    plan.selection
+                )));
             }
             return Err(e.into());
         }

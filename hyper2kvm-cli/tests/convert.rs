@@ -330,7 +330,8 @@ fn unwritable_destination() {
         &raw,
         &dst,
         1,
-        &["missing-dir/out.qcow2.part", "cannot create"],
+        // The lock is the first file a conversion creates.
+        &["missing-dir/out.qcow2.lock", "cannot create"],
     );
 }
 
@@ -358,7 +359,8 @@ fn usage_errors_exit_2() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    convert_fails(&dir, &raw, &raw, 1, &["destination is the source"]);
+    // Writing over the source is a usage error (exit 2 since the trust issue).
+    convert_fails(&dir, &raw, &raw, 2, &["is the destination too"]);
     assert_eq!(dir.files(), vec!["d.raw"]);
 }
 
@@ -526,4 +528,331 @@ fn kill_9_at_several_points_then_resume_gives_the_same_image() {
     assert!(summary.contains("resumed:"), "{summary}");
     assert_image_matches_as(&dst, "qcow2", &vhd, "vpc");
     assert_eq!(dir.files(), vec!["d.vhd", "out.qcow2"]);
+}
+
+// ---- The "trust" issue: locks, safe files, secrets. ----
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Runs `hyper2kvm convert SRC DST`, killing it if it is still running after `limit` (a hang
+/// is the bug some of these tests are about).
+fn convert_within(src: &str, dst: &Path, limit: std::time::Duration) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+        .args(["convert", src, s(dst)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: kill of the child we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("convert {src} still running after {limit:?}");
+        }
+    }
+}
+
+/// Regression (trust issue): a second conversion to the same destination fails at once,
+/// naming the holder, and leaves the holder's files alone; a dead holder's lock is taken over.
+#[test]
+fn trust_a_locked_destination_is_refused_naming_the_holder() {
+    let dir = Scratch::new("lock");
+    let raw = dir.path("d.raw");
+    make_raw(&raw, 4 * MIB, &[(0, MIB, Fill::Noise(7))]);
+    let dst = dir.path("out.qcow2");
+    let lock = dir.path("out.qcow2.lock");
+    // A live holder on this host: this test process.
+    let live = format!(
+        r#"{{"host":"{}","pid":{},"run_id":"convert-holder","what":"converting","started":{now},"heartbeat":{now}}}"#,
+        host_name(),
+        std::process::id(),
+        now = now_secs()
+    );
+    std::fs::write(&lock, &live).unwrap();
+    std::fs::write(dir.path("out.qcow2.part"), "the holder's partial image").unwrap();
+    let out = convert_within(s(&raw), &dst, std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("convert-holder")
+            && stderr.contains(&format!("pid {}", std::process::id())),
+        "{stderr}"
+    );
+    assert!(!dst.exists());
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), live);
+    assert_eq!(
+        std::fs::read_to_string(dir.path("out.qcow2.part")).unwrap(),
+        "the holder's partial image"
+    );
+    // A holder that is gone (no such process on this host): taken over.
+    let dead = live.replace(
+        &format!("\"pid\":{}", std::process::id()),
+        "\"pid\":2147483646",
+    );
+    std::fs::write(&lock, dead).unwrap();
+    convert_ok(&raw, &dst, &[]);
+    assert_image_matches(&dst, "qcow2", &raw);
+    assert!(!lock.exists(), "the lock is removed after the conversion");
+}
+
+/// Regression (trust issue): two conversions to one destination at once: one writes it, the
+/// other fails naming it; the image is the winner's, whole.
+#[test]
+fn trust_two_concurrent_converts_to_one_destination() {
+    let dir = Scratch::new("lock2");
+    let a = dir.path("a.raw");
+    let b = dir.path("b.raw");
+    make_raw(&a, 256 * MIB, &[(0, 160 * MIB, Fill::Noise(1))]);
+    make_raw(&b, 256 * MIB, &[(0, 160 * MIB, Fill::Noise(2))]);
+    let dst = dir.path("out.qcow2");
+    let spawn = |src: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_hyper2kvm"))
+            .args(["convert", s(src), s(&dst), "--concurrency", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn(&a);
+    // The first holds the lock once its lock file exists.
+    let started = std::time::Instant::now();
+    while !dir.path("out.qcow2.lock").exists() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the first convert never locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let second = spawn(&b).wait_with_output().unwrap();
+    let first = first.wait_with_output().unwrap();
+    let first_err = String::from_utf8_lossy(&first.stderr);
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    if first.status.success() && !second.status.success() {
+        assert_eq!(second.status.code(), Some(1), "{second_err}");
+        assert!(second_err.contains("locked by"), "{second_err}");
+        assert_image_matches(&dst, "qcow2", &a);
+    } else {
+        // The first finished before the second started: both succeeded in turn.
+        assert!(
+            first.status.success() && second.status.success(),
+            "{first_err}\n{second_err}"
+        );
+        assert_image_matches(&dst, "qcow2", &b);
+    }
+}
+
+/// Regression (trust issue): character devices and FIFOs are refused up front, a FIFO
+/// without hanging; a directory destination is refused before any work.
+#[test]
+fn trust_devices_fifos_and_directories_are_refused() {
+    let dir = Scratch::new("devs");
+    let dst = dir.path("out.qcow2");
+    for dev in ["/dev/zero", "/dev/urandom"] {
+        let out = convert_within(dev, &dst, std::time::Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{dev}: {stderr}");
+        assert!(stderr.contains("character device"), "{stderr}");
+    }
+    let fifo = dir.path("fifo");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let out = convert_within(s(&fifo), &dst, std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("FIFO"), "{stderr}");
+    assert!(!dst.exists());
+
+    let raw = dir.path("d.raw");
+    make_raw(&raw, MIB, &[(0, 4096, Fill::Text)]);
+    std::fs::create_dir(dir.path("outdir")).unwrap();
+    let out = convert_within(
+        s(&raw),
+        &dir.path("outdir"),
+        std::time::Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    assert!(!dir.path("outdir.part").exists() && !dir.path("outdir.lock").exists());
+}
+
+/// Regression (trust issue): a block device is read with its real size (BLKGETSIZE64), not
+/// as a 0-byte file. Needs a loop device (root and /dev/loop-control); skipped otherwise.
+#[test]
+fn trust_block_device_is_read_whole() {
+    let dir = Scratch::new("blk");
+    let raw = dir.path("d.raw");
+    make_raw(
+        &raw,
+        8 * MIB,
+        &[(0, MIB, Fill::Noise(3)), (7 * MIB, MIB, Fill::Text)],
+    );
+    let Ok(out) = Command::new("losetup")
+        .args(["-f", "--show", s(&raw)])
+        .output()
+    else {
+        eprintln!("skipped: no losetup");
+        return;
+    };
+    if !out.status.success() {
+        eprintln!("skipped: losetup: {}", String::from_utf8_lossy(&out.stderr));
+        return;
+    }
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let dst = dir.path("out.qcow2");
+    let out = convert_within(&dev, &dst, std::time::Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(support::virtual_size(&dst, "qcow2"), 8 * MIB);
+    assert_image_matches(&dst, "qcow2", &raw);
+}
+
+/// Regression (trust issue): `convert X.part X` would truncate its own source; a `DST.part`
+/// that is a symlink must not be followed.
+#[test]
+fn trust_source_is_never_overwritten_and_symlinks_are_not_followed() {
+    let dir = Scratch::new("same");
+    let src = dir.path("x.part");
+    make_raw(&src, 4 * MIB, &[(0, MIB, Fill::Noise(5))]);
+    let before = std::fs::read(&src).unwrap();
+    let out = convert_within(s(&src), &dir.path("x"), std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("destroy the source"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&src).unwrap(),
+        before,
+        "the source was changed"
+    );
+
+    let raw = dir.path("d.raw");
+    make_raw(&raw, 4 * MIB, &[(0, MIB, Fill::Text)]);
+    let victim = dir.path("victim");
+    std::fs::write(&victim, "do not touch").unwrap();
+    let dst = dir.path("out.qcow2");
+    std::os::unix::fs::symlink(&victim, dir.path("out.qcow2.part")).unwrap();
+    convert_ok(&raw, &dst, &[]);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "do not touch");
+    assert_image_matches(&dst, "qcow2", &raw);
+}
+
+/// Regression (trust issue): a dynamic VHD header claiming 2^62 bytes and 2^31 BAT entries of
+/// 2 GiB blocks in an 8 KiB file: a clear error, exit 1, no allocation driven by the header.
+#[test]
+fn trust_header_driven_sizes_are_bounded_by_the_file() {
+    fn checksum(b: &[u8]) -> u32 {
+        !b.iter()
+            .map(|&x| u32::from(x))
+            .fold(0u32, u32::wrapping_add)
+    }
+    let mut footer = vec![0u8; 512];
+    footer[0..8].copy_from_slice(b"conectix");
+    footer[8..12].copy_from_slice(&2u32.to_be_bytes());
+    footer[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    footer[16..24].copy_from_slice(&512u64.to_be_bytes());
+    footer[40..48].copy_from_slice(&(1u64 << 62).to_be_bytes());
+    footer[48..56].copy_from_slice(&(1u64 << 62).to_be_bytes());
+    footer[56..60].copy_from_slice(&0xffff_10ffu32.to_be_bytes());
+    footer[60..64].copy_from_slice(&3u32.to_be_bytes());
+    let c = checksum(&footer);
+    footer[64..68].copy_from_slice(&c.to_be_bytes());
+    let mut header = vec![0u8; 1024];
+    header[0..8].copy_from_slice(b"cxsparse");
+    header[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+    header[16..24].copy_from_slice(&1536u64.to_be_bytes());
+    header[24..28].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    header[28..32].copy_from_slice(&(1u32 << 31).to_be_bytes());
+    header[32..36].copy_from_slice(&(1u32 << 31).to_be_bytes());
+    let c = checksum(&header);
+    header[36..40].copy_from_slice(&c.to_be_bytes());
+    let mut file = footer.clone();
+    file.extend_from_slice(&header);
+    file.resize(8192 - 512, 0xff);
+    file.extend_from_slice(&footer);
+    let dir = Scratch::new("huge");
+    let vhd = dir.path("huge.vhd");
+    std::fs::write(&vhd, file).unwrap();
+    let err = convert_fails(&dir, &vhd, &dir.path("out.qcow2"), 1, &["huge.vhd"]);
+    assert!(err.contains("past the end of the file"), "{err}");
+}
+
+/// Regression (trust issue): a SAS URL with a typo was printed whole. Whatever the shape, the
+/// signature never reaches the output.
+#[test]
+fn trust_sas_typos_never_print_the_signature() {
+    // A server that answers 404 to everything: a well-formed URL fails fast, after a request.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    let dir = Scratch::new("sas");
+    let dst = dir.path("out.qcow2");
+    let typos = [
+        format!("HTTPS://127.0.0.1:{port}/c/b?sv=1&sig=S3CR3TSIG1"),
+        "https//md-x.blob.core.windows.net/c/b?sv=1&sig=S3CR3TSIG2".to_string(),
+        "ftp://md-x.blob.core.windows.net/c/b?sv=1&sig=S3CR3TSIG3".to_string(),
+        format!("http://127.0.0.1:{port}/c/b?x=1;sig=S3CR3TSIG4"),
+        format!("http://127.0.0.1:{port}/c/b?sig%3DS3CR3TSIG5%2B%3D"),
+    ];
+    // In parallel: a URL the client retries takes a while to give up.
+    let handles: Vec<_> = typos
+        .into_iter()
+        .map(|url| {
+            let dst = dst.clone();
+            std::thread::spawn(move || {
+                (
+                    convert_within(&url, &dst, std::time::Duration::from_secs(240)),
+                    url,
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let (out, url) = h.join().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(matches!(out.status.code(), Some(1 | 2)), "{url}: {text}");
+        assert!(
+            !text.contains("S3CR3TSIG"),
+            "{url}: the signature leaked: {text}"
+        );
+    }
 }

@@ -109,13 +109,14 @@ impl Error {
 
     /// Names the file this error concerns (shown first in `Display`).
     pub fn with_path(mut self, path: &Path) -> Self {
-        self.subject = Some(path.display().to_string());
+        // A mistyped SAS URL is a "path" too: its signature is never kept.
+        self.subject = Some(crate::redact::redact(&path.display().to_string()).into_owned());
         self
     }
 
     /// Names what this error concerns when it is not a local path (a redacted URL, a disk name).
     pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
-        self.subject = Some(subject.into());
+        self.subject = Some(crate::redact::redact(&subject.into()).into_owned());
         self
     }
 

@@ -7,7 +7,7 @@
 //! the `.part` file's data was synced, so whatever it says is on disk really is. A journal
 //! that is missing, corrupt or for another source means starting over, never a wrong image.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -55,11 +55,7 @@ impl Journal {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let io = |what: &str, e| Error::io(what.to_string(), e).with_path(&tmp);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
+        let mut f = crate::fsafe::create_new(&tmp)
             .map_err(|e| io("cannot create the resume journal", e))?;
         f.write_all(&file_bytes)
             .map_err(|e| io("writing the resume journal", e))?;

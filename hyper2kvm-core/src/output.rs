@@ -6,7 +6,7 @@
 //! [`PartFile`]: `NAME.part`, fsynced and renamed to `NAME` only when complete, and removed
 //! if the writer is dropped before that.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -180,15 +180,11 @@ impl Flusher {
 }
 
 impl PartFile {
-    /// Creates (or truncates) `dst` + `.part`.
+    /// Creates `dst` + `.part` as a new file: whatever had that name (an old partial image,
+    /// a symlink) is removed first, never written through ([`crate::fsafe::create_new`]).
     pub fn create(dst: &Path) -> Result<PartFile> {
         let part = part_path(dst);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&part)
+        let file = crate::fsafe::create_new(&part)
             .map_err(|e| Error::io("cannot create the output file", e).with_path(&part))?;
         Ok(PartFile::wrap(file, part, dst, false))
     }
@@ -197,10 +193,8 @@ impl PartFile {
     /// resume journal vouches for (anything after that was not synced, so is not trusted).
     pub fn reopen(dst: &Path, len: u64) -> Result<PartFile> {
         let part = part_path(dst);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&part)
+        // Never through a symlink: only a regular file we wrote is resumed.
+        let file = crate::fsafe::reopen_own(&part)
             .map_err(|e| Error::io("cannot reopen the partial output", e).with_path(&part))?;
         let actual = file
             .metadata()

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::buffers::BufferPool;
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{journal_path, Journal};
+use crate::lock::LockFile;
 use crate::output::{prepare_chunk, ImageSink, PreparedChunk};
 use crate::qcow2::compress::Codec;
 use crate::qcow2::{Compression, Qcow2Writer};
@@ -304,7 +305,18 @@ impl Drop for WriterThread {
     }
 }
 
+/// The lock file a conversion into `dst` holds while it writes (see [`crate::lock`]).
+pub fn lock_path(dst: &Path) -> PathBuf {
+    let mut p = dst.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
 /// Converts the disk behind `reader` into an image at `dst`.
+///
+/// Only one conversion writes to `dst` at a time: it holds `dst.lock` (see [`crate::lock`])
+/// and a second one fails with [`ErrorKind::Conflict`] naming the holder. A `dst` that is a
+/// directory is refused before anything is written.
 ///
 /// The image appears at `dst` only when complete: it is written as `dst.part`, synced and
 /// renamed; on error or cancellation the `.part` file is removed.
@@ -343,6 +355,14 @@ pub async fn convert(
         OutputFormat::Qcow2 => opts.cluster_size as usize,
         OutputFormat::Raw => RAW_BLOCK,
     };
+    // One writer per destination: a second conversion to the same image (another process,
+    // another task) fails here, naming the holder, before it touches any file.
+    crate::fsafe::check_destination(dst)?;
+    let _lock = LockFile::acquire(
+        &lock_path(dst),
+        &format!("convert-{}", std::process::id()),
+        &format!("converting {} into {}", reader.describe(), dst.display()),
+    )?;
     let header = journal_header(&*reader, opts, compression);
     let (sink, completed) = open_sink(dst, size, opts, &header)?;
     let concurrency = opts.concurrency.max(1);

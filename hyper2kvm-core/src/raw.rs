@@ -81,9 +81,10 @@ impl DiskReader for RawFileReader {
     }
 }
 
-/// Opens `path` for reading, with an error that names it.
+/// Opens `path` for reading, with an error that names it: a regular file or a block device,
+/// never a character device, FIFO or socket (see [`crate::fsafe`]).
 pub(crate) fn open_file(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))
+    crate::fsafe::open_input(path).map(|(file, _)| file)
 }
 
 /// Path, disk size, file length and modification time: a file changed since an interrupted
@@ -104,19 +105,9 @@ pub(crate) fn file_identity(file: &File, path: &Path, size: u64) -> String {
     }
 }
 
-/// The length of an open file.
+/// The length of an open file, or the size of a block device (whose `len()` is 0).
 pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64> {
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("cannot stat", e).with_path(path))?;
-    if meta.is_dir() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "is a directory, not a disk image",
-        )
-        .with_path(path));
-    }
-    Ok(meta.len())
+    crate::fsafe::input_len(file, path)
 }
 
 /// Fills `buf` from `file` at `offset`, naming the file and offset on failure; a file that

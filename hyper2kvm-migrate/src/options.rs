@@ -48,6 +48,12 @@ pub struct RunOptions {
     pub network: NetworkAttachment,
     /// Guest fix-ups for OS disks, if wanted (none).
     pub guest: Option<GuestHook>,
+    /// A selection of no VM is an error of kind `InvalidArgument` unless this is set (no):
+    /// a script's `migrate && decommission` must not go on after migrating nothing.
+    pub allow_empty: bool,
+    /// Hash an image an earlier run finished in full and compare it with its report's
+    /// SHA-256, instead of the cheap check (size and format header) (no).
+    pub verify_done_images: bool,
 }
 
 impl Default for RunOptions {
@@ -65,6 +71,8 @@ impl Default for RunOptions {
             cpu: CpuMode::HostPassthrough,
             network: NetworkAttachment::Network("default".into()),
             guest: None,
+            allow_empty: false,
+            verify_done_images: false,
         }
     }
 }

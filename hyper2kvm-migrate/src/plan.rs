@@ -351,7 +351,7 @@ pub fn snapshot_name(disk: &str, run_id: &str) -> String {
 
 /// A name safe as one path component: Azure names are already (letters, digits, `-`, `_`,
 /// `.`), but never trust a server with paths.
-fn safe_name(name: &str) -> String {
+pub(crate) fn safe_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {

@@ -23,6 +23,8 @@ pub enum VmStatus {
     Failed,
     /// Not migrated by policy (`running_vm: refuse`).
     Refused,
+    /// Not touched: another run holds its lock (the error names the holder).
+    Locked,
 }
 
 impl VmStatus {
@@ -34,6 +36,7 @@ impl VmStatus {
             VmStatus::Partial => "partial",
             VmStatus::Failed => "failed",
             VmStatus::Refused => "refused",
+            VmStatus::Locked => "locked",
         }
     }
 }
@@ -84,6 +87,10 @@ pub struct DiskReport {
     pub bytes_zero: u64,
     /// The image file's size.
     pub image_bytes: u64,
+    /// An earlier file under the image's name that no report proved complete, moved aside
+    /// (`NAME.suspect-<time>`) before the disk was converted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_aside: Option<PathBuf>,
     /// SHA-256 of the image file, hex (`sha256sum` prints the same).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -302,9 +309,12 @@ impl RunSummary {
         if done == vms.len() {
             0
         } else if done == 0
-            && vms
-                .iter()
-                .all(|v| matches!(v.status, VmStatus::Failed | VmStatus::Refused))
+            && vms.iter().all(|v| {
+                matches!(
+                    v.status,
+                    VmStatus::Failed | VmStatus::Refused | VmStatus::Locked
+                )
+            })
         {
             1
         } else {
@@ -327,7 +337,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
+    // Created new, never through a symlink left under the temporary name.
+    let mut f = hyper2kvm_core::fsafe::create_new(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -385,5 +396,10 @@ mod tests {
         );
         assert_eq!(RunSummary::exit_code_for(&[line(Partial)]), 3);
         assert_eq!(RunSummary::exit_code_for(&[line(Failed), line(Refused)]), 1);
+        assert_eq!(RunSummary::exit_code_for(&[line(Locked)]), 1);
+        assert_eq!(
+            RunSummary::exit_code_for(&[line(Completed), line(Locked)]),
+            3
+        );
     }
 }

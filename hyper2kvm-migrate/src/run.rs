@@ -25,11 +25,11 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
-use hyper2kvm_core::{Cleanups, Error, ErrorKind, PowerState, Result, Vm};
+use hyper2kvm_core::{Cleanups, Error, ErrorKind, LockFile, PowerState, Result, Vm};
 use tokio::sync::Semaphore;
 
 use crate::options::{EventFn, RunEvent, RunOptions};
-use crate::plan::{plan, DiskPlan, VmAction, VmPlan};
+use crate::plan::{plan, safe_name, DiskPlan, VmAction, VmPlan};
 use crate::report::{
     write_json_atomic, DiskReport, DiskStatus, PowerAction, RunSummary, VmReport, VmStatus,
     VmSummary,
@@ -82,6 +82,12 @@ impl Migration {
     pub async fn run(&self, vms: &[Vm]) -> Result<RunSummary> {
         let started_at = SystemTime::now();
         let started = Instant::now();
+        if vms.is_empty() && !self.opts.allow_empty {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the selection matched no VM, so nothing would be migrated; check the selection, or allow an empty run (--allow-empty)",
+            ));
+        }
         let plan = plan(vms, &self.opts.plan).map_err(|e| {
             Error::new(ErrorKind::InvalidArgument, "the plan cannot work").with_source(e)
         })?;
@@ -161,9 +167,85 @@ impl Migration {
         Ok(summary)
     }
 
+    /// The VM's two locks: one for the VM itself in `<output.dir>/.locks/` (two runs must
+    /// not export, snapshot or revoke the same disks, whatever folders they write to), one
+    /// for its folder (two VMs of two runs may map to the same folder). A lock held by
+    /// another run is an error naming it; a stale one is taken over with a warning.
+    fn lock_vm(&self, vm: &Vm, vp: &VmPlan) -> std::result::Result<VmLocks, String> {
+        let run_id = &self.opts.plan.run_id;
+        let what = format!("migrating VM {}/{}", vm.resource_group, vm.name);
+        let locks_dir = self.opts.plan.dir.join(".locks");
+        std::fs::create_dir_all(&locks_dir)
+            .and_then(|()| std::fs::create_dir_all(&vp.dir))
+            .map_err(|e| format!("cannot create the lock folders: {e}"))?;
+        let key = format!(
+            "{}-{:016x}.lock",
+            safe_name(&vm.name),
+            fnv1a(vm.id.to_ascii_lowercase().as_bytes())
+        );
+        let vm_lock = LockFile::acquire(&locks_dir.join(key), run_id, &what)
+            .map_err(|e| format!("skipped, another run is migrating this VM: {e}"))?;
+        let dir_lock = LockFile::acquire(&vp.dir.join(".hyper2kvm.lock"), run_id, &what)
+            .map_err(|e| format!("skipped, another run is writing this VM's folder: {e}"))?;
+        let warnings = [&vm_lock, &dir_lock]
+            .iter()
+            .filter_map(|l| {
+                l.taken_over()
+                    .map(|h| format!("{}: took over a stale lock of {h}", l.path().display()))
+            })
+            .collect();
+        Ok(VmLocks {
+            _held: [vm_lock, dir_lock],
+            warnings,
+        })
+    }
+
+    /// The report of a VM another run holds: nothing of its folder is read or written.
+    fn locked_report(&self, vm: &Vm, vp: &VmPlan, why: String) -> VmReport {
+        self.emit(RunEvent::Step {
+            vm: vm.name.clone(),
+            message: why.clone(),
+        });
+        self.emit(RunEvent::VmFinished {
+            vm: vm.name.clone(),
+            status: VmStatus::Locked,
+        });
+        let now = rfc3339(SystemTime::now());
+        VmReport {
+            run_id: self.opts.plan.run_id.clone(),
+            vm_id: vm.id.clone(),
+            name: vm.name.clone(),
+            resource_group: vm.resource_group.clone(),
+            location: vm.location.clone(),
+            vm_size: vm.vm_size.clone(),
+            generation: vm.firmware.generation(),
+            os_type: vm.os_type.as_str().to_string(),
+            power_state_before: vm.power_state.to_string(),
+            action: vp.action.to_string(),
+            status: VmStatus::Locked,
+            started_at: now.clone(),
+            finished_at: Some(now),
+            seconds: 0.0,
+            disks: vp.disks.iter().map(pending_disk).collect(),
+            domain_xml: None,
+            vcpus: None,
+            memory_mib: None,
+            resources: Vec::new(),
+            power: Vec::new(),
+            guest: None,
+            warnings: Vec::new(),
+            errors: vec![why],
+        }
+    }
+
     /// One VM, start to end. Never fails: what goes wrong is in the report.
     async fn migrate_vm(&self, vm: &Vm, vp: &VmPlan, disk_slots: &Semaphore) -> VmReport {
         let started = Instant::now();
+        // Nothing of the VM is read or written before its locks are held.
+        let locks = match self.lock_vm(vm, vp) {
+            Ok(l) => l,
+            Err(why) => return self.locked_report(vm, vp, why),
+        };
         let previous = VmReport::load(&vp.report);
         // A report that exists but cannot be read may record snapshots a killed run left:
         // it is kept aside, not overwritten, and the run says so.
@@ -224,7 +306,7 @@ impl Migration {
                 _ => Vec::new(),
             },
             guest: None,
-            warnings: set_aside.into_iter().collect(),
+            warnings: locks.warnings.iter().cloned().chain(set_aside).collect(),
             errors: Vec::new(),
         });
         self.emit(RunEvent::VmStarted {
@@ -271,8 +353,24 @@ impl Migration {
             vm: vm.name.clone(),
             status: final_report.status,
         });
+        // Released only once the report is final.
+        drop(locks);
         final_report
     }
+}
+
+/// The locks a VM's migration holds; released when dropped (also when the run is
+/// cancelled).
+struct VmLocks {
+    _held: [LockFile; 2],
+    warnings: Vec<String>,
+}
+
+/// FNV-1a: a short, stable name for a VM id in a lock file's name.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether the run that wrote `prev` stopped or deallocated `vm`, which it had found running,
@@ -311,6 +409,7 @@ fn pending_disk(d: &DiskPlan) -> DiskReport {
         bytes_resumed: 0,
         bytes_zero: 0,
         image_bytes: 0,
+        set_aside: None,
         sha256: None,
         seconds: 0.0,
         error: None,
@@ -318,8 +417,8 @@ fn pending_disk(d: &DiskPlan) -> DiskReport {
 }
 
 fn final_status(r: &VmReport) -> VmStatus {
-    if r.status == VmStatus::Refused {
-        return VmStatus::Refused;
+    if matches!(r.status, VmStatus::Refused | VmStatus::Locked) {
+        return r.status;
     }
     let done = r.disks_done();
     if done == r.disks.len() && r.errors.is_empty() {

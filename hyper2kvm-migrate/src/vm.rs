@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
 use hyper2kvm_core::journal::journal_path;
-use hyper2kvm_core::{convert, ConvertOptions, Disk, DiskRole, Result, Vm};
+use hyper2kvm_core::{convert, ConvertOptions, Disk, DiskRole, OutputFormat, Result, Vm};
 use tokio::sync::Semaphore;
 
 use crate::checksum::sha256_file;
@@ -81,7 +81,8 @@ impl VmRun<'_> {
         let mut pending = Vec::new();
         let mut converted = Vec::new(); // staged, not yet fixed
         for (i, d) in self.vp.disks.iter().enumerate() {
-            if d.output.exists() {
+            // Whatever is under the final name (a dangling symlink too) must prove itself.
+            if std::fs::symlink_metadata(&d.output).is_ok() {
                 if let Some(other) = self.previous.and_then(|p| {
                     p.disks
                         .iter()
@@ -97,6 +98,31 @@ impl VmRun<'_> {
                             d.id
                         ),
                     );
+                    continue;
+                }
+                if let Err(why) = self.proven_done(i).await {
+                    // Not proven complete: moved aside (never deleted: it may be someone's
+                    // data) and converted again.
+                    let aside = suspect_path(&d.output);
+                    match std::fs::rename(&d.output, &aside) {
+                        Ok(()) => {
+                            self.warn(format!(
+                                "{}: {why}; it was moved to {} and the disk is converted again",
+                                d.output.display(),
+                                aside.display()
+                            ));
+                            self.update(|r| r.disks[i].set_aside = Some(aside.clone()));
+                            pending.push(i);
+                        }
+                        Err(e) => self.fail_disks(
+                            &[i],
+                            &format!(
+                                "{}: {why}, and it cannot be moved aside: {e}; move it away to migrate {}",
+                                d.output.display(),
+                                d.id
+                            ),
+                        ),
+                    }
                     continue;
                 }
                 let unfixed =
@@ -435,6 +461,56 @@ impl VmRun<'_> {
         ok
     }
 
+    /// Whether the file under disk `i`'s final name is the complete image an earlier run
+    /// made: its report must say so (completed, with a checksum) for this disk and this path,
+    /// and the file must be a regular file of the recorded size with the format's header; with
+    /// `verify_done_images`, its SHA-256 must match too. Why not, otherwise.
+    async fn proven_done(&self, i: usize) -> std::result::Result<(), String> {
+        let d = &self.vp.disks[i];
+        let earlier = self
+            .previous
+            .and_then(|p| {
+                p.disks.iter().find(|x| {
+                    x.output == d.output
+                        && x.id.eq_ignore_ascii_case(&d.id)
+                        && matches!(x.status, DiskStatus::Completed | DiskStatus::AlreadyDone)
+                })
+            })
+            .ok_or("no earlier report records it as a complete image of this disk")?;
+        let Some(sha) = earlier.sha256.clone() else {
+            return Err("its earlier report has no checksum for it".into());
+        };
+        let meta = std::fs::symlink_metadata(&d.output).map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("it is not a regular file".into());
+        }
+        if meta.len() != earlier.image_bytes {
+            return Err(format!(
+                "it is {} bytes, its report recorded {}",
+                meta.len(),
+                earlier.image_bytes
+            ));
+        }
+        if self.m.opts.plan.format == OutputFormat::Qcow2 {
+            let mut magic = [0u8; 4];
+            let read = std::fs::File::open(&d.output)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+            if read.is_err() || &magic != b"QFI\xfb" {
+                return Err("it does not start with a qcow2 header".into());
+            }
+        }
+        if self.m.opts.verify_done_images {
+            let path = d.output.clone();
+            match tokio::task::spawn_blocking(move || sha256_file(&path)).await {
+                Ok(Ok((hex, _))) if hex == sha => {}
+                Ok(Ok(_)) => return Err("its SHA-256 differs from its report's".into()),
+                Ok(Err(e)) => return Err(format!("cannot compute its checksum: {e}")),
+                Err(e) => return Err(format!("checksum task failed: {e}")),
+            }
+        }
+        Ok(())
+    }
+
     /// Disk `i`'s image exists from an earlier run: record it, with its checksum.
     async fn already_done(&self, i: usize) {
         let d = &self.vp.disks[i];
@@ -651,6 +727,20 @@ fn source_disk(d: &DiskPlan) -> Disk {
         role: role_of(d),
         size_bytes: d.size_bytes,
     }
+}
+
+/// Where a file found under a final name without proof is moved: `NAME.suspect-<time>`.
+fn suspect_path(output: &std::path::Path) -> PathBuf {
+    let stamp = rfc3339(SystemTime::now()).replace(':', "");
+    let mut p = output.as_os_str().to_owned();
+    p.push(format!(".suspect-{stamp}"));
+    let mut path = PathBuf::from(&p);
+    let mut n = 1;
+    while std::fs::symlink_metadata(&path).is_ok() {
+        path = PathBuf::from(format!("{}.{n}", p.to_string_lossy()));
+        n += 1;
+    }
+    path
 }
 
 fn last_segment(id: &str) -> &str {

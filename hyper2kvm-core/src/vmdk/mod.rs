@@ -413,7 +413,13 @@ fn open_extent(
     let open_named = |name: &str| -> Result<(File, PathBuf, u64)> {
         let full = dir.join(name);
         // The cause goes in the message, not as a source: the CLI prints sources again.
-        let file = File::open(&full).map_err(|e| {
+        // O_NONBLOCK: an extent that is a FIFO must not hang the open (file_len refuses it).
+        let file = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().read(true),
+            libc::O_NONBLOCK,
+        )
+        .open(&full)
+        .map_err(|e| {
             Error::new(
                 ErrorKind::Io,
                 format!(
