@@ -586,7 +586,9 @@ pub fn inspect(guest: &mut dyn GuestFs) -> Result<NetworkInspection> {
         .iter()
         .flat_map(|(_, p)| p.started.iter().cloned())
         .collect();
-    let ifupdown_active = active(stacks, &[Stack::Ifupdown])
+    // ifupdown's own programs tell for sure whether it is there: without them its files are
+    // leftovers that nothing reads (unlike the other stacks, no "could not tell" here).
+    let ifupdown_active = inspection.enabled(Stack::Ifupdown)
         || (inspection.state(Stack::Ifupdown) != &StackState::Absent
             && started.iter().any(|(_, how)| how == "allow-hotplug")
             && any_exists(
@@ -924,6 +926,21 @@ mod tests {
             n.kernel_names_needed.as_deref(),
             Some("the configuration names eth0 (/etc/systemd/network/10-azure-eth0.network), eth1 (/etc/systemd/network/10-eth1.link)")
         );
+    }
+
+    #[test]
+    fn ifupdown_files_without_ifupdown_are_leftovers() {
+        let mut guest = debian_ifupdown();
+        guest.files.remove("/sbin/ifup");
+        guest
+            .files
+            .remove("/etc/systemd/system/multi-user.target.wants/networking.service");
+        guest
+            .files
+            .remove("/etc/udev/rules.d/70-persistent-net.rules");
+        let n = inspect(&mut guest).unwrap();
+        assert!(!n.configs[0].active, "{:#?}", n.lines());
+        assert_eq!(n.kernel_names_needed, None);
     }
 
     #[test]

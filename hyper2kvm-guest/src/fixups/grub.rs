@@ -35,9 +35,13 @@ impl FixUp for GrubCmdline {
                 .iter()
                 .any(|p| p == "net.ifnames=0")
         });
+        // With BLS (RHEL 8+) the kernel's options live in /boot/loader/entries, which grubby
+        // edits; grub.cfg never carries them, so it says nothing about net.ifnames there.
+        let bls = !guest.list("/boot/loader/entries")?.is_empty();
         for path in &inspection.boot.grub_configs {
             if guest.read(path)?.is_some_and(|cfg| {
-                cfg.contains("rootdelay=") || (kernel_names && !cfg.contains("net.ifnames=0"))
+                cfg.contains("rootdelay=")
+                    || (kernel_names && !bls && !cfg.contains("net.ifnames=0"))
             }) {
                 regenerate = true;
             }
@@ -146,6 +150,30 @@ mod tests {
         ]);
         let plan = GrubCmdline.plan(&mut guest, &debian()).unwrap();
         assert_eq!(plan.changes, ["update-grub"]);
+    }
+
+    #[test]
+    fn net_ifnames_regenerates_grub_cfg_but_not_with_bls() {
+        let defaults = "GRUB_CMDLINE_LINUX=\"console=ttyS0 net.ifnames=0\"\n";
+        let mut guest = MemoryGuest::with(&[
+            ("/etc/default/grub", defaults),
+            ("/boot/grub/grub.cfg", "linux /vmlinuz console=ttyS0\n"),
+            ("/usr/sbin/update-grub", ""),
+        ]);
+        assert_eq!(
+            GrubCmdline.plan(&mut guest, &debian()).unwrap().changes,
+            ["update-grub"]
+        );
+        let mut bls = MemoryGuest::with(&[
+            ("/etc/default/grub", defaults),
+            ("/boot/grub2/grub.cfg", "blscfg\n"),
+            (
+                "/boot/loader/entries/x.conf",
+                "options root=/dev/sda4 net.ifnames=0\n",
+            ),
+            ("/usr/sbin/grub2-mkconfig", ""),
+        ]);
+        assert!(!GrubCmdline.plan(&mut bls, &rhel()).unwrap().is_needed());
     }
 
     #[test]
