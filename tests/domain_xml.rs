@@ -37,7 +37,11 @@ fn every_variant_validates() {
             .collect::<Vec<_>>()
     };
     let mut n = 0;
-    for firmware in [Firmware::Bios, Firmware::Uefi] {
+    for (firmware, secure) in [
+        (Firmware::Bios, false),
+        (Firmware::Uefi, false),
+        (Firmware::Uefi, true),
+    ] {
         for os_type in [OsType::Linux, OsType::Windows, OsType::Unknown] {
             for cpu in [
                 CpuMode::HostPassthrough,
@@ -59,6 +63,9 @@ fn every_variant_validates() {
                             cpu: cpu.clone(),
                             disks: disks(count, format),
                             network,
+                            nics: count.min(3) as u32,
+                            secure_boot: secure,
+                            tpm: secure,
                         };
                         validate(&domain_xml(&spec), &dir, &format!("domain-{n}.xml"));
                         n += 1;
@@ -67,5 +74,5 @@ fn every_variant_validates() {
             }
         }
     }
-    assert_eq!(n, 72);
+    assert_eq!(n, 108);
 }

@@ -1,6 +1,7 @@
 //! Azure as core's [`HardwareCatalog`]: vCPUs and memory from the VM size, looked up once per
 //! subscription and location (`GET …/locations/{location}/vmSizes`), firmware from the
-//! disks' Hyper-V generation.
+//! disks' Hyper-V generation, secure boot and vTPM from the VM's `securityProfile`, the NIC
+//! count from its `networkProfile`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,7 +63,7 @@ impl HardwareCatalog for AzureSource {
     fn hardware<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, hyper2kvm_core::Result<Hardware>> {
         Box::pin(async move {
             let (vcpus, memory_mib) = self.sizes().lookup(self.arm(), vm).await?;
-            Ok(Hardware::new(vcpus, memory_mib, vm.firmware))
+            Ok(Hardware::new(vcpus, memory_mib, vm.firmware).with_vm(vm))
         })
     }
 }

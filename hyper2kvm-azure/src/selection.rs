@@ -149,6 +149,8 @@ mod tests {
             os_type: OsType::Linux,
             firmware: Firmware::Uefi,
             disks: vec![],
+            security: Default::default(),
+            nics: None,
         }
     }
 

@@ -168,6 +168,16 @@ struct JsonVm<'a> {
     os_type: &'a str,
     generation: u8,
     tags: &'a std::collections::BTreeMap<String, String>,
+    /// Absent when the source does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secure_boot: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vtpm: Option<bool>,
+    /// Why the disks are encrypted inside the guest (such VMs are refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guest_encryption: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nics: Option<u32>,
     disks: Vec<JsonDisk<'a>>,
 }
 
@@ -195,6 +205,10 @@ fn json_vms(vms: &[Vm]) -> Vec<JsonVm<'_>> {
             os_type: vm.os_type.as_str(),
             generation: vm.firmware.generation(),
             tags: &vm.tags,
+            secure_boot: vm.security.secure_boot,
+            vtpm: vm.security.vtpm,
+            guest_encryption: vm.security.guest_encryption.as_deref(),
+            nics: vm.nics,
             disks: vm
                 .disks
                 .iter()
@@ -322,6 +336,8 @@ mod tests {
                     size_bytes: 2 << 30,
                 },
             ],
+            security: Default::default(),
+            nics: None,
         }
     }
 

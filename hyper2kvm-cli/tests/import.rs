@@ -179,6 +179,20 @@ fn an_ova_imports_with_its_hardware_and_resumes() {
     assert!(xml.contains("<vcpu placement='static'>2</vcpu>"), "{xml}");
     assert!(xml.contains("<memory unit='MiB'>4096</memory>"), "{xml}");
     assert!(xml.contains("<os firmware='efi'>"), "{xml}");
+    // uefi.secureBoot.enabled and two Ethernet items in the descriptor.
+    assert!(
+        xml.contains("<feature enabled='yes' name='secure-boot'/>"),
+        "{xml}"
+    );
+    assert_eq!(
+        xml.matches("<interface type='network'>").count(),
+        2,
+        "{xml}"
+    );
+    assert!(
+        !xml.contains("<tpm"),
+        "the OVF says nothing of a vTPM: {xml}"
+    );
     assert!(xml.contains("imported from OVA"), "{xml}");
     let os = xml.find("web01-os.qcow2").unwrap();
     let data = xml.find("web01-data-lun0.qcow2").unwrap();

@@ -360,8 +360,27 @@ fn assert_domain(vm: &VmDef, rep: &Value) -> bool {
     );
     assert_eq!(rep["vcpus"], *vcpus);
     assert_eq!(rep["memory_mib"], *mib);
+    // The simulator's Gen2 VMs are Trusted Launch (Azure's default): secure boot and a vTPM.
+    let trusted = vm.generation == 2;
+    assert_eq!(
+        xml.contains("<feature enabled='yes' name='secure-boot'/>"),
+        trusted,
+        "{}: secure boot exactly for Trusted Launch\n{xml}",
+        vm.name
+    );
+    assert_eq!(xml.contains("<tpm model='tpm-crb'>"), trusted, "{xml}");
+    assert_eq!(
+        (rep["secure_boot"].as_bool(), rep["tpm"].as_bool()),
+        (Some(trusted), Some(trusted))
+    );
+    assert_eq!(xml.matches("<interface ").count(), 1, "{xml}");
+    validate_domain(&path)
+}
+
+/// `virt-xml-validate` on a domain XML; false when it is not installed.
+fn validate_domain(path: &Path) -> bool {
     match Command::new("virt-xml-validate")
-        .args([s(&path), "domain"])
+        .args([s(path), "domain"])
         .output()
     {
         Ok(o) => {
@@ -785,6 +804,116 @@ async fn deallocate_with_restart_starts_running_vms_again() {
         let want: Vec<(&str, bool)> = ops.iter().map(|o| (*o, true)).collect();
         assert_eq!(power, want, "{vm}");
         assert_images(&sim, &scratch, &rep);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_encryption_is_refused_before_export_and_nics_and_security_reach_the_domain() {
+    // Scenario keys after the ARM shapes: Azure Disk Encryption (the extension, the disks'
+    // encryptionSettingsCollection), a Gen2 VM without Trusted Launch and two NICs.
+    let yaml = format!(
+        "settings: {{ operations: {{ polls: 1, retry_after_secs: 0 }} }}
+subscriptions:
+  - id: {SUB}
+    resource_groups:
+      - name: rg-a
+        location: westeurope
+        vms:
+          - {{ name: ade-win, os_type: windows, power_state: running, disk_encryption: true, disks: [{{ size_bytes: {MIB} }}] }}
+          - {{ name: ade-lin, power_state: deallocated, generation: 1, disk_encryption: true, disks: [{{ size_bytes: {MIB} }}, {{ size_bytes: {MIB} }}] }}
+          - {{ name: plain, size: Standard_B2s, power_state: deallocated, security_type: standard, nics: 2, disks: [{{ size_bytes: {MIB} }}] }}
+          - {{ name: tl, size: Standard_B2s, power_state: deallocated, os_type: windows, nics: 3, disks: [{{ size_bytes: {MIB} }}] }}
+"
+    );
+    let sim = Simulator::start(&Scenario::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap();
+    let scratch = Scratch::new("migade");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+
+    // The listing shows what was found, for a user to see before migrating.
+    let listed = run(&cfg, &["--list-only", "--output", "json"]).await;
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let vms: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let by_name = |n: &str| {
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert!(by_name("ade-win")["guest_encryption"]
+        .as_str()
+        .unwrap()
+        .contains("AzureDiskEncryption extension"));
+    assert_eq!(by_name("tl")["secure_boot"], true);
+    assert_eq!(by_name("tl")["vtpm"], true);
+    assert_eq!(by_name("plain")["nics"], 2);
+    assert!(by_name("plain")["secure_boot"].is_null());
+
+    let result = run(&cfg, &[]).await;
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    // Refused before anything: no power operation, snapshot or grant for the encrypted VMs.
+    let c = sim.counters();
+    assert_eq!(c.received(Route::PowerOperation), 0);
+    assert_eq!(c.received(Route::Snapshot), 0);
+    assert_eq!(
+        c.received(Route::BeginGetAccess),
+        2,
+        "only plain's and tl's disks"
+    );
+    for (vm, how) in [
+        ("ade-win", "--volume-type ALL"),
+        ("ade-lin", "--volume-type DATA"),
+    ] {
+        let rep = report(&out, vm);
+        assert_eq!(rep["status"], "refused", "{rep}");
+        let why = rep["warnings"].to_string();
+        assert!(why.contains("encrypted inside the guest"), "{why}");
+        assert!(why.contains(how), "{why}");
+        assert!(rep["domain_xml"].is_null());
+        assert_eq!(
+            files_under(&out.join("rg-a").join(vm))
+                .iter()
+                .filter(|f| !f.ends_with("report.json"))
+                .count(),
+            0
+        );
+    }
+    assert!(report(&out, "ade-lin")["warnings"]
+        .to_string()
+        .contains("disk ade-lin_DataDisk_0 has encryptionSettingsCollection.enabled"));
+
+    let plain = report(&out, "plain");
+    let xml = std::fs::read_to_string(plain["domain_xml"].as_str().unwrap()).unwrap();
+    assert_eq!(xml.matches("<interface ").count(), 2, "{xml}");
+    assert!(
+        xml.contains("<os firmware='efi'>") && !xml.contains("secure"),
+        "{xml}"
+    );
+    assert!(!xml.contains("<tpm"), "{xml}");
+    assert_eq!(plain["nics"], 2);
+    let tl = report(&out, "tl");
+    let path = PathBuf::from(tl["domain_xml"].as_str().unwrap());
+    let xml = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(xml.matches("<interface ").count(), 3, "{xml}");
+    for want in [
+        "<feature enabled='yes' name='secure-boot'/>",
+        "<feature enabled='yes' name='enrolled-keys'/>",
+        "<smm state='on'/>",
+        "<tpm model='tpm-crb'>",
+        "<backend type='emulator' version='2.0'/>",
+        "<hyperv mode='custom'>",
+        "<clock offset='localtime'>",
+    ] {
+        assert!(xml.contains(want), "{want}\n{xml}");
+    }
+    if !validate_domain(&path) {
+        println!("note: virt-xml-validate is not installed; domain XMLs were not validated");
     }
 }
 

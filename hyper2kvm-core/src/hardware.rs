@@ -19,6 +19,8 @@ pub struct Hardware {
     pub secure_boot: Option<bool>,
     /// Whether the VM had a virtual TPM; `None` when the source does not say.
     pub vtpm: Option<bool>,
+    /// How many NICs the VM had; `None` when the source does not say (the domain gets one).
+    pub nics: Option<u32>,
 }
 
 impl Hardware {
@@ -30,7 +32,16 @@ impl Hardware {
             firmware,
             secure_boot: None,
             vtpm: None,
+            nics: None,
         }
+    }
+
+    /// The same, with secure boot, vTPM and NIC count as `vm`'s source describes them.
+    pub fn with_vm(mut self, vm: &Vm) -> Self {
+        self.secure_boot = vm.security.secure_boot;
+        self.vtpm = vm.security.vtpm;
+        self.nics = vm.nics;
+        self
     }
 }
 

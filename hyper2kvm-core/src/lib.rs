@@ -73,7 +73,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use hardware::{Hardware, HardwareCatalog};
 pub use limits::Limits;
 pub use lock::{LockFile, LockInfo};
-pub use model::{Disk, DiskRole, Firmware, OsType, PowerState, Vm};
+pub use model::{Disk, DiskRole, Firmware, OsType, PowerState, Security, Vm};
 pub use open::{open_disk, InputFormat};
 pub use output::{ImageSink, PreparedChunk};
 pub use pipeline::{convert, ConvertOptions, ConvertStats, OutputFormat, Progress, ProgressFn};

@@ -10,7 +10,12 @@
 //! * a virtio NIC on a libvirt network or a bridge, a serial console (Azure images log to
 //!   `ttyS0`), the QEMU guest agent channel, a virtio RNG and balloon, VNC on loopback;
 //! * CPU `host-passthrough` unless configured; vCPUs and memory from the Azure VM size;
-//! * Windows guests get a local-time clock and Hyper-V enlightenments.
+//! * Windows guests get a local-time clock and Hyper-V enlightenments;
+//! * a VM that had UEFI secure boot (Azure Trusted Launch) keeps it: libvirt chooses a
+//!   firmware with the `secure-boot` and `enrolled-keys` features (Microsoft's keys; on Debian
+//!   `OVMF_CODE_4M.ms.fd` with `OVMF_VARS_4M.ms.fd` as the NVRAM template), with SMM on; a VM
+//!   that had a vTPM gets an emulated TPM 2.0 (`swtpm`, CRB interface);
+//! * one virtio NIC per NIC the source VM had.
 //!
 //! Tests hold the output to libvirt's own schema with `virt-xml-validate`.
 
@@ -68,8 +73,14 @@ pub struct DomainSpec {
     pub cpu: CpuMode,
     /// Disks: the OS disk first, then data disks in LUN order.
     pub disks: Vec<DomainDisk>,
-    /// Where the NIC goes.
+    /// Where the NICs go.
     pub network: NetworkAttachment,
+    /// How many NICs (each a virtio NIC on `network`).
+    pub nics: u32,
+    /// UEFI secure boot with Microsoft's keys enrolled (ignored with BIOS firmware).
+    pub secure_boot: bool,
+    /// An emulated TPM 2.0.
+    pub tpm: bool,
 }
 
 /// The libvirt domain XML for `spec`.
@@ -88,8 +99,13 @@ pub struct DomainSpec {
 ///     cpu: CpuMode::HostPassthrough,
 ///     disks: vec![DomainDisk { path: "/srv/web-01/web-01-os.qcow2".into(), format: OutputFormat::Qcow2 }],
 ///     network: NetworkAttachment::Network("default".into()),
+///     nics: 1,
+///     secure_boot: true,
+///     tpm: true,
 /// });
 /// assert!(xml.contains("<os firmware='efi'>"));
+/// assert!(xml.contains("<feature enabled='yes' name='secure-boot'/>"));
+/// assert!(xml.contains("<backend type='emulator' version='2.0'/>"));
 /// assert!(xml.contains("<target dev='vda' bus='virtio'/>"));
 /// ```
 pub fn domain_xml(spec: &DomainSpec) -> String {
@@ -114,6 +130,16 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
         }
     }
     let _ = writeln!(w, "    <type arch='x86_64' machine='q35'>hvm</type>");
+    let secure_boot = spec.secure_boot && spec.firmware == Firmware::Uefi;
+    if secure_boot {
+        // Firmware auto-selection by feature rather than a path: the descriptors in
+        // /usr/share/qemu/firmware name each distribution's own files.
+        let _ = writeln!(w, "    <firmware>");
+        let _ = writeln!(w, "      <feature enabled='yes' name='enrolled-keys'/>");
+        let _ = writeln!(w, "      <feature enabled='yes' name='secure-boot'/>");
+        let _ = writeln!(w, "    </firmware>");
+        let _ = writeln!(w, "    <loader secure='yes'/>");
+    }
     let _ = writeln!(w, "  </os>");
     let _ = writeln!(w, "  <features>");
     let _ = writeln!(w, "    <acpi/>");
@@ -125,6 +151,10 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
         }
         let _ = writeln!(w, "      <spinlocks state='on' retries='8191'/>");
         let _ = writeln!(w, "    </hyperv>");
+    }
+    if secure_boot {
+        // OVMF's secure-boot builds need SMM to protect their variable store.
+        let _ = writeln!(w, "    <smm state='on'/>");
     }
     let _ = writeln!(w, "  </features>");
     match &spec.cpu {
@@ -179,18 +209,20 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
         }
         let _ = writeln!(w, "    </disk>");
     }
-    match &spec.network {
-        NetworkAttachment::Network(name) => {
-            let _ = writeln!(w, "    <interface type='network'>");
-            let _ = writeln!(w, "      <source network='{}'/>", esc(name));
+    for _ in 0..spec.nics {
+        match &spec.network {
+            NetworkAttachment::Network(name) => {
+                let _ = writeln!(w, "    <interface type='network'>");
+                let _ = writeln!(w, "      <source network='{}'/>", esc(name));
+            }
+            NetworkAttachment::Bridge(name) => {
+                let _ = writeln!(w, "    <interface type='bridge'>");
+                let _ = writeln!(w, "      <source bridge='{}'/>", esc(name));
+            }
         }
-        NetworkAttachment::Bridge(name) => {
-            let _ = writeln!(w, "    <interface type='bridge'>");
-            let _ = writeln!(w, "      <source bridge='{}'/>", esc(name));
-        }
+        let _ = writeln!(w, "      <model type='virtio'/>");
+        let _ = writeln!(w, "    </interface>");
     }
-    let _ = writeln!(w, "      <model type='virtio'/>");
-    let _ = writeln!(w, "    </interface>");
     let _ = writeln!(w, "    <serial type='pty'>");
     let _ = writeln!(w, "      <target type='isa-serial' port='0'/>");
     let _ = writeln!(w, "    </serial>");
@@ -210,6 +242,11 @@ pub fn domain_xml(spec: &DomainSpec) -> String {
     let _ = writeln!(w, "    <video>");
     let _ = writeln!(w, "      <model type='virtio' heads='1' primary='yes'/>");
     let _ = writeln!(w, "    </video>");
+    if spec.tpm {
+        let _ = writeln!(w, "    <tpm model='tpm-crb'>");
+        let _ = writeln!(w, "      <backend type='emulator' version='2.0'/>");
+        let _ = writeln!(w, "    </tpm>");
+    }
     let _ = writeln!(w, "    <memballoon model='virtio'/>");
     let _ = writeln!(w, "    <rng model='virtio'>");
     let _ = writeln!(w, "      <backend model='random'>/dev/urandom</backend>");
@@ -267,6 +304,9 @@ mod tests {
                 },
             ],
             network: NetworkAttachment::Bridge("br0".into()),
+            nics: 1,
+            secure_boot: false,
+            tpm: false,
         }
     }
 
@@ -290,6 +330,39 @@ mod tests {
         assert_eq!(xml.matches("<boot order='1'/>").count(), 1);
         assert!(xml.contains("<source bridge='br0'/>"));
         assert!(!xml.contains("hyperv"));
+        assert!(!xml.contains("<tpm") && !xml.contains("secure"));
+    }
+
+    #[test]
+    fn trusted_launch_keeps_secure_boot_and_tpm() {
+        let mut s = spec();
+        s.firmware = Firmware::Uefi;
+        s.secure_boot = true;
+        s.tpm = true;
+        let xml = domain_xml(&s);
+        assert!(xml.contains("<feature enabled='yes' name='secure-boot'/>"));
+        assert!(xml.contains("<feature enabled='yes' name='enrolled-keys'/>"));
+        assert!(xml.contains("<loader secure='yes'/>"));
+        assert!(xml.contains("<smm state='on'/>"));
+        assert!(xml.contains("<tpm model='tpm-crb'>"));
+        // Secure boot needs UEFI: with BIOS it is not asked for (the TPM still is).
+        s.firmware = Firmware::Bios;
+        let xml = domain_xml(&s);
+        assert!(!xml.contains("secure") && !xml.contains("<smm"));
+        assert!(xml.contains("<tpm model='tpm-crb'>"));
+    }
+
+    #[test]
+    fn one_interface_per_nic() {
+        let mut s = spec();
+        for nics in [0, 1, 3] {
+            s.nics = nics;
+            let xml = domain_xml(&s);
+            assert_eq!(
+                xml.matches("<interface type='bridge'>").count(),
+                nics as usize
+            );
+        }
     }
 
     #[test]

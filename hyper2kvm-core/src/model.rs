@@ -30,6 +30,43 @@ pub struct Vm {
     pub firmware: Firmware,
     /// The VM's disks: the OS disk first, then data disks by LUN.
     pub disks: Vec<Disk>,
+    /// Secure boot, vTPM and in-guest disk encryption, as far as the source can tell.
+    pub security: Security,
+    /// How many NICs the VM has, when the source says.
+    pub nics: Option<u32>,
+}
+
+/// What a VM's source says about its boot security and its disks' encryption.
+///
+/// `None` means the source does not say, never "off".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Security {
+    /// Whether UEFI secure boot is on (Azure: `securityProfile.uefiSettings.secureBootEnabled`).
+    pub secure_boot: Option<bool>,
+    /// Whether the VM has a virtual TPM (Azure: `securityProfile.uefiSettings.vTpmEnabled`).
+    pub vtpm: Option<bool>,
+    /// Why the disks are encrypted inside the guest (BitLocker or dm-crypt by Azure Disk
+    /// Encryption), when they are: such a disk cannot be read or fixed without its key, so
+    /// the engine refuses the VM before exporting anything.
+    pub guest_encryption: Option<String>,
+}
+
+impl Security {
+    /// Secure boot and vTPM as given; no guest encryption.
+    pub fn new(secure_boot: Option<bool>, vtpm: Option<bool>) -> Self {
+        Security {
+            secure_boot,
+            vtpm,
+            guest_encryption: None,
+        }
+    }
+
+    /// The same, with the guest encryption `why`.
+    pub fn with_guest_encryption(mut self, why: Option<String>) -> Self {
+        self.guest_encryption = why;
+        self
+    }
 }
 
 impl Vm {
@@ -259,6 +296,8 @@ mod tests {
             os_type: OsType::Linux,
             firmware: Firmware::Bios,
             disks: vec![disk(0, 10), disk(1, 32)],
+            security: Security::default(),
+            nics: None,
         };
         assert_eq!(vm.total_disk_bytes(), 42);
     }

@@ -87,14 +87,12 @@ pub struct Package {
     pub path: PathBuf,
     /// The VM's name.
     pub name: String,
-    /// vCPUs, memory, firmware.
+    /// vCPUs, memory, firmware, secure boot and NIC count.
     pub hardware: Hardware,
     /// True when the hardware came from a descriptor, not from the flags.
     pub described: bool,
     /// The guest family, when known.
     pub os_type: OsType,
-    /// NICs the descriptor lists.
-    pub nics: u32,
     /// Disks in boot order: the first is the OS disk.
     pub disks: Vec<PackageDisk>,
     /// The manifest's name, when the package has one.
@@ -173,6 +171,7 @@ fn from_descriptor(
         d.firmware,
     );
     hardware.secure_boot = d.secure_boot;
+    hardware.nics = Some(d.nics);
     Package {
         kind,
         path: path.to_owned(),
@@ -180,7 +179,6 @@ fn from_descriptor(
         hardware,
         described: d.vcpus.is_some() && d.memory_mib.is_some(),
         os_type: d.os_type,
-        nics: d.nics,
         disks,
         manifest: manifest.map(|m| m.name.clone()),
     }
@@ -417,7 +415,6 @@ fn undescribed(
         hardware: Hardware::new(d.vcpus, d.memory_mib, d.firmware),
         described: false,
         os_type: OsType::Unknown,
-        nics: 1,
         disks,
         manifest: None,
     }

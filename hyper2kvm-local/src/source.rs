@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hyper2kvm_core::{
     BoxFuture, Cleanups, Disk, DiskRole, Error, ErrorKind, ExportedDisk, Hardware, HardwareCatalog,
-    Origin, PowerState, Result, Vm, VmSource,
+    Origin, PowerState, Result, Security, Vm, VmSource,
 };
 
 use tokio::sync::OnceCell;
@@ -134,6 +134,8 @@ fn vm_of(p: &Package) -> Vm {
         os_type: p.os_type,
         firmware: p.hardware.firmware,
         disks,
+        security: Security::new(p.hardware.secure_boot, p.hardware.vtpm),
+        nics: p.hardware.nics,
     }
 }
 

@@ -36,8 +36,13 @@ impl VmRun<'_> {
                 "VM size {} not found ({e}); the domain gets {FALLBACK_VCPUS} vCPUs and {FALLBACK_MEMORY_MIB} MiB, adjust it",
                 self.vm.vm_size
             ));
-            Hardware::new(FALLBACK_VCPUS, FALLBACK_MEMORY_MIB, self.vm.firmware)
+            Hardware::new(FALLBACK_VCPUS, FALLBACK_MEMORY_MIB, self.vm.firmware).with_vm(self.vm)
         });
+        let secure_boot = hardware.secure_boot == Some(true);
+        if secure_boot && hardware.firmware != hyper2kvm_core::Firmware::Uefi {
+            self.warn("the source says secure boot, but the VM boots by BIOS: the domain has no secure boot".into());
+        }
+        let tpm = hardware.vtpm == Some(true);
         let domain_disks = disks
             .iter()
             .map(|d| DomainDisk {
@@ -61,6 +66,9 @@ impl VmRun<'_> {
             cpu: self.m.opts.cpu.clone(),
             disks: domain_disks,
             network: self.m.opts.network.clone(),
+            nics: hardware.nics.unwrap_or(1),
+            secure_boot,
+            tpm,
         };
         let xml = domain_xml(&spec);
         match write_atomic(&self.vp.domain_xml, xml.as_bytes()) {
@@ -68,6 +76,10 @@ impl VmRun<'_> {
                 r.domain_xml = Some(self.vp.domain_xml.clone());
                 r.vcpus = Some(hardware.vcpus);
                 r.memory_mib = Some(hardware.memory_mib);
+                r.secure_boot =
+                    Some(secure_boot && hardware.firmware == hyper2kvm_core::Firmware::Uefi);
+                r.tpm = Some(tpm);
+                r.nics = Some(hardware.nics.unwrap_or(1));
             }),
             Err(e) => self.error(format!(
                 "{}: cannot write: {e}",

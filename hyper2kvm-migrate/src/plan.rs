@@ -272,6 +272,14 @@ fn plan_vm(vm: &Vm, dir: PathBuf, opts: &PlanOptions) -> VmPlan {
     let restart =
         opts.restart && matches!(vm.power_state, PowerState::Running | PowerState::Starting);
     let action = match (&vm.power_state, opts.running_vm) {
+        // Refused before anything is exported, stopped or snapshotted: without the key the
+        // image can be neither read nor fixed, so the copy would be useless.
+        _ if vm.security.guest_encryption.is_some() => VmAction::Refused {
+            reason: format!(
+                "its disks are encrypted inside the guest: {}",
+                vm.security.guest_encryption.as_deref().unwrap_or_default()
+            ),
+        },
         (PowerState::Deallocated, _) => VmAction::ExportDisks,
         (_, RunningVmPolicy::Snapshot) => VmAction::Snapshot,
         (_, RunningVmPolicy::Deallocate) => VmAction::DeallocateThenExport { restart },
@@ -398,6 +406,28 @@ mod tests {
                 disk(&format!("{name}-data0"), DiskRole::Data { lun: 0 }),
                 disk(&format!("{name}-data3"), DiskRole::Data { lun: 3 }),
             ],
+            security: Default::default(),
+            nics: None,
+        }
+    }
+
+    #[test]
+    fn guest_encrypted_vms_are_refused_whatever_the_policy() {
+        let mut encrypted = vm("enc", "rg", PowerState::Deallocated);
+        encrypted.security = hyper2kvm_core::Security::default()
+            .with_guest_encryption(Some("BitLocker by Azure Disk Encryption".into()));
+        for policy in [RunningVmPolicy::Snapshot, RunningVmPolicy::Deallocate] {
+            let p = plan(std::slice::from_ref(&encrypted), &opts(policy)).unwrap();
+            match &p.vms[0].action {
+                VmAction::Refused { reason } => {
+                    assert!(
+                        reason.contains("encrypted inside the guest: BitLocker"),
+                        "{reason}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(p.snapshot_count(), 0);
         }
     }
 

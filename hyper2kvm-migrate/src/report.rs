@@ -215,6 +215,15 @@ pub struct VmReport {
     /// Memory of the domain in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// Whether the domain boots with UEFI secure boot (Microsoft's keys enrolled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
+    /// Whether the domain has an emulated TPM 2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<bool>,
+    /// How many NICs the domain has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nics: Option<u32>,
     /// Resources created in the source, and whether they were deleted.
     pub resources: Vec<ResourceRecord>,
     /// Power operations.

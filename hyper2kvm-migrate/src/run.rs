@@ -230,6 +230,9 @@ impl Migration {
             domain_xml: None,
             vcpus: None,
             memory_mib: None,
+            secure_boot: None,
+            tpm: None,
+            nics: None,
             resources: Vec::new(),
             power: Vec::new(),
             guest: None,
@@ -288,6 +291,9 @@ impl Migration {
             domain_xml: None,
             vcpus: None,
             memory_mib: None,
+            secure_boot: None,
+            tpm: None,
+            nics: None,
             // Snapshots an earlier run created and did not delete (it was killed): reused
             // or deleted below. Also those not confirmed created: a run killed while it
             // waited for the create leaves a snapshot that exists all the same.

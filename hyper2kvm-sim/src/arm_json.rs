@@ -123,15 +123,22 @@ pub fn vm_model(vm: &SimVm, with_instance_view: bool) -> Value {
             "diskControllerType": "SCSI"
         },
         "osProfile": os_profile,
-        "securityProfile": if vm.generation == 2 {
+        "securityProfile": if vm.trusted_launch {
             json!({ "uefiSettings": { "secureBootEnabled": true, "vTpmEnabled": true }, "securityType": "TrustedLaunch" })
         } else {
             json!({})
         },
         "networkProfile": {
-            "networkInterfaces": [{
-                "id": format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network/networkInterfaces/{}-nic", vm.subscription, vm.resource_group, vm.name)
-            }]
+            "networkInterfaces": (0..vm.nics).map(|i| {
+                let suffix = if i == 0 { String::new() } else { format!("-{i}") };
+                let mut nic = json!({
+                    "id": format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network/networkInterfaces/{}-nic{suffix}", vm.subscription, vm.resource_group, vm.name)
+                });
+                if vm.nics > 1 {
+                    nic["properties"] = json!({ "primary": i == 0 });
+                }
+                nic
+            }).collect::<Vec<_>>()
         },
         "diagnosticsProfile": { "bootDiagnostics": { "enabled": true } },
         "provisioningState": "Succeeded",
@@ -140,7 +147,7 @@ pub fn vm_model(vm: &SimVm, with_instance_view: bool) -> Value {
     if with_instance_view {
         properties["instanceView"] = instance_view(vm);
     }
-    json!({
+    let mut model = json!({
         "name": vm.name,
         "id": vm.id(),
         "type": "Microsoft.Compute/virtualMachines",
@@ -148,7 +155,30 @@ pub fn vm_model(vm: &SimVm, with_instance_view: bool) -> Value {
         "tags": vm.tags,
         "properties": properties,
         "etag": "\"1\""
-    })
+    });
+    if vm.disk_encryption {
+        // Azure Disk Encryption runs as a VM extension (the VM model's read-only `resources`).
+        let handler = if vm.os_type == "Windows" {
+            ("AzureDiskEncryption", "2.2")
+        } else {
+            ("AzureDiskEncryptionForLinux", "1.1")
+        };
+        model["resources"] = json!([{
+            "name": handler.0,
+            "id": format!("{}/extensions/{}", vm.id(), handler.0),
+            "type": "Microsoft.Compute/virtualMachines/extensions",
+            "location": vm.location,
+            "properties": {
+                "autoUpgradeMinorVersion": true,
+                "provisioningState": "Succeeded",
+                "publisher": "Microsoft.Azure.Security",
+                "type": handler.0,
+                "typeHandlerVersion": handler.1,
+                "settings": { "EncryptionOperation": "EnableEncryption", "KeyVaultURL": "https://kv-sim.vault.azure.net/", "VolumeType": "All" }
+            }
+        }]);
+    }
+    model
 }
 
 /// A VM as in `GET .../virtualMachines?statusOnly=true`: the instance view only, no
@@ -194,6 +224,19 @@ pub fn disk(subscription: &str, disk: &SimDisk, owner: Option<&SimVm>) -> Value 
         "uniqueId": fake_guid(&id),
         "tier": "P10"
     });
+    if owner.is_some_and(|vm| vm.disk_encryption) {
+        // What ADE (single pass, version 1.1) records on each disk it encrypted.
+        properties["encryptionSettingsCollection"] = json!({
+            "enabled": true,
+            "encryptionSettings": [{
+                "diskEncryptionKey": {
+                    "sourceVault": { "id": format!("/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.KeyVault/vaults/kv-sim", disk.resource_group) },
+                    "secretUrl": "https://kv-sim.vault.azure.net/secrets/ade-secret/00000000000000000000000000000000"
+                }
+            }],
+            "encryptionSettingsVersion": "1.1"
+        });
+    }
     // Only OS disks carry an OS type and a Hyper-V generation.
     if let (None, Some(vm)) = (disk.lun, owner) {
         properties["osType"] = json!(vm.os_type);

@@ -231,11 +231,36 @@ pub struct VmSpec {
     /// Hyper-V generation: 1 (BIOS) or 2 (UEFI).
     #[serde(default = "default_generation")]
     pub generation: u8,
+    /// `trusted_launch` (UEFI secure boot and vTPM, Azure's default for generation 2) or
+    /// `standard`; default: trusted launch for generation 2, standard for generation 1.
+    #[serde(default)]
+    pub security_type: Option<SecurityType>,
+    /// How many NICs the VM has (default 1).
+    #[serde(default = "default_nics")]
+    pub nics: u32,
+    /// Azure Disk Encryption (BitLocker or dm-crypt inside the guest): the VM gets the ADE
+    /// extension and its disks `encryptionSettingsCollection.enabled`.
+    #[serde(default)]
+    pub disk_encryption: bool,
     /// Tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     /// The disks: the first is the OS disk, the rest are data disks.
     pub disks: Vec<DiskSpec>,
+}
+
+/// A VM's `securityProfile.securityType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityType {
+    /// `TrustedLaunch`: UEFI secure boot and a vTPM.
+    TrustedLaunch,
+    /// No security profile.
+    Standard,
+}
+
+fn default_nics() -> u32 {
+    1
 }
 
 fn default_size() -> String {
@@ -376,6 +401,12 @@ pub struct SimVm {
     pub os_type: String,
     /// 1 or 2.
     pub generation: u8,
+    /// Trusted launch (secure boot + vTPM).
+    pub trusted_launch: bool,
+    /// How many NICs.
+    pub nics: u32,
+    /// Whether Azure Disk Encryption is on.
+    pub disk_encryption: bool,
     /// Tags.
     pub tags: BTreeMap<String, String>,
     /// The OS disk first, then data disks.
@@ -661,6 +692,17 @@ fn hand_written_vm(
     if !(1..=2).contains(&vm.generation) {
         return Err(bad(format!("VM {}: generation must be 1 or 2", vm.name)));
     }
+    let trusted_launch = match vm.security_type {
+        None => vm.generation == 2,
+        Some(SecurityType::Standard) => false,
+        Some(SecurityType::TrustedLaunch) if vm.generation == 2 => true,
+        Some(SecurityType::TrustedLaunch) => {
+            return Err(bad(format!(
+                "VM {}: security_type trusted_launch needs generation 2 (UEFI)",
+                vm.name
+            )))
+        }
+    };
     let mut disks = Vec::with_capacity(vm.disks.len());
     let mut luns = HashSet::new();
     for (i, d) in vm.disks.iter().enumerate() {
@@ -694,6 +736,9 @@ fn hand_written_vm(
         power_state: vm.power_state.to_ascii_lowercase(),
         os_type: arm_os_type(&vm.os_type)?,
         generation: vm.generation,
+        trusted_launch,
+        nics: vm.nics,
+        disk_encryption: vm.disk_encryption,
         tags: vm.tags.clone(),
         disks,
     })
@@ -742,6 +787,9 @@ fn generated_vms(subscription: &str, g: &GenerateSpec) -> Result<Vec<SimVm>, Err
             // every combination.
             os_type: if i % 5 == 4 { "Windows" } else { "Linux" }.into(),
             generation: if i % 2 == 0 { 2 } else { 1 },
+            trusted_launch: i % 2 == 0,
+            nics: 1,
+            disk_encryption: false,
             tags,
             disks,
         });

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use hyper2kvm_core::{Disk, DiskRole, Firmware, OsType, PowerState, Vm};
+use hyper2kvm_core::{Disk, DiskRole, Firmware, OsType, PowerState, Security, Vm};
 
 use super::api_version;
 use super::client::ArmClient;
@@ -184,6 +184,14 @@ pub fn join_subscription(
                 listed,
             ));
         }
+        let security = security_of(
+            (&model.name, &model.resources),
+            props.security_profile.as_ref(),
+            &storage,
+            &disks,
+            &resource_group,
+            os_type,
+        );
         let mut data = storage.data_disks;
         data.sort_by_key(|d| d.lun);
         for d in &data {
@@ -197,6 +205,10 @@ pub fn join_subscription(
                 listed,
             ));
         }
+        let nics = props
+            .network_profile
+            .as_ref()
+            .map(|n| n.network_interfaces.len() as u32);
         let vm = Vm {
             id: model.id,
             name: model.name,
@@ -212,12 +224,72 @@ pub fn join_subscription(
             os_type,
             firmware: Firmware::from_hyperv_generation(generation.as_deref()),
             disks: vm_disks,
+            security,
+            nics,
         };
         if selection.matches(&vm) {
             out.push(vm);
         }
     }
     out
+}
+
+/// Secure boot and vTPM from `securityProfile`; Azure Disk Encryption from the VM's
+/// extensions, its OS disk's `encryptionSettings` and its disks'
+/// `encryptionSettingsCollection`, with what to do about it.
+fn security_of(
+    (vm_name, extensions): (&str, &[models::ChildResource]),
+    profile: Option<&models::SecurityProfile>,
+    storage: &models::StorageProfile,
+    disks: &HashMap<String, models::Disk>,
+    resource_group: &str,
+    os_type: OsType,
+) -> Security {
+    let uefi = profile.and_then(|p| p.uefi_settings.as_ref());
+    let mut found = Vec::new();
+    if let Some(handler) = extensions.iter().find_map(|r| r.disk_encryption_handler()) {
+        found.push(format!("the VM has the {handler} extension"));
+    }
+    if let Some(os) = &storage.os_disk {
+        if os.encryption_settings.as_ref().and_then(|e| e.enabled) == Some(true) {
+            found.push("storageProfile.osDisk.encryptionSettings.enabled".into());
+        }
+    }
+    let refs = storage
+        .os_disk
+        .iter()
+        .map(|d| d.managed_disk.as_ref())
+        .chain(storage.data_disks.iter().map(|d| d.managed_disk.as_ref()));
+    for listed in refs.filter_map(|r| lookup(disks, r)) {
+        if listed
+            .properties
+            .encryption_settings_collection
+            .as_ref()
+            .and_then(|e| e.enabled)
+            == Some(true)
+        {
+            found.push(format!(
+                "disk {} has encryptionSettingsCollection.enabled",
+                listed.name
+            ));
+        }
+    }
+    let guest_encryption = (!found.is_empty()).then(|| {
+        let how = match os_type {
+            OsType::Linux => "decrypt the data volumes with `az vm encryption disable --resource-group {rg} --name {vm} --volume-type DATA`; an encrypted Linux OS disk cannot be decrypted in place: move its data to a new, unencrypted VM",
+            _ => "decrypt it with `az vm encryption disable --resource-group {rg} --name {vm} --volume-type ALL` (BitLocker then decrypts inside the guest: wait until `manage-bde -status` says Fully Decrypted)",
+        };
+        format!(
+            "Azure Disk Encryption ({}); {}, then migrate",
+            found.join("; "),
+            how.replace("{rg}", resource_group).replace("{vm}", vm_name)
+        )
+    });
+    Security::new(
+        uefi.and_then(|u| u.secure_boot_enabled),
+        uefi.and_then(|u| u.vtpm_enabled),
+    )
+    .with_guest_encryption(guest_encryption)
 }
 
 fn lookup<'a>(
@@ -336,6 +408,71 @@ mod tests {
         // The disk list's spelling of the id wins over the VM model's upper-cased one.
         assert!(zeta.disks[0].id.contains("/resourceGroups/rg-b/"));
         assert_eq!(zeta.total_disk_bytes(), 32213303296 + (12 << 30));
+    }
+
+    /// Shapes from the Compute REST reference: `securityProfile` as in
+    /// VirtualMachines_Create_WithUefiSettings, `resources` as the VM list gives them (ids
+    /// only), `osDisk.encryptionSettings` of the first ADE version, a disk's
+    /// `encryptionSettingsCollection` as ADE 1.1 writes it.
+    #[test]
+    fn trusted_launch_nics_and_disk_encryption() {
+        let models = r#"[
+          {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/tl", "name": "tl",
+           "properties": {"hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+             "securityProfile": {"uefiSettings": {"secureBootEnabled": true, "vTpmEnabled": true}, "securityType": "TrustedLaunch"},
+             "networkProfile": {"networkInterfaces": [{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/a", "properties": {"primary": true}}, {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/b"}]},
+             "storageProfile": {"osDisk": {"osType": "Windows", "name": "tl-os", "managedDisk": {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/tl-os"}}}}},
+          {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/ext", "name": "ext",
+           "resources": [{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/ext/extensions/AzureDiskEncryptionForLinux"}],
+           "properties": {"storageProfile": {"osDisk": {"osType": "Linux", "name": "ext-os", "managedDisk": {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/ext-os"}}}}},
+          {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/v0", "name": "v0",
+           "properties": {"storageProfile": {"osDisk": {"osType": "Windows", "name": "v0-os",
+             "encryptionSettings": {"enabled": true, "diskEncryptionKey": {"secretUrl": "https://kv.vault.azure.net/secrets/s/1", "sourceVault": {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"}}},
+             "managedDisk": {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/v0-os"}}}}},
+          {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/col", "name": "col",
+           "resources": [{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/col/extensions/MicrosoftMonitoringAgent"}],
+           "properties": {"storageProfile": {"osDisk": {"osType": "Windows", "name": "col-os", "managedDisk": {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/col-os"}}}}}
+        ]"#;
+        let disks = r#"[
+          {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/col-os", "name": "col-os",
+           "properties": {"diskSizeGB": 127, "encryption": {"type": "EncryptionAtRestWithPlatformKey"},
+             "encryptionSettingsCollection": {"enabled": true, "encryptionSettings": [{"diskEncryptionKey": {"secretUrl": "https://kv.vault.azure.net/secrets/s/1", "sourceVault": {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"}}}], "encryptionSettingsVersion": "1.1"}}},
+          {"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/tl-os", "name": "tl-os",
+           "properties": {"diskSizeGB": 127, "encryption": {"type": "EncryptionAtRestWithPlatformKey"}}}
+        ]"#;
+        let vms = join_subscription(
+            "s",
+            parse(models),
+            Vec::new(),
+            parse(disks),
+            &Selection::default(),
+        );
+        let by = |n: &str| vms.iter().find(|v| v.name == n).unwrap();
+        let tl = by("tl");
+        assert_eq!(tl.security, Security::new(Some(true), Some(true)));
+        assert_eq!(tl.nics, Some(2));
+        // Server-side encryption at rest is not guest encryption.
+        assert!(tl.security.guest_encryption.is_none());
+        let ext = by("ext").security.guest_encryption.as_deref().unwrap();
+        assert!(
+            ext.contains("AzureDiskEncryptionForLinux extension"),
+            "{ext}"
+        );
+        assert!(
+            ext.contains("--resource-group rg --name ext --volume-type DATA"),
+            "{ext}"
+        );
+        let v0 = by("v0").security.guest_encryption.as_deref().unwrap();
+        assert!(v0.contains("osDisk.encryptionSettings.enabled"), "{v0}");
+        assert!(v0.contains("--volume-type ALL"), "{v0}");
+        let col = by("col").security.guest_encryption.as_deref().unwrap();
+        assert!(
+            col.contains("disk col-os has encryptionSettingsCollection.enabled"),
+            "{col}"
+        );
+        assert!(!col.contains("extension"), "{col}");
+        assert_eq!(by("ext").security.secure_boot, None);
+        assert_eq!(by("ext").nics, None);
     }
 
     #[test]

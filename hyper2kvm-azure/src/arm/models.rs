@@ -27,6 +27,54 @@ pub struct VirtualMachine {
     /// The properties.
     #[serde(default)]
     pub properties: VmProperties,
+    /// Child resources: the VM's extensions (read-only; some answers give only their ids).
+    #[serde(default)]
+    pub resources: Vec<ChildResource>,
+}
+
+/// One entry of a VM's `resources` (an extension).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ChildResource {
+    /// `…/virtualMachines/{vm}/extensions/{name}`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The extension's properties, when the answer has them.
+    #[serde(default)]
+    pub properties: Option<ExtensionProperties>,
+}
+
+/// `properties` of a VM extension.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProperties {
+    /// The handler's publisher, e.g. `Microsoft.Azure.Security`.
+    #[serde(default)]
+    pub publisher: Option<String>,
+    /// The handler, e.g. `AzureDiskEncryption`.
+    #[serde(default, rename = "type")]
+    pub handler: Option<String>,
+}
+
+/// The extension handlers of Azure Disk Encryption (BitLocker on Windows, dm-crypt on Linux).
+const ADE_HANDLERS: [&str; 2] = ["AzureDiskEncryption", "AzureDiskEncryptionForLinux"];
+
+impl ChildResource {
+    /// The Azure Disk Encryption handler this extension runs, if it is one: by its
+    /// properties' `type`, else by the extension's name (the portal and `az vm encryption
+    /// enable` name it after the handler).
+    pub fn disk_encryption_handler(&self) -> Option<&'static str> {
+        let by_type = self.properties.as_ref().and_then(|p| p.handler.as_deref());
+        let by_name = self
+            .id
+            .as_deref()
+            .and_then(|id| id.rsplit_once("/extensions/"))
+            .map(|(_, name)| name);
+        [by_type, by_name].into_iter().flatten().find_map(|name| {
+            ADE_HANDLERS
+                .into_iter()
+                .find(|h| h.eq_ignore_ascii_case(name))
+        })
+    }
 }
 
 /// `properties` of a VM.
@@ -42,6 +90,45 @@ pub struct VmProperties {
     /// The instance view (only with `statusOnly=true` or `$expand=instanceView`).
     #[serde(default)]
     pub instance_view: Option<InstanceView>,
+    /// Trusted launch: secure boot and vTPM.
+    #[serde(default)]
+    pub security_profile: Option<SecurityProfile>,
+    /// NICs.
+    #[serde(default)]
+    pub network_profile: Option<NetworkProfile>,
+}
+
+/// `securityProfile`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityProfile {
+    /// `TrustedLaunch`, `ConfidentialVM`, or absent.
+    #[serde(default)]
+    pub security_type: Option<String>,
+    /// Secure boot and vTPM.
+    #[serde(default)]
+    pub uefi_settings: Option<UefiSettings>,
+}
+
+/// `securityProfile.uefiSettings`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UefiSettings {
+    /// Whether secure boot is on.
+    #[serde(default)]
+    pub secure_boot_enabled: Option<bool>,
+    /// Whether the VM has a vTPM.
+    #[serde(default, rename = "vTpmEnabled")]
+    pub vtpm_enabled: Option<bool>,
+}
+
+/// `networkProfile`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkProfile {
+    /// NIC references (ids only).
+    #[serde(default)]
+    pub network_interfaces: Vec<serde_json::Value>,
 }
 
 /// `hardwareProfile`.
@@ -84,6 +171,18 @@ pub struct OsDisk {
     /// Size in GiB, as the VM model states it.
     #[serde(default, rename = "diskSizeGB")]
     pub disk_size_gb: Option<u64>,
+    /// Azure Disk Encryption's first version (with Azure AD) records itself here.
+    #[serde(default)]
+    pub encryption_settings: Option<EncryptionSettingsFlag>,
+}
+
+/// Anything with an `enabled` flag: `osDisk.encryptionSettings`,
+/// a disk's `encryptionSettingsCollection`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EncryptionSettingsFlag {
+    /// Whether Azure Disk Encryption is on.
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }
 
 /// `storageProfile.dataDisks[]`.
@@ -191,6 +290,9 @@ pub struct DiskProperties {
     /// `Attached`, `Reserved`, `Unattached`, `ActiveSAS`, …
     #[serde(default)]
     pub disk_state: Option<String>,
+    /// Azure Disk Encryption's keys for this disk (`enabled: true` when ADE encrypted it).
+    #[serde(default)]
+    pub encryption_settings_collection: Option<EncryptionSettingsFlag>,
 }
 
 impl Disk {

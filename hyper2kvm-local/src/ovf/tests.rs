@@ -16,7 +16,7 @@ fn vmware_descriptor() {
     assert_eq!(d.memory_mib, Some(4096));
     assert_eq!(d.firmware, Firmware::Uefi);
     assert_eq!(d.secure_boot, Some(true));
-    assert_eq!(d.nics, 1);
+    assert_eq!(d.nics, 2);
     assert_eq!(d.os_type, OsType::Linux);
     // Hard disk 2 comes first in the document; AddressOnParent puts disk 1 first.
     let ids: Vec<_> = d.disks.iter().map(|d| d.disk_id.as_str()).collect();

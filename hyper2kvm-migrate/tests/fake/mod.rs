@@ -112,6 +112,8 @@ impl FakeCloud {
             os_type: OsType::Linux,
             firmware: Firmware::Uefi,
             disks,
+            security: Default::default(),
+            nics: None,
         });
     }
 
