@@ -79,7 +79,9 @@ h2k_guest_setup() {
   local want=()
   command -v debootstrap >/dev/null || want+=(debootstrap)
   command -v guestfish >/dev/null || want+=(libguestfs-tools)
-  [[ -f /usr/share/OVMF/OVMF_CODE.fd || -f /usr/share/OVMF/OVMF_CODE_4M.fd ]] || want+=(ovmf)
+  [[ -f /usr/share/OVMF/OVMF_CODE_4M.fd && -f /usr/share/OVMF/OVMF_CODE_4M.ms.fd ]] || want+=(ovmf)
+  # The Trusted Launch boot test puts Debian's signed loaders on a disk's ESP with mtools.
+  command -v mcopy >/dev/null || want+=(mtools)
   command -v mkfs.vfat >/dev/null || want+=(dosfstools)
   command -v sfdisk >/dev/null || want+=(fdisk)
   [[ -x /usr/sbin/depmod || -x /sbin/depmod ]] || want+=(kmod)

@@ -71,6 +71,17 @@ fn gen2_uefi_gpt_boots_only_after_fixups() {
     }
 }
 
+/// Azure Trusted Launch: the domain keeps UEFI secure boot with Microsoft's keys, and a
+/// guest with Debian's signed boot chain (shim signed by Microsoft, grub and the kernel by
+/// Debian) boots under it after migration and fix-ups; the same firmware refuses the base
+/// image's unsigned grub, so secure boot was enforced.
+#[test]
+fn gen2_trusted_launch_boots_under_secure_boot() {
+    if enabled() {
+        secure_boot_test();
+    }
+}
+
 /// The network boot matrix (`tests/guest/build-netmatrix.sh`): Debian guests configured the
 /// ways Azure fleets are, each pinned to the Hyper-V NIC by name or MAC.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -178,6 +189,7 @@ fn network_test(variant: Variant) {
     let domain = Domain {
         machine: "q35".into(),
         uefi: false,
+        secure_boot: false,
         disk_device: "virtio-blk-pci",
         nic_device: "virtio-net-pci",
     };
@@ -273,7 +285,9 @@ fn boot_test(gen: Gen) {
     // disk is the VHD, through the simulator (snapshot, grant, page-blob download, revoke,
     // snapshot deleted), with the guest fix-ups and the domain XML.
     let fix_started = Instant::now();
-    let (fixed, domain) = migrate(gen, &vhd, &dir);
+    // A Gen2 VM with this custom image (its grub is not signed) runs without Trusted Launch
+    // on Azure too; the Trusted Launch test has its own image.
+    let (fixed, domain) = migrate(gen, false, &vhd, &dir);
     std::fs::remove_file(&vhd).unwrap();
     let fix_secs = fix_started.elapsed().as_secs();
 
@@ -332,10 +346,131 @@ fn boot_test(gen: Gen) {
     );
 }
 
+fn secure_boot_test() {
+    check_tools();
+    assert!(
+        ovmf_secure_boot().is_some(),
+        "H2K_BOOT_TEST=1 but OVMF's secure-boot build (Debian ovmf) is missing"
+    );
+    let base = base_images().join("gen2.raw");
+    let signed = signed_loaders();
+    let dir = Scratch::new("boot-gen2-sb");
+    let started = Instant::now();
+
+    // The Gen2 image with a secure-boot chain on its ESP, laid out as Debian installs it for
+    // the removable path: shim as BOOTX64.EFI, grub beside it (shim loads grubx64.efi from its
+    // own folder), and the stub Debian's signed grub reads from its built-in prefix
+    // /EFI/debian. mtools edits the FAT file system in place at the ESP's offset (sector 2048).
+    let raw = dir.path("sb.raw");
+    let st = Command::new("cp")
+        .args(["--sparse=always", s(&base), s(&raw)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let stub = dir.path("grub.cfg");
+    std::fs::write(
+        &stub,
+        "search --no-floppy --label cloudimg-rootfs --set=root\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n",
+    )
+    .unwrap();
+    let esp = format!("{}@@1048576", s(&raw));
+    let mtools = |tool: &str, args: &[&str]| {
+        let out = Command::new(tool)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &esp])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} (Debian mtools): {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let shim = signed.join("shimx64.efi.signed");
+    let grub = signed.join("grubx64.efi.signed");
+    mtools("mcopy", &["-o", s(&shim), "::/EFI/BOOT/BOOTX64.EFI"]);
+    mtools("mcopy", &["-o", s(&grub), "::/EFI/BOOT/grubx64.efi"]);
+    mtools("mmd", &["::/EFI/debian"]);
+    mtools("mcopy", &["-o", s(&stub), "::/EFI/debian/grub.cfg"]);
+    let vhd = dir.path("azure-os.vhd");
+    make_vhd(&raw, &vhd, "fixed");
+    std::fs::remove_file(&raw).unwrap();
+
+    let (fixed, domain) = migrate(Gen::Two, true, &vhd, &dir);
+    std::fs::remove_file(&vhd).unwrap();
+    let migrate_secs = started.elapsed().as_secs();
+
+    // The control: the base image, whose EFI loader is an unsigned grub.
+    let unsigned = dir.path("unsigned.qcow2");
+    let st = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            s(&base),
+            s(&unsigned),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let limit = boot_limit();
+    let (fixed_boot, control) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| boot(&domain, &fixed, &dir.path("fixed.console"), &dir, limit));
+        let b = scope.spawn(|| {
+            boot(
+                &domain,
+                &unsigned,
+                &dir.path("unsigned.console"),
+                &dir,
+                limit,
+            )
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    eprintln!(
+        "gen2 trusted launch: migrate with fix-ups {migrate_secs} s, fixed boot under secure boot {}, unsigned control {}",
+        fixed_boot.summary(),
+        control.summary()
+    );
+    assert!(
+        fixed_boot.succeeded(),
+        "the fixed Trusted Launch guest did not reach login with a DHCP address under secure boot in {limit:?}: {}\n--- console ---\n{}",
+        fixed_boot.summary(),
+        fixed_boot.tail()
+    );
+    assert!(
+        control.console.contains("Access Denied") && !control.login,
+        "the firmware did not refuse an unsigned loader, so secure boot was not enforced: {}\n--- console ---\n{}",
+        control.summary(),
+        control.tail()
+    );
+}
+
+/// Debian's signed shim and grub (`tests/guest/fetch-secureboot.sh`), fetched once per version
+/// of the script.
+fn signed_loaders() -> PathBuf {
+    static FILES: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FILES
+        .get_or_init(|| {
+            cached_images(
+                "fetch-secureboot.sh",
+                &["shimx64.efi.signed", "grubx64.efi.signed"],
+            )
+        })
+        .clone()
+        .unwrap()
+}
+
 /// The machine a domain XML describes, as qemu options.
 struct Domain {
     machine: String,
     uefi: bool,
+    /// UEFI secure boot with Microsoft's keys (Azure Trusted Launch).
+    secure_boot: bool,
     disk_device: &'static str,
     nic_device: &'static str,
 }
@@ -366,6 +501,9 @@ impl Domain {
         Domain {
             machine,
             uefi: xml.contains("<os firmware='efi'>"),
+            secure_boot: xml.contains("<feature enabled='yes' name='secure-boot'/>")
+                && xml.contains("<feature enabled='yes' name='enrolled-keys'/>")
+                && xml.contains("<smm state='on'/>"),
             disk_device: "virtio-blk-pci",
             nic_device: "virtio-net-pci",
         }
@@ -374,14 +512,19 @@ impl Domain {
 
 /// Migrates a running VM of generation `gen` whose OS disk is `vhd` through the simulator,
 /// with the guest fix-ups; returns its OS image and its domain.
-fn migrate(gen: Gen, vhd: &Path, dir: &Scratch) -> (PathBuf, Domain) {
+fn migrate(gen: Gen, trusted_launch: bool, vhd: &Path, dir: &Scratch) -> (PathBuf, Domain) {
     let vm = format!("boot-{}", gen.name());
     let generation = if gen == Gen::One { 1 } else { 2 };
+    let security = if trusted_launch {
+        "trusted_launch"
+    } else {
+        "standard"
+    };
     let scenario = dir.path("scenario.yaml");
     std::fs::write(
         &scenario,
         format!(
-            "subscriptions:\n  - id: 00000000-0000-0000-0000-000000000000\n    resource_groups:\n      - name: rg-boot\n        vms:\n          - name: {vm}\n            size: Standard_B2s\n            power_state: running\n            generation: {generation}\n            disks: [{{ content: {{ file: \"{}\" }} }}]\n",
+            "subscriptions:\n  - id: 00000000-0000-0000-0000-000000000000\n    resource_groups:\n      - name: rg-boot\n        vms:\n          - name: {vm}\n            size: Standard_B2s\n            power_state: running\n            generation: {generation}\n            security_type: {security}\n            disks: [{{ content: {{ file: \"{}\" }} }}]\n",
             s(vhd)
         ),
     )
@@ -441,6 +584,12 @@ fn migrate(gen: Gen, vhd: &Path, dir: &Scratch) -> (PathBuf, Domain) {
     let domain = Domain::from_xml(&xml);
     assert_eq!(domain.machine, "q35");
     assert_eq!(domain.uefi, gen == Gen::Two, "{xml}");
+    assert_eq!(domain.secure_boot, trusted_launch, "{xml}");
+    assert_eq!(
+        xml.contains("<tpm model='tpm-crb'>"),
+        trusted_launch,
+        "{xml}"
+    );
     (image, domain)
 }
 
@@ -488,6 +637,17 @@ fn ovmf() -> Option<(PathBuf, PathBuf)> {
         )
     })
     .find(|(c, v)| c.is_file() && v.is_file())
+}
+
+/// OVMF's secure-boot build and the variable store with Microsoft's keys enrolled and secure
+/// boot on (Debian `ovmf`).
+fn ovmf_secure_boot() -> Option<(PathBuf, PathBuf)> {
+    let dir = Path::new("/usr/share/OVMF");
+    let (code, vars) = (
+        dir.join("OVMF_CODE_4M.ms.fd"),
+        dir.join("OVMF_VARS_4M.ms.fd"),
+    );
+    (code.is_file() && vars.is_file()).then_some((code, vars))
 }
 
 /// The directory holding gen1.raw and gen2.raw, built once per version of the build script.
@@ -684,7 +844,26 @@ fn boot(domain: &Domain, image: &Path, console: &Path, dir: &Scratch, limit: Dur
     ])
     .arg("-serial")
     .arg(format!("file:{}", s(console)));
-    if domain.uefi {
+    if domain.secure_boot {
+        // What libvirt picks for the domain's secure-boot + enrolled-keys features on Debian
+        // (/usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json): secure boot is on in
+        // the variable store's template, which holds Microsoft's keys; the code needs SMM.
+        let (code, vars_template) = ovmf_secure_boot().unwrap();
+        let vars = dir.path(&format!(
+            "{}.vars.fd",
+            console.file_stem().unwrap().to_string_lossy()
+        ));
+        std::fs::copy(&vars_template, &vars).unwrap();
+        cmd.args(["-machine", "smm=on"])
+            .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                s(&code)
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", s(&vars)));
+    } else if domain.uefi {
         let (code, vars_template) = ovmf().unwrap();
         let vars = dir.path(&format!(
             "{}.vars.fd",
@@ -726,7 +905,9 @@ fn boot(domain: &Domain, image: &Path, console: &Path, dir: &Scratch, limit: Dur
         let exited = child.try_wait().unwrap();
         // The guest reports once: an address, or "none" after its own wait.
         let reported = boot.marker("H2K-IP: ").is_some() && boot.login;
-        if boot.succeeded() || reported || boot.elapsed >= limit || exited.is_some() {
+        // OVMF refused to start an unsigned loader under secure boot.
+        let denied = boot.console.contains("Access Denied");
+        if boot.succeeded() || reported || denied || boot.elapsed >= limit || exited.is_some() {
             break;
         }
     }
@@ -738,6 +919,7 @@ fn boot(domain: &Domain, image: &Path, console: &Path, dir: &Scratch, limit: Dur
     assert!(
         boot.elapsed >= limit
             || boot.succeeded()
+            || boot.console.contains("Access Denied")
             || boot.marker("H2K-IP: ").is_some()
             || out.status.success(),
         "qemu-system-x86_64 failed ({}): {qemu_stderr}",

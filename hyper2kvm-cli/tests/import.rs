@@ -248,6 +248,12 @@ fn single_disks_and_a_hyperv_folder_import_identically() {
     let hv = dir.path("hv");
     std::fs::create_dir_all(hv.join("Virtual Hard Disks")).unwrap();
     std::fs::create_dir_all(hv.join("Virtual Machines")).unwrap();
+    // Windows Server 2016+ exports a binary .vmcx: not read, the flags give the hardware.
+    std::fs::write(
+        hv.join("Virtual Machines/4D4E1B7A-6A3C-4F0E-8B1D-2C3E5F7A9B11.vmcx"),
+        b"\x01\x00\x00\x00binary",
+    )
+    .unwrap();
     make_vhdx(
         &raw,
         &hv.join("Virtual Hard Disks/hv.vhdx"),
@@ -302,6 +308,86 @@ fn single_disks_and_a_hyperv_folder_import_identically() {
             "{xml}"
         );
     }
+}
+
+/// A Windows Server 2012 R2 export: the configuration (`Virtual Machines/<GUID>.xml`,
+/// UTF-16) names the VM, gives its hardware and says which disk boots.
+#[test]
+fn a_hyperv_2012_r2_export_takes_its_configuration() {
+    let dir = Scratch::new("import-hv2012");
+    let hv = dir.path("export");
+    std::fs::create_dir_all(hv.join("Virtual Hard Disks")).unwrap();
+    std::fs::create_dir_all(hv.join("Virtual Machines")).unwrap();
+    let os_raw = dir.path("os.raw");
+    let data_raw = dir.path("data.raw");
+    make_raw(&os_raw, 16 * MIB, &[(0, MIB, Fill::Noise(1))]);
+    make_raw(&data_raw, 8 * MIB, &[(MIB, MIB, Fill::Noise(2))]);
+    // By name the data disk would come first; the configuration says otherwise.
+    make_vhdx(
+        &os_raw,
+        &hv.join("Virtual Hard Disks/web01.vhdx"),
+        "dynamic",
+        "1M",
+    );
+    make_vhdx(
+        &data_raw,
+        &hv.join("Virtual Hard Disks/a-data.vhdx"),
+        "dynamic",
+        "1M",
+    );
+    let config = r#"<?xml version="1.0" encoding="UTF-16" standalone="yes"?>
+<configuration>
+  <_0C3A1F4B-2D5E-4A6B-8C7D-9E0F1A2B3C4D_>
+    <controller0>
+      <drive0><pathname type="string">E:\Export\web01\Virtual Hard Disks\web01.vhdx</pathname><type type="string">VHD</type></drive0>
+      <drive1><pathname type="string">E:\Export\web01\Virtual Hard Disks\a-data.vhdx</pathname><type type="string">VHD</type></drive1>
+    </controller0>
+  </_0C3A1F4B-2D5E-4A6B-8C7D-9E0F1A2B3C4D_>
+  <_8F2D1C54-3E0A-4B8C-9D63-0B5C2A1E9F20_0_><Connection><AltSwitchName type="string">External</AltSwitchName></Connection></_8F2D1C54-3E0A-4B8C-9D63-0B5C2A1E9F20_0_>
+  <_8F2D1C54-3E0A-4B8C-9D63-0B5C2A1E9F20_1_><Connection><AltSwitchName type="string">Backup</AltSwitchName></Connection></_8F2D1C54-3E0A-4B8C-9D63-0B5C2A1E9F20_1_>
+  <properties><name type="string">web01</name><subtype type="integer">1</subtype></properties>
+  <settings>
+    <memory><bank><dynamic_memory_enabled type="bool">False</dynamic_memory_enabled><size type="integer">3072</size></bank></memory>
+    <processors><count type="integer">4</count></processors>
+    <secure_boot_enabled type="bool">True</secure_boot_enabled>
+  </settings>
+</configuration>
+"#;
+    let mut utf16 = vec![0xff, 0xfe];
+    for u in config.encode_utf16() {
+        utf16.extend_from_slice(&u.to_le_bytes());
+    }
+    std::fs::write(
+        hv.join("Virtual Machines/4D4E1B7A-6A3C-4F0E-8B1D-2C3E5F7A9B11.xml"),
+        utf16,
+    )
+    .unwrap();
+    let out = dir.path("out");
+    let r = h2k(&["import", s(&hv), "--output-dir", s(&out), "-q"]);
+    assert_eq!(r.status.code(), Some(0), "{}", stderr(&r));
+    let vm = out.join("web01");
+    assert_image_matches_as(&vm.join("web01-os.qcow2"), "qcow2", &os_raw, "raw");
+    assert_image_matches_as(&vm.join("web01-data-lun0.qcow2"), "qcow2", &data_raw, "raw");
+    let xml_path = vm.join("web01.xml");
+    validate(&xml_path);
+    let xml = std::fs::read_to_string(&xml_path).unwrap();
+    assert!(xml.contains("<vcpu placement='static'>4</vcpu>"), "{xml}");
+    assert!(xml.contains("<memory unit='MiB'>3072</memory>"), "{xml}");
+    assert!(xml.contains("<os firmware='efi'>"), "{xml}");
+    assert!(xml.contains("name='secure-boot'"), "{xml}");
+    assert_eq!(xml.matches("<interface ").count(), 2, "{xml}");
+
+    // A configuration that cannot be read is an error naming it, not a silent fallback.
+    let cfg = hv.join("Virtual Machines/4D4E1B7A-6A3C-4F0E-8B1D-2C3E5F7A9B11.xml");
+    std::fs::write(&cfg, "<configuration><settings><processors><count>many</count></processors></settings></configuration>").unwrap();
+    fails(
+        &hv,
+        &dir,
+        &[
+            "4D4E1B7A-6A3C-4F0E-8B1D-2C3E5F7A9B11.xml",
+            "settings/processors/count",
+        ],
+    );
 }
 
 /// Runs an import that must fail: exit 1, the error line naming `names` (file, field or

@@ -25,6 +25,7 @@ written; errors name the file, and the field, line or offset.
 */
 #![deny(missing_docs)]
 
+pub mod hyperv;
 pub mod manifest;
 pub mod ovf;
 pub mod package;

@@ -12,6 +12,7 @@ use hyper2kvm_core::{
     VmdkReader,
 };
 
+use crate::hyperv;
 use crate::manifest::{Entry, Manifest};
 use crate::ovf::{self, Descriptor};
 use crate::tar::TarIndex;
@@ -368,11 +369,50 @@ fn open_hyperv(dir: &Path, defaults: &Defaults) -> Result<Package> {
         )
         .with_path(&vhd_dir));
     }
+    let config = match hyperv::find_config(dir) {
+        Some(hyperv::ConfigFile::Xml(path)) => Some(hyperv::read(&path)?),
+        // Windows Server 2016+: a binary configuration whose format is not published.
+        Some(hyperv::ConfigFile::Vmcx(_)) | None => None,
+    };
+    let mut files = files;
+    if let Some(c) = &config {
+        // The configuration's order (the boot disk first); disks it does not name, by name
+        // after them.
+        let rank = |f: &PathBuf| {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase());
+            c.disk_files
+                .iter()
+                .position(|d| Some(d.to_ascii_lowercase()) == name)
+                .unwrap_or(usize::MAX)
+        };
+        files.sort_by_key(rank);
+    }
     let mut disks = Vec::new();
     for file in files {
         disks.push(single_disk(&file)?);
     }
-    Ok(undescribed(Kind::HyperV, dir, stem(dir), defaults, disks))
+    let mut package = undescribed(Kind::HyperV, dir, stem(dir), defaults, disks);
+    if let Some(c) = config {
+        if let Some(name) = c.name {
+            package.name = name;
+        }
+        let h = &mut package.hardware;
+        h.vcpus = c.vcpus.unwrap_or(h.vcpus);
+        h.memory_mib = c.memory_mib.unwrap_or(h.memory_mib);
+        if let Some(g) = c.generation {
+            h.firmware = if g == 2 {
+                Firmware::Uefi
+            } else {
+                Firmware::Bios
+            };
+        }
+        h.secure_boot = c.secure_boot.filter(|_| h.firmware == Firmware::Uefi);
+        h.nics = Some(c.nics);
+        package.described = c.vcpus.is_some() && c.memory_mib.is_some();
+    }
+    Ok(package)
 }
 
 fn open_single(path: &Path, defaults: &Defaults) -> Result<Package> {
