@@ -24,10 +24,13 @@ pub enum ErrorKind {
 }
 
 /// An error with the context needed to tell the user what failed and where.
+#[derive(thiserror::Error)]
+#[error("{}", self.line())]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     subject: Option<String>,
+    #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -73,30 +76,26 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Error {
+    /// One line: subject, message, cause.
+    fn line(&self) -> String {
+        let mut line = String::new();
         if let Some(subject) = &self.subject {
-            write!(f, "{subject}: ")?;
+            line.push_str(subject);
+            line.push_str(": ");
         }
-        f.write_str(&self.message)?;
+        line.push_str(&self.message);
         if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+            line.push_str(": ");
+            line.push_str(&source.to_string());
         }
-        Ok(())
+        line
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self} ({:?})", self.kind)
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -114,5 +113,7 @@ mod tests {
             "disk.qcow2: guestfish `cat /etc/fstab` failed: no such file"
         );
         assert_eq!(err.kind(), ErrorKind::Guestfs);
+        let cause = std::error::Error::source(&err).expect("the cause is kept");
+        assert_eq!(cause.to_string(), "no such file");
     }
 }

@@ -1,8 +1,6 @@
 //! The simulator's error type: a scenario that cannot be read or makes no sense, or a socket
 //! that cannot be bound.
 
-use std::fmt;
-
 /// What went wrong, coarsely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -16,7 +14,8 @@ pub enum ErrorKind {
 }
 
 /// An error of the simulator, one line when displayed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Error {
     kind: ErrorKind,
     message: String,
@@ -35,11 +34,3 @@ impl Error {
         self.kind
     }
 }
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Error {}
