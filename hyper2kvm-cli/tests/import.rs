@@ -390,6 +390,22 @@ fn a_hyperv_2012_r2_export_takes_its_configuration() {
     );
 }
 
+/// CRC-32C (Castagnoli, reflected), as VHDX checksums its headers.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 /// Runs an import that must fail: exit 1, the error line naming `names` (file, field or
 /// offset), no image or domain under the output folder.
 fn fails(src: &Path, dir: &Scratch, names: &[&str]) {
@@ -490,6 +506,25 @@ fn bad_inputs_fail_with_one_clear_line() {
     b[128 * 1024 + 100] ^= 0xff;
     std::fs::write(&vhdx, &b).unwrap();
     fails(&vhdx, &dir, &["badsum.vhdx", "checksum"]);
+    // A VHDX whose log must be replayed but cannot be: a log GUID with a log version no
+    // writer defines, in both headers (their CRC-32C recomputed, so only the log is wrong).
+    let vhdx = dir.path("dirtylog.vhdx");
+    make_vhdx(&raw, &vhdx, "dynamic", "1M");
+    let mut b = std::fs::read(&vhdx).unwrap();
+    for at in [64 * 1024, 128 * 1024] {
+        let h = &mut b[at..at + 4096];
+        h[48..64].copy_from_slice(&[0x5a; 16]); // LogGuid
+        h[64..66].copy_from_slice(&7u16.to_le_bytes()); // LogVersion
+        h[4..8].fill(0);
+        let sum = crc32c(h);
+        h[4..8].copy_from_slice(&sum.to_le_bytes());
+    }
+    std::fs::write(&vhdx, &b).unwrap();
+    fails(
+        &vhdx,
+        &dir,
+        &["dirtylog.vhdx", "VHDX log needs replay", "log version 7"],
+    );
     // An unsupported variant: a VirtualSystemCollection.
     let p = make_ova(&dir, "coll", |ovf, _| {
         *ovf = ovf.replace("</Envelope>", "<VirtualSystemCollection><VirtualSystem ovf:id=\"a\"/><VirtualSystem ovf:id=\"b\"/></VirtualSystemCollection></Envelope>")
