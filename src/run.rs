@@ -58,7 +58,15 @@ pub fn guest_hook(config: GuestConfig) -> GuestHook {
             let shown = image.display().to_string();
             // guestfish calls block: keep them off the runtime's workers.
             match tokio::task::spawn_blocking(move || fix_image(&image, &config)).await {
-                Ok(Ok(report)) => outcome(&report),
+                Ok(Ok(report)) => {
+                    let mut outcome = outcome(&report);
+                    // Say so when the appliance had to run without KVM.
+                    if let Some(notice) = hyper2kvm_guest::accel::decided().and_then(|a| a.notice())
+                    {
+                        outcome.warnings.push(notice);
+                    }
+                    outcome
+                }
                 Ok(Err(e)) => GuestOutcome {
                     report: json!({ "image": shown, "error": e.to_string() }),
                     warnings: Vec::new(),

@@ -42,6 +42,9 @@ pub async fn run(args: FixArgs) -> anyhow::Result<()> {
         // `{:#}` does not print the cause a second time.
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{report}");
+    if let Some(notice) = hyper2kvm_guest::accel::decided().and_then(|a| a.notice()) {
+        eprintln!("hyper2kvm: note: {notice}");
+    }
     if !report.succeeded() {
         bail!("{}: guest not fixed", args.image.display());
     }

@@ -112,7 +112,11 @@ impl Guestfish {
         let stderr_path = scratch.join("server.stderr");
         let stderr = File::create(&stderr_path)
             .map_err(|e| Error::io(format!("creating {}", stderr_path.display()), e))?;
-        let out = Command::new(&program)
+        let mut server = Command::new(&program);
+        if let Some((key, value)) = crate::accel::appliance_accel(&program).env() {
+            server.env(key, value);
+        }
+        let out = server
             .arg("--listen")
             .stdin(Stdio::null())
             .stderr(stderr)

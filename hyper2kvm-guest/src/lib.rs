@@ -42,6 +42,7 @@ println!("{report}");
 */
 #![deny(missing_docs)]
 
+pub mod accel;
 pub mod edits;
 pub mod error;
 pub mod fixups;
