@@ -15,6 +15,7 @@ mod migrate;
 mod progress;
 mod signal;
 mod sim;
+mod tally;
 mod units;
 
 use std::process::ExitCode;
