@@ -228,3 +228,31 @@ fn man_page_from_the_clap_definitions() {
         assert!(roff.starts_with(".ie") && roff.contains(".TH"), "{page}");
     }
 }
+
+#[test]
+fn each_cause_is_said_once() {
+    let dir = Scratch::new("once");
+    // An I/O error: the OS's words once.
+    let missing = dir.0.join("missing.vhd");
+    let out = hyper2kvm(&[
+        "convert",
+        missing.to_str().unwrap(),
+        dir.0.join("o.qcow2").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    // A scenario mistake: the position once (serde-saphyr says it too), on one line.
+    let scenario = dir.write("fleet.yaml", "settings:\n  page_size: lots\n");
+    let out = hyper2kvm(&["sim", "--scenario", &scenario]);
+    assert_eq!(out.status.code(), Some(2));
+    let (lines, usage) = errors(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].matches("column 14").count(), 1, "{lines:?}");
+    assert!(lines[0].ends_with("invalid u64"), "{lines:?}");
+    assert!(!usage);
+}
