@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::units::parse_size;
 
 /// What `--help` and the man page say about exit codes (main.rs decides them).
-const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed; 2 usage or configuration error; 3 a run that \
-completed some VMs but not all; 130 interrupted (Ctrl-C, SIGTERM).";
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed; 2 usage or configuration error; \
+    3 a run that completed some VMs but not all; 130 interrupted (Ctrl-C, SIGTERM).";
 
 /// Move virtual machines from Azure to KVM.
 ///
@@ -40,7 +40,13 @@ pub struct Cli {
     /// How to print what goes to stdout: the VM list (--list-only), the plan (--dry-run) or
     /// a run's summary [default: output.list_format of the config, else table]. The image
     /// format is output.format, not this.
-    #[arg(short = 'o', long, value_enum, value_name = "FORMAT", requires = "config")]
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        requires = "config"
+    )]
     pub output: Option<OutputArg>,
     /// With -c and no --list-only / --dry-run (a migration run): no progress, only the
     /// summary table and errors.

@@ -23,7 +23,10 @@ pub fn page(args: &ManArgs) -> anyhow::Result<Option<String>> {
     let page = match &args.command {
         None => cmd,
         Some(name) => {
-            let found = cmd.get_subcommands().find(|s| s.get_name() == name).cloned();
+            let found = cmd
+                .get_subcommands()
+                .find(|s| s.get_name() == name)
+                .cloned();
             found.ok_or_else(|| {
                 let names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
                 UsageError(format!(

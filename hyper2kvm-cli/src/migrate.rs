@@ -429,9 +429,14 @@ mod tests {
         });
         {
             let st = display.inner.lock().unwrap();
-            assert!(st.bars.is_empty(), "a disk being exported has no 0 B/0 B bar");
+            assert!(
+                st.bars.is_empty(),
+                "a disk being exported has no 0 B/0 B bar"
+            );
             let overall = st.overall.as_ref().expect("the overall bar");
-            assert!(overall.message().starts_with("0/2 VMs, 0 B of at most 2.00 GiB"));
+            assert!(overall
+                .message()
+                .starts_with("0/2 VMs, 0 B of at most 2.00 GiB"));
         }
         events(&RunEvent::DiskProgress {
             vm: "a".into(),

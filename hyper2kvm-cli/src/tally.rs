@@ -135,7 +135,11 @@ impl Tally {
         let done = self.done();
         let (total, measured) = self.total();
         if !measured {
-            return format!("{vms}, {} of at most {}", human_bytes(done), human_bytes(total));
+            return format!(
+                "{vms}, {} of at most {}",
+                human_bytes(done),
+                human_bytes(total)
+            );
         }
         let mut line = format!("{vms}, {}", bytes_of(done, total.max(done)));
         if let Some(rate) = rate {

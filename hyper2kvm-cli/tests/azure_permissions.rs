@@ -75,7 +75,9 @@ fn actions(requests: &[(String, String)], list_only: bool) -> BTreeSet<&'static 
     let mut used = BTreeSet::new();
     for (method, path) in requests {
         let p = permission_for(method, path).unwrap_or_else(|| {
-            panic!("{method} {path} is not in hyper2kvm_azure::arm::permissions (nor docs/azure.md)")
+            panic!(
+                "{method} {path} is not in hyper2kvm_azure::arm::permissions (nor docs/azure.md)"
+            )
         });
         if list_only {
             assert_eq!(p.needed, Needed::Always, "{method} {path}: {}", p.action);

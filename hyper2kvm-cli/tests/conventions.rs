@@ -156,7 +156,11 @@ fn numeric_flags_state_their_range() {
     assert!(stderr.contains("1..=1024"), "{stderr}");
     assert!(!stderr.contains("invalid digit"), "{stderr}");
     let out = hyper2kvm(&["import", "--parallel-vms", "0", "x.ova"]);
-    assert!(text(&out.stderr).contains("1..=256"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1..=256"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -121,7 +121,9 @@ fn a_piped_run_prints_the_overall_line() {
         "{stderr}"
     );
     assert!(
-        !lines.iter().any(|l| l.contains("16.0 GiB") && l.contains("ETA")),
+        !lines
+            .iter()
+            .any(|l| l.contains("16.0 GiB") && l.contains("ETA")),
         "an ETA over the disks' full sizes: {stderr}"
     );
 }

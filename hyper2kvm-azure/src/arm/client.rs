@@ -279,6 +279,9 @@ pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: 
         }
         _ => String::new(),
     };
-    Error::new(kind, format!("{method} {shown}: HTTP {status}{detail}{grant}"))
-        .with_status(status.as_u16())
+    Error::new(
+        kind,
+        format!("{method} {shown}: HTTP {status}{detail}{grant}"),
+    )
+    .with_status(status.as_u16())
 }

@@ -244,7 +244,8 @@ mod tests {
             ),
             "{err}"
         );
-        let other = super::super::client::status_error("PUT", reqwest::StatusCode::CONFLICT, url, body);
+        let other =
+            super::super::client::status_error("PUT", reqwest::StatusCode::CONFLICT, url, body);
         assert!(!other.to_string().contains("grant"), "{other}");
     }
 
