@@ -99,7 +99,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,11 +129,6 @@ fn main() -> ExitCode {
             },
         }
     });
-    finish(result)
-}
-
-/// The exit code of a command's result, after printing its error if any.
-fn finish(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
