@@ -44,7 +44,7 @@ fn stamped(line: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_piped_convert_prints_stamped_lines_while_it_runs() {
-    let sim = Simulator::start(&Scenario::from_yaml(&scenario(120)).unwrap())
+    let sim = Simulator::start(&Scenario::from_yaml(&scenario(250)).unwrap())
         .await
         .unwrap();
     let sas = sim
@@ -91,7 +91,7 @@ async fn a_piped_convert_prints_stamped_lines_while_it_runs() {
 fn a_piped_run_prints_the_overall_line() {
     let dir = Scratch::new("piped-run");
     // Two VMs of one 8 GiB disk each (1 MiB written), deallocated: exported directly.
-    let mut fleet = scenario(100);
+    let mut fleet = scenario(150);
     fleet = fleet.replace(
         "        unattached_disks:\n          - name: d1\n            size_bytes: 16777216\n            content: { seed: 3, scatter: { written_bytes: 1048576, extent_size: 65536 } }\n",
         "        vms:\n          - { name: vm-a, size: Standard_B1s, power_state: deallocated, os_type: linux, generation: 2, disks: [ { size_gb: 8, content: { seed: 1, scatter: { written_bytes: 1048576, extent_size: 65536 } } } ] }\n          - { name: vm-b, size: Standard_B1s, power_state: deallocated, os_type: linux, generation: 2, disks: [ { size_gb: 8, content: { seed: 2, scatter: { written_bytes: 1048576, extent_size: 65536 } } } ] }\n",
