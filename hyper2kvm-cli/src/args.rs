@@ -8,6 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::units::parse_size;
 
+/// What `--help` and the man page say about exit codes (main.rs decides them).
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed; 2 usage or configuration error; \
+    3 a run that completed some VMs but not all; 130 interrupted (Ctrl-C, SIGTERM).";
+
 /// Move virtual machines from Azure to KVM.
 ///
 /// `hyper2kvm -c config.yaml` migrates the VMs a config selects (`--dry-run` shows the plan,
@@ -18,9 +22,9 @@ use crate::units::parse_size;
 #[command(
     name = "hyper2kvm",
     version,
-    about,
     propagate_version = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_long_help = EXIT_CODES
 )]
 pub struct Cli {
     /// The configuration file (YAML; see docs/config.md).
@@ -33,8 +37,16 @@ pub struct Cli {
     /// nothing.
     #[arg(long, requires = "config", conflicts_with = "list_only")]
     pub dry_run: bool,
-    /// How to print the list (overrides output.format).
-    #[arg(long, value_enum, requires = "config")]
+    /// How to print what goes to stdout: the VM list (--list-only), the plan (--dry-run) or
+    /// a run's summary [default: output.list_format of the config, else table]. The image
+    /// format is output.format, not this.
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        requires = "config"
+    )]
     pub output: Option<OutputArg>,
     /// With -c and no --list-only / --dry-run (a migration run): no progress, only the
     /// summary table and errors.
@@ -61,7 +73,7 @@ pub struct Cli {
 pub enum OutputArg {
     /// Aligned columns.
     Table,
-    /// A JSON array (schema in docs/config.md).
+    /// JSON (schemas in docs/config.md).
     Json,
 }
 
@@ -76,6 +88,31 @@ pub enum Command {
     Fix(crate::fix::FixArgs),
     /// Serve a simulated Azure (ARM compute subset) from a scenario file.
     Sim(SimArgs),
+    /// Print a shell completion script, e.g. `hyper2kvm completions bash >
+    /// /etc/bash_completion.d/hyper2kvm`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `hyper2kvm man | man -l -`; or write every page to a
+    /// folder.
+    Man(ManArgs),
+}
+
+/// `hyper2kvm completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `hyper2kvm man [COMMAND] [--dir DIR]`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The page of this subcommand (hyper2kvm-COMMAND(1)) instead of hyper2kvm(1).
+    #[arg(value_name = "COMMAND", conflicts_with = "dir")]
+    pub command: Option<String>,
+    /// Write hyper2kvm.1 and a page per subcommand into DIR instead (for packaging).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `hyper2kvm sim --scenario FILE [--listen ADDR]`.

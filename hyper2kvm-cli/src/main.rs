@@ -4,15 +4,18 @@
 //! completed some VMs but not all, 130 interrupted.
 
 mod args;
+mod completions;
 mod config;
 mod convert;
 mod fix;
 mod import;
 mod list;
+mod man;
 mod migrate;
 mod progress;
 mod signal;
 mod sim;
+mod tally;
 mod units;
 
 use std::process::ExitCode;
@@ -29,24 +32,35 @@ enum Mode {
     Sim(args::SimArgs),
     Fix(crate::fix::FixArgs),
     Import(crate::import::ImportArgs),
+    Completions(args::CompletionsArgs),
+    Man(args::ManArgs),
     List(Box<config::ListPlan>),
     DryRun(Box<config::ListPlan>),
     Migrate(Box<config::ListPlan>, migrate::Flags),
 }
 
-/// Turns the parsed flags (and the config file they name) into one mode. Every problem here
-/// is the user's to fix: exit code 2.
-fn mode(cli: Cli) -> Result<Mode, UsageError> {
+/// Why no mode: a mistake the user must fix (exit code 2).
+enum ModeError {
+    /// In the arguments: the usage is shown with it.
+    Arguments(UsageError),
+    /// In the config file: the usage would not help, the message says where.
+    Config(UsageError),
+}
+
+/// Turns the parsed flags (and the config file they name) into one mode.
+fn mode(cli: Cli) -> Result<Mode, ModeError> {
     match (cli.command, cli.config) {
         (Some(Command::Convert(a)), _) => Ok(Mode::Convert(a)),
         (Some(Command::Sim(a)), _) => Ok(Mode::Sim(a)),
         (Some(Command::Fix(a)), _) => Ok(Mode::Fix(a)),
         (Some(Command::Import(a)), _) => Ok(Mode::Import(a)),
-        (None, None) => Err(UsageError(
+        (Some(Command::Completions(a)), _) => Ok(Mode::Completions(a)),
+        (Some(Command::Man(a)), _) => Ok(Mode::Man(a)),
+        (None, None) => Err(ModeError::Arguments(UsageError(
             "nothing to do: give -c CONFIG --list-only, or a subcommand (see --help)".into(),
-        )),
+        ))),
         (None, Some(path)) => {
-            let file = config::load(&path)?;
+            let file = config::load(&path).map_err(ModeError::Config)?;
             let overrides = config::Overrides {
                 arm_endpoint: cli.arm_endpoint,
                 output: cli.output,
@@ -75,9 +89,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mode = match mode(cli) {
         Ok(m) => m,
-        Err(e) => {
+        Err(ModeError::Arguments(e)) => {
             eprintln!("hyper2kvm: error: {}", redact(&e.to_string()));
             eprintln!("{}", Cli::command().render_usage());
+            return ExitCode::from(2);
+        }
+        Err(ModeError::Config(e)) => {
+            eprintln!("hyper2kvm: error: {}", redact(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -100,6 +118,15 @@ fn main() -> ExitCode {
             Mode::List(plan) => list::run(*plan).await.map(|()| 0),
             Mode::DryRun(plan) => list::dry_run(*plan).await.map(|()| 0),
             Mode::Migrate(plan, flags) => migrate::run(*plan, flags).await,
+            Mode::Completions(args) => {
+                list::print_stdout(&completions::script(args.shell), "writing the script")
+                    .map(|()| 0)
+            }
+            Mode::Man(args) => match man::page(&args) {
+                Ok(Some(roff)) => list::print_stdout(&roff, "writing the page").map(|()| 0),
+                Ok(None) => Ok(0),
+                Err(e) => Err(e),
+            },
         }
     });
     match result {

@@ -14,7 +14,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{ListPlan, UsageError};
 use crate::list::{connect, print_stdout};
+use crate::progress::{clock, line_every, Rate, Ticker};
 use crate::signal::until_interrupted;
+use crate::tally::Tally;
 use crate::units::human_bytes;
 
 /// Flags of a migration run that are not in the config file.
@@ -182,40 +184,102 @@ pub(crate) fn render_summary(s: &RunSummary) -> String {
     out
 }
 
-/// Progress of a run: a bar per disk in flight on a terminal; lines otherwise (VM and disk
-/// events as they happen, and the bytes done every 10 seconds); nothing but errors when quiet.
+/// Progress of a run. On a terminal: an overall bar (VMs done, bytes, rate, ETA) above a bar
+/// per disk being read (a disk gets its bar once its ranges are known, not while it is
+/// exported). Otherwise: VM and disk events as they happen, and the overall line every 10
+/// seconds (`[12:00:01] 3/10 VMs, 12.3/40.0 GiB, 85.3 MiB/s, ETA 5m`), also while nothing
+/// happens. Nothing but errors when quiet.
 pub(crate) struct Display {
     inner: Arc<Mutex<DisplayState>>,
     quiet: bool,
+    ticker: Mutex<Option<Ticker>>,
 }
 
 struct DisplayState {
     multi: Option<MultiProgress>,
+    /// The overall bar, on a terminal once the run has started.
+    overall: Option<ProgressBar>,
+    /// The bars of the disks being read.
     bars: BTreeMap<(String, String), ProgressBar>,
-    progress: BTreeMap<(String, String), (u64, u64)>,
-    last_line: Instant,
-    started: Instant,
+    tally: Tally,
+    rate: Rate,
+}
+
+impl DisplayState {
+    /// The overall line, with the rate sampled now.
+    fn overall_line(&mut self) -> String {
+        self.rate.sample(Instant::now(), self.tally.done());
+        self.tally.line(self.rate.per_sec())
+    }
+
+    /// Redraws the overall bar, if any.
+    fn draw_overall(&mut self) {
+        if self.overall.is_none() {
+            return;
+        }
+        let line = self.overall_line();
+        let (total, _) = self.tally.total();
+        let done = self.tally.done();
+        if let Some(bar) = &self.overall {
+            bar.set_length(total.max(done).max(1));
+            bar.set_position(done);
+            bar.set_message(line);
+        }
+    }
 }
 
 impl Display {
     pub(crate) fn new(quiet: bool) -> Display {
         let multi = (!quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Display::with(multi, quiet, line_every())
+    }
+
+    /// A display drawing bars on `multi` (none: plain lines every `every`).
+    fn with(multi: Option<MultiProgress>, quiet: bool, every: Duration) -> Display {
+        let terminal = multi.is_some();
+        let inner = Arc::new(Mutex::new(DisplayState {
+            multi,
+            overall: None,
+            bars: BTreeMap::new(),
+            tally: Tally::default(),
+            rate: Rate::default(),
+        }));
+        // The clock drives the overall progress, so that it moves (and the rate falls) when
+        // no event comes: a stalled download, a long snapshot.
+        let ticker = (!quiet).then(|| {
+            let state = inner.clone();
+            let every = if terminal {
+                Duration::from_secs(1)
+            } else {
+                every
+            };
+            Ticker::start(every, move || {
+                let mut st = state.lock().unwrap();
+                if terminal {
+                    st.draw_overall();
+                } else if st.tally.started() && !st.tally.finished() {
+                    let line = st.overall_line();
+                    eprintln!("{} {line}", clock());
+                }
+            })
+        });
         Display {
-            inner: Arc::new(Mutex::new(DisplayState {
-                multi,
-                bars: BTreeMap::new(),
-                progress: BTreeMap::new(),
-                last_line: Instant::now(),
-                started: Instant::now(),
-            })),
+            inner,
             quiet,
+            ticker: Mutex::new(ticker),
         }
     }
 
     pub(crate) fn finish(&self) {
+        if let Some(mut t) = self.ticker.lock().unwrap().take() {
+            t.stop();
+        }
         let mut st = self.inner.lock().unwrap();
         for (_, bar) in std::mem::take(&mut st.bars) {
+            bar.finish_and_clear();
+        }
+        if let Some(bar) = st.overall.take() {
             bar.finish_and_clear();
         }
     }
@@ -225,26 +289,39 @@ impl Display {
         let quiet = self.quiet;
         Arc::new(move |e: &RunEvent| {
             let mut st = inner.lock().unwrap();
+            let st = &mut *st;
             let text = match e {
-                RunEvent::RunStarted { run_id, vms, dir } => Some(format!(
-                    "hyper2kvm: run {run_id}: {vms} VM(s) selected, output in {}",
-                    dir.display()
-                )),
-                RunEvent::VmStarted { vm, action } => Some(format!("{vm}: {action}")),
+                RunEvent::RunStarted {
+                    run_id,
+                    vms,
+                    dir,
+                    bytes,
+                } => {
+                    st.tally.run_started(*vms, *bytes);
+                    if let Some(m) = &st.multi {
+                        let bar = m.insert(0, ProgressBar::new(1));
+                        bar.set_style(
+                            ProgressStyle::with_template("[{bar:30}] {msg}")
+                                .expect("valid template")
+                                .progress_chars("=> "),
+                        );
+                        st.overall = Some(bar);
+                        st.draw_overall();
+                    }
+                    Some(format!(
+                        "hyper2kvm: run {run_id}: {vms} VM(s) selected, {} of disks, output in {}",
+                        human_bytes(*bytes),
+                        dir.display()
+                    ))
+                }
+                RunEvent::VmStarted { vm, action, bytes } => {
+                    st.tally.vm_started(vm, *bytes);
+                    Some(format!("{vm}: {action}"))
+                }
                 RunEvent::Step { vm, message } => Some(format!("{vm}: {message}")),
                 RunEvent::DiskStarted { vm, disk, size } => {
-                    if let Some(m) = &st.multi {
-                        let bar = m.add(ProgressBar::new(0));
-                        bar.set_style(
-                            ProgressStyle::with_template(
-                                "{msg:30!} [{bar:25}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                            )
-                            .expect("valid template")
-                            .progress_chars("=> "),
-                        );
-                        bar.set_message(format!("{vm}/{disk}"));
-                        st.bars.insert((vm.clone(), disk.clone()), bar);
-                    }
+                    // No bar yet: until its ranges are known a bar would only say 0 B/0 B.
+                    st.tally.disk_started(vm, disk, *size);
                     Some(format!("{vm}: {disk} ({}) started", human_bytes(*size)))
                 }
                 RunEvent::DiskProgress {
@@ -253,30 +330,29 @@ impl Display {
                     done,
                     total,
                 } => {
+                    st.tally.disk_progress(vm, disk, *done, *total);
                     let key = (vm.clone(), disk.clone());
+                    if let (Some(m), false) = (&st.multi, st.bars.contains_key(&key)) {
+                        let bar = m.add(ProgressBar::new(*total));
+                        bar.set_style(
+                            ProgressStyle::with_template(
+                                "{msg:30!} [{bar:25}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                            )
+                            .expect("valid template")
+                            .progress_chars("=> "),
+                        );
+                        bar.set_message(format!("{vm}/{disk}"));
+                        st.bars.insert(key.clone(), bar);
+                    }
                     if let Some(bar) = st.bars.get(&key) {
                         bar.set_length(*total);
                         bar.set_position(*done);
                     }
-                    st.progress.insert(key, (*done, *total));
-                    if st.multi.is_none() && st.last_line.elapsed() >= Duration::from_secs(10) {
-                        st.last_line = Instant::now();
-                        let (done, total) = st
-                            .progress
-                            .values()
-                            .fold((0, 0), |(d, t), (a, b)| (d + a, t + b));
-                        Some(format!(
-                            "progress: {} of {} of written data in {} disk(s), {:.0} s",
-                            human_bytes(done),
-                            human_bytes(total),
-                            st.progress.len(),
-                            st.started.elapsed().as_secs_f64()
-                        ))
-                    } else {
-                        None
-                    }
+                    None
                 }
                 RunEvent::DiskFinished { vm, report } => {
+                    st.tally
+                        .disk_finished(vm, &report.name, report.virtual_size, report.status);
                     if let Some(bar) = st.bars.remove(&(vm.clone(), report.name.clone())) {
                         bar.finish_and_clear();
                     }
@@ -301,10 +377,14 @@ impl Display {
                         ),
                     })
                 }
-                RunEvent::VmFinished { vm, status } => Some(match status {
-                    VmStatus::Completed => format!("{vm}: completed"),
-                    other => format!("{vm}: {}", other.as_str().to_uppercase()),
-                }),
+                RunEvent::VmFinished { vm, status } => {
+                    st.tally.vm_finished(vm);
+                    st.draw_overall();
+                    Some(match status {
+                        VmStatus::Completed => format!("{vm}: completed"),
+                        other => format!("{vm}: {}", other.as_str().to_uppercase()),
+                    })
+                }
                 _ => None,
             };
             if quiet {
@@ -319,5 +399,65 @@ impl Display {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_get_a_bar_once_their_ranges_are_known() {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+        let display = Display::with(Some(multi), false, Duration::from_secs(3600));
+        let events = display.callback();
+        events(&RunEvent::RunStarted {
+            run_id: "r".into(),
+            vms: 2,
+            dir: "out".into(),
+            bytes: 2 << 30,
+        });
+        events(&RunEvent::VmStarted {
+            vm: "a".into(),
+            action: "export disks".into(),
+            bytes: 1 << 30,
+        });
+        events(&RunEvent::DiskStarted {
+            vm: "a".into(),
+            disk: "a-os".into(),
+            size: 1 << 30,
+        });
+        {
+            let st = display.inner.lock().unwrap();
+            assert!(
+                st.bars.is_empty(),
+                "a disk being exported has no 0 B/0 B bar"
+            );
+            let overall = st.overall.as_ref().expect("the overall bar");
+            assert!(overall
+                .message()
+                .starts_with("0/2 VMs, 0 B of at most 2.00 GiB"));
+        }
+        events(&RunEvent::DiskProgress {
+            vm: "a".into(),
+            disk: "a-os".into(),
+            done: 1 << 20,
+            total: 4 << 20,
+        });
+        {
+            let mut st = display.inner.lock().unwrap();
+            let bar = st.bars.get(&("a".into(), "a-os".into())).expect("its bar");
+            assert_eq!((bar.position(), bar.length()), (1 << 20, Some(4 << 20)));
+            st.draw_overall();
+            let overall = st.overall.as_ref().unwrap();
+            // 4 MiB of 1 GiB written: the other 1 GiB is guessed at 4 MiB too.
+            assert!(
+                overall.message().starts_with("0/2 VMs, 1.00/8.00 MiB"),
+                "{}",
+                overall.message()
+            );
+        }
+        display.finish();
+        assert!(display.inner.lock().unwrap().overall.is_none());
     }
 }

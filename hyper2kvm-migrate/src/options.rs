@@ -89,6 +89,9 @@ pub enum RunEvent {
         vms: usize,
         /// The output directory.
         dir: PathBuf,
+        /// The sizes of the planned disks, summed (what is written of them is known only
+        /// once each is exported: see [`RunEvent::DiskProgress`]).
+        bytes: u64,
     },
     /// The run starts on a VM.
     VmStarted {
@@ -96,6 +99,8 @@ pub enum RunEvent {
         vm: String,
         /// What will be done.
         action: String,
+        /// The sizes of its planned disks, summed.
+        bytes: u64,
     },
     /// A step of a VM: a power operation, snapshots, fix-ups, a disk skipped.
     Step {

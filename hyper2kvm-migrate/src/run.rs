@@ -105,6 +105,7 @@ impl Migration {
             run_id: plan.run_id.clone(),
             vms: plan.vms.len(),
             dir: self.opts.plan.dir.clone(),
+            bytes: plan.total_bytes(),
         });
         let vm_slots = Semaphore::new(self.opts.parallel_vms.max(1));
         let disk_slots = Semaphore::new(self.opts.parallel_disks.max(1));
@@ -318,6 +319,7 @@ impl Migration {
         self.emit(RunEvent::VmStarted {
             vm: vm.name.clone(),
             action: vp.action.to_string(),
+            bytes: vp.disks.iter().map(|d| d.size_bytes).sum(),
         });
         let vm_run = VmRun {
             m: self,

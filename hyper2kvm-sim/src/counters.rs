@@ -1,8 +1,10 @@
 //! Requests served, per route, so tests and benchmarks can assert how a client talks to ARM
 //! ("three paged list calls, nothing per VM").
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The routes the simulator serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,9 +124,27 @@ pub struct Counters {
     pub(crate) bad_md5: AtomicU64,
     pub(crate) sas_refused: AtomicU64,
     pub(crate) grant_conflicts: AtomicU64,
+    /// Every distinct `(method, path)` received (distinct, so a long benchmark's reads of
+    /// one blob stay one entry).
+    paths: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Counters {
+    /// Notes that `method` `path` was received, whatever the route.
+    pub(crate) fn record_path(&self, method: &str, path: &str) {
+        self.paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((method.to_string(), path.to_string()));
+    }
+
+    /// Every distinct method and path received so far (ARM and blob), sorted: what a client
+    /// asked for, e.g. to check it against a list of the permissions it needs.
+    pub fn paths(&self) -> Vec<(String, String)> {
+        let paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        paths.iter().cloned().collect()
+    }
+
     /// Counts a request on `route` and returns its number (from 1) across all routes.
     pub(crate) fn record(&self, route: Route, authorized: bool) -> u64 {
         self.received[route.index()].fetch_add(1, Ordering::SeqCst);

@@ -500,6 +500,20 @@ fn key(subscription: &str, resource_group: &str, name: &str) -> (String, String,
     )
 }
 
+/// serde-saphyr's message alone: its first line, without the `error: line L column C: ` it
+/// may start with (the position is already said, once).
+fn yaml_message(text: &str) -> &str {
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = line.trim().trim_start_matches("error: ");
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, message)) if position.contains(" column ") => message,
+        _ => line,
+    }
+}
+
 impl Scenario {
     /// Parses a scenario from YAML (or JSON) text.
     pub fn from_yaml(text: &str) -> Result<Scenario, Error> {
@@ -508,11 +522,9 @@ impl Scenario {
                 .location()
                 .map(|l| format!(" at line {} column {}", l.line(), l.column()))
                 .unwrap_or_default();
-            let first = e.to_string();
-            let first = first.lines().next().unwrap_or("").to_string();
             Error::new(
                 ErrorKind::InvalidScenario,
-                format!("invalid scenario{at}: {first}"),
+                format!("invalid scenario{at}: {}", yaml_message(&e.to_string())),
             )
         })
     }
@@ -893,6 +905,12 @@ subscriptions:
         let err = Scenario::from_yaml("subscriptions:\n  - id: s\n    colour: red\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidScenario);
         assert!(err.to_string().contains("line 3"), "{err}");
+        // The position once, the message once, one line.
+        let err = Scenario::from_yaml("settings:\n  page_size: lots\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid scenario at line 2 column 14: invalid u64"
+        );
     }
 
     #[test]

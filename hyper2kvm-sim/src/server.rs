@@ -104,7 +104,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(crate::blob::serve).head(crate::blob::serve),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            record_path,
+        ))
         .with_state(shared)
+}
+
+/// Notes every request's method and path (fallback included) before it is routed.
+async fn record_path(
+    State(st): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    st.counters
+        .record_path(request.method().as_str(), request.uri().path());
+    next.run(request).await
 }
 
 pub(crate) fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -146,8 +146,10 @@ fn default_disks() -> DiskChoice {
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySection {
     /// Retries per request after the first attempt.
+    #[serde(deserialize_with = "super::range::max_retries")]
     pub max_retries: u32,
     /// No retry starts later than this after the first attempt, in seconds.
+    #[serde(deserialize_with = "super::range::timeout_secs")]
     pub timeout_secs: u64,
 }
 
@@ -211,10 +213,12 @@ pub struct SelectionSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ExportSection {
     /// How long a read grant (SAS) stays valid, in seconds; an expired one is renewed.
+    #[serde(deserialize_with = "super::range::grant_duration_secs")]
     pub grant_duration_secs: u32,
     /// Keep the snapshots a run creates instead of deleting them after the export.
     pub keep_snapshots: bool,
     /// How long to wait for one long-running ARM operation (grant, snapshot, power), seconds.
+    #[serde(deserialize_with = "super::range::operation_timeout_secs")]
     pub operation_timeout_secs: u64,
 }
 
@@ -235,15 +239,19 @@ impl Default for ExportSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DownloadSection {
     /// Ranged reads in flight per disk.
+    #[serde(deserialize_with = "super::range::concurrency")]
     pub concurrency: u16,
     /// Bytes per read, e.g. `4M`.
     pub chunk_size: String,
     /// Disks converting at once, across all VMs.
+    #[serde(deserialize_with = "super::range::parallel_disks")]
     pub parallel_disks: u16,
     /// VMs in progress at once.
+    #[serde(deserialize_with = "super::range::parallel_vms")]
     pub parallel_vms: u16,
     /// Reads in flight at once across all disks (HTTP connections); no limit beyond
     /// `parallel_disks` × `concurrency` when absent.
+    #[serde(deserialize_with = "super::range::max_connections")]
     pub max_connections: Option<u16>,
     /// A bandwidth cap for the whole run, bytes per second (`100M`); none when absent.
     pub bandwidth: Option<String>,

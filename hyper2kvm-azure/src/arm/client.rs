@@ -265,6 +265,23 @@ pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: 
         StatusCode::CONFLICT => ErrorKind::Conflict,
         _ => ErrorKind::Status,
     };
-    Error::new(kind, format!("{method} {shown}: HTTP {status}{detail}"))
-        .with_status(status.as_u16())
+    // A refusal says what to grant (`shown` is an ARM URL: redaction keeps its path).
+    let grant = match Url::parse(shown) {
+        Ok(url) if status == StatusCode::FORBIDDEN => {
+            super::permissions::permission_for(method, url.path())
+                .map(|p| {
+                    format!(
+                        "; grant the identity {} (docs/azure.md lists what each run needs)",
+                        p.action
+                    )
+                })
+                .unwrap_or_default()
+        }
+        _ => String::new(),
+    };
+    Error::new(
+        kind,
+        format!("{method} {shown}: HTTP {status}{detail}{grant}"),
+    )
+    .with_status(status.as_u16())
 }
