@@ -690,6 +690,29 @@ fn trust_devices_fifos_and_directories_are_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is a directory"), "{stderr}");
     assert!(!dir.path("outdir.part").exists() && !dir.path("outdir.lock").exists());
+
+    // A FIFO or device as DST: the final rename would have replaced the node with an image
+    // (`convert x /dev/full` as root did). A device node of our own, never /dev's.
+    let mut nodes = vec![(fifo.clone(), "FIFO")];
+    let full = dir.path("full");
+    let c = std::ffi::CString::new(s(&full)).unwrap();
+    // SAFETY: mknod with a valid path; as /dev/full (char 1:7). Needs root: skipped otherwise.
+    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 7)) } == 0 {
+        nodes.push((full, "character device"));
+    }
+    for (node, kind) in nodes {
+        let out = convert_within(s(&raw), &node, std::time::Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("is a {kind}")), "{stderr}");
+        let t = std::fs::symlink_metadata(&node).unwrap().file_type();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            t.is_fifo() || t.is_char_device(),
+            "{} was replaced",
+            node.display()
+        );
+    }
 }
 
 /// Regression (trust issue): a block device is read with its real size (BLKGETSIZE64), not

@@ -194,16 +194,38 @@ pub fn check_distinct(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a destination that is a directory (the final rename would fail after all the work).
+/// Refuses a destination that is not an image file name: a directory (the final rename would
+/// fail after all the work), or a device, FIFO or socket (the final rename would replace the
+/// device node, e.g. `/dev/full`, with an image file).
 pub fn check_destination(dst: &Path) -> Result<()> {
-    if std::fs::symlink_metadata(dst).is_ok_and(|m| m.is_dir()) || dst.as_os_str().is_empty() {
+    if dst.as_os_str().is_empty() {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
-            "is a directory: the destination must be an image file name",
-        )
-        .with_path(dst));
+            "the destination is empty",
+        ));
     }
-    Ok(())
+    let Ok(m) = std::fs::symlink_metadata(dst) else {
+        return Ok(());
+    };
+    let t = m.file_type();
+    let kind = if t.is_file() || t.is_symlink() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else {
+        "a socket"
+    };
+    Err(Error::new(
+        ErrorKind::InvalidArgument,
+        format!("is {kind}: the destination must be an image file name (images are written to a new file and renamed into place, which would replace it)"),
+    )
+    .with_path(dst))
 }
 
 #[cfg(test)]
@@ -227,6 +249,29 @@ mod tests {
         assert!(err.to_string().contains("FIFO"), "{err}");
         let err = open_input(dir.path()).unwrap_err();
         assert!(err.to_string().contains("directory"), "{err}");
+    }
+
+    #[test]
+    fn destinations_must_be_file_names() {
+        for dev in ["/dev/full", "/dev/null"] {
+            let err = check_destination(Path::new(dev)).unwrap_err();
+            assert!(err.to_string().contains("is a character device"), "{err}");
+        }
+        let dir = TempDir::new("fsafe-dst");
+        assert!(check_destination(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("is a directory"));
+        assert!(check_destination(&dir.path().join("new.qcow2")).is_ok());
+        let existing = dir.path().join("old.qcow2");
+        std::fs::write(&existing, "x").unwrap();
+        assert!(check_destination(&existing).is_ok());
+        let link = dir.path().join("link.qcow2");
+        std::os::unix::fs::symlink(&existing, &link).unwrap();
+        assert!(
+            check_destination(&link).is_ok(),
+            "the rename replaces the link itself"
+        );
     }
 
     #[test]
