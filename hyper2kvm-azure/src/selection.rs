@@ -22,6 +22,35 @@ pub struct Selection {
     pub locations: Vec<String>,
 }
 
+/// The filters as a user wrote them: `resource groups rg-a, rg-b; names web-*; tags env=prod;
+/// power states running; locations westeurope`, or `every VM` when there is none.
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        let mut add = |what: &str, items: Vec<String>| {
+            if !items.is_empty() {
+                parts.push(format!("{what} {}", items.join(", ")));
+            }
+        };
+        add("resource groups", self.resource_groups.clone());
+        add("names", self.names.clone());
+        add(
+            "tags",
+            self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        );
+        add(
+            "power states",
+            self.power_states.iter().map(|p| p.to_string()).collect(),
+        );
+        add("locations", self.locations.clone());
+        if parts.is_empty() {
+            f.write_str("every VM")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
 /// Parses a `key=value` tag filter.
 pub fn parse_tag_filter(text: &str) -> Result<(String, String)> {
     match text.split_once('=') {
@@ -242,5 +271,21 @@ mod tests {
         );
         assert!(parse_tag_filter("novalue").is_err());
         assert!(parse_tag_filter("=x").is_err());
+    }
+
+    #[test]
+    fn selection_reads_like_the_config() {
+        assert_eq!(Selection::default().to_string(), "every VM");
+        let s = Selection {
+            resource_groups: vec!["rg-a".into(), "rg-b".into()],
+            names: vec!["web-*".into()],
+            tags: vec![("env".into(), "prod".into())],
+            power_states: vec![PowerState::Running],
+            locations: vec![],
+        };
+        assert_eq!(
+            s.to_string(),
+            "resource groups rg-a, rg-b; names web-*; tags env=prod; power states running"
+        );
     }
 }

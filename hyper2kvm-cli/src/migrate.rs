@@ -103,7 +103,7 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
             if e.kind() == ErrorKind::InvalidArgument && e.to_string().contains("matched no VM") {
                 // Say what matched nothing (exit code 2 stays: the error keeps its kind).
                 return Err(anyhow::Error::new(e).context(format!(
-                    "no VM of subscription(s) {} matched {:?}",
+                    "no VM of subscription(s) {} matched: {}",
                     plan.subscriptions.join(", "),
                     plan.selection
                 )));

@@ -1330,9 +1330,11 @@ async fn trust_an_empty_selection_is_an_error_unless_allowed() {
     let stderr = text(&result.stderr);
     assert_eq!(result.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("matched no VM") && stderr.contains("nomatch-*"),
+        stderr.contains("matched no VM")
+            && stderr.contains("matched: resource groups rg-a, rg-b; names nomatch-*"),
         "{stderr}"
     );
+    assert!(!stderr.contains("Selection {"), "no debug dump: {stderr}");
     let allowed = run(&cfg, &["--allow-empty"]).await;
     assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
 }
