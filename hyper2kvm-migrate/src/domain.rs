@@ -69,9 +69,9 @@ impl VmRun<'_> {
                 r.vcpus = Some(hardware.vcpus);
                 r.memory_mib = Some(hardware.memory_mib);
             }),
-            Err(e) => self.error(format!(
-                "{}: cannot write: {e}",
-                self.vp.domain_xml.display()
+            Err(e) => self.error(crate::report::ErrorRecord::of(
+                &hyper2kvm_core::Error::io("cannot write the domain", e)
+                    .with_path(&self.vp.domain_xml),
             )),
         }
     }

@@ -122,6 +122,7 @@ pub struct Counters {
     pub(crate) bad_md5: AtomicU64,
     pub(crate) sas_refused: AtomicU64,
     pub(crate) grant_conflicts: AtomicU64,
+    pub(crate) cleanup_conflicts: AtomicU64,
 }
 
 impl Counters {
@@ -197,6 +198,12 @@ impl Counters {
         self.grant_conflicts.load(Ordering::SeqCst)
     }
 
+    /// Revokes and snapshot deletes refused `409` by a disk's `revoke_conflict` or
+    /// `delete_conflict` fault.
+    pub fn cleanup_conflicts(&self) -> u64 {
+        self.cleanup_conflicts.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn record_throttled(&self, route: Route) {
         self.throttled[route.index()].fetch_add(1, Ordering::SeqCst);
     }
@@ -264,6 +271,7 @@ impl Counters {
                 &self.bad_md5,
                 &self.sas_refused,
                 &self.grant_conflicts,
+                &self.cleanup_conflicts,
             ])
         {
             c.store(0, Ordering::SeqCst);
