@@ -70,6 +70,38 @@ impl Source {
             Source::AzureCli => "Azure CLI",
         }
     }
+
+    /// Where the source gets its tokens, for messages: the login endpoint (with the tenant),
+    /// the managed identity endpoint, or the `az` command.
+    pub fn endpoint(self, env: impl Fn(&str) -> Option<String>) -> String {
+        let authority = || {
+            env("AZURE_AUTHORITY_HOST")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "https://login.microsoftonline.com".into())
+                .trim_end_matches('/')
+                .to_string()
+        };
+        let tenant = env("AZURE_TENANT_ID").unwrap_or_default();
+        match self {
+            Source::ClientSecret | Source::WorkloadIdentity => format!("{}/{tenant}", authority()),
+            Source::ManagedIdentity => env("IDENTITY_ENDPOINT")
+                .or_else(|| env("MSI_ENDPOINT"))
+                .unwrap_or_else(|| "http://169.254.169.254/metadata/identity/oauth2/token (IMDS)".into()),
+            Source::AzureCli => "the `az account get-access-token` command".into(),
+        }
+    }
+}
+
+/// Retries of token requests: a few quick ones, so that an unreachable login endpoint fails
+/// in seconds (azure_core's default is 8 retries within a minute).
+fn token_retry() -> azure_core::http::RetryOptions {
+    use azure_core::time::Duration;
+    azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+        initial_delay: Duration::milliseconds(250),
+        max_retries: 3,
+        max_total_elapsed: Duration::seconds(8),
+        max_delay: Duration::seconds(2),
+    })
 }
 
 /// The sources `method` uses, given the environment `env` (a lookup such as
@@ -142,6 +174,7 @@ impl ArmCredential {
         let env = |k: &str| std::env::var(k).ok();
         let transport = || ClientOptions {
             transport: Some(Transport::new(Arc::new(http.clone()))),
+            retry: token_retry(),
             ..Default::default()
         };
         let mut links: Vec<(Source, Arc<dyn TokenCredential>)> = Vec::new();
@@ -221,7 +254,12 @@ impl ArmCredential {
                 }
                 // azure_core's messages say what is missing ("az: command not found", an
                 // AADSTS code); they do not carry the secret.
-                Err(e) => failures.push(format!("{}: {}", source.as_str(), one_line(&e))),
+                Err(e) => failures.push(format!(
+                    "{} via {}: {}",
+                    source.as_str(),
+                    source.endpoint(|k| std::env::var(k).ok()),
+                    one_line(&e)
+                )),
             }
         }
         Err(Error::new(
@@ -344,6 +382,20 @@ mod tests {
         );
         assert!(sources(AuthMethod::None, env(all)).is_empty());
         assert_eq!(sources(AuthMethod::AzureCli, env(none)), [Source::AzureCli]);
+    }
+
+    #[test]
+    fn sources_name_their_endpoints() {
+        let env = |k: &str| match k {
+            "AZURE_TENANT_ID" => Some("t-1".to_string()),
+            "AZURE_AUTHORITY_HOST" => Some("https://login.example/".to_string()),
+            _ => None,
+        };
+        assert_eq!(Source::ClientSecret.endpoint(env), "https://login.example/t-1");
+        assert!(Source::ManagedIdentity.endpoint(|_| None).contains("169.254.169.254"));
+        assert!(Source::ManagedIdentity
+            .endpoint(|k| (k == "IDENTITY_ENDPOINT").then(|| "http://127.0.0.1:9/msi".into()))
+            .contains("127.0.0.1:9"));
     }
 
     #[test]

@@ -9,11 +9,13 @@ mod convert;
 mod fix;
 mod import;
 mod list;
+mod logging;
 mod migrate;
 mod progress;
 mod signal;
 mod sim;
 mod units;
+mod waiting;
 
 use std::process::ExitCode;
 
@@ -73,6 +75,7 @@ fn mode(cli: Cli) -> Result<Mode, UsageError> {
 fn main() -> ExitCode {
     // clap prints --help / --version and exits 0, and exits 2 on usage errors.
     let cli = Cli::parse();
+    logging::init(cli.verbose, cli.log_format);
     let mode = match mode(cli) {
         Ok(m) => m,
         Err(e) => {
