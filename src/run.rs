@@ -9,8 +9,7 @@ use hyper2kvm_core::Cleanups;
 use hyper2kvm_guest::report::{FixReport, Outcome, Status};
 use hyper2kvm_guest::{fix_image, GuestConfig};
 use hyper2kvm_migrate::{
-    EventFn, GuestHook, GuestOutcome, Interrupt, Migration, Result, RunOptions, RunSummary,
-    Source,
+    EventFn, GuestHook, GuestOutcome, Interrupt, Migration, Result, RunOptions, RunSummary, Source,
 };
 use serde_json::json;
 

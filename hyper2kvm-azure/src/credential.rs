@@ -86,7 +86,9 @@ impl Source {
             Source::ClientSecret | Source::WorkloadIdentity => format!("{}/{tenant}", authority()),
             Source::ManagedIdentity => env("IDENTITY_ENDPOINT")
                 .or_else(|| env("MSI_ENDPOINT"))
-                .unwrap_or_else(|| "http://169.254.169.254/metadata/identity/oauth2/token (IMDS)".into()),
+                .unwrap_or_else(|| {
+                    "http://169.254.169.254/metadata/identity/oauth2/token (IMDS)".into()
+                }),
             Source::AzureCli => "the `az account get-access-token` command".into(),
         }
     }
@@ -391,8 +393,13 @@ mod tests {
             "AZURE_AUTHORITY_HOST" => Some("https://login.example/".to_string()),
             _ => None,
         };
-        assert_eq!(Source::ClientSecret.endpoint(env), "https://login.example/t-1");
-        assert!(Source::ManagedIdentity.endpoint(|_| None).contains("169.254.169.254"));
+        assert_eq!(
+            Source::ClientSecret.endpoint(env),
+            "https://login.example/t-1"
+        );
+        assert!(Source::ManagedIdentity
+            .endpoint(|_| None)
+            .contains("169.254.169.254"));
         assert!(Source::ManagedIdentity
             .endpoint(|k| (k == "IDENTITY_ENDPOINT").then(|| "http://127.0.0.1:9/msi".into()))
             .contains("127.0.0.1:9"));

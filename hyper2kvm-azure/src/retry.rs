@@ -411,11 +411,19 @@ mod tests {
         .await
         .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert_eq!(attempts.load(Ordering::Relaxed), u64::from(CONNECT_RETRIES) + 1);
+        assert_eq!(
+            attempts.load(Ordering::Relaxed),
+            u64::from(CONNECT_RETRIES) + 1
+        );
         assert_eq!(err.kind(), ErrorKind::Network);
         let text = err.to_string();
         assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
-        assert!(err.summary().unwrap().contains("cannot connect to 127.0.0.1"), "{text}");
+        assert!(
+            err.summary()
+                .unwrap()
+                .contains("cannot connect to 127.0.0.1"),
+            "{text}"
+        );
     }
 
     #[test]

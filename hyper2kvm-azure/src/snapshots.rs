@@ -43,7 +43,9 @@ impl PointInTimeCopies for AzureSource {
             self.delete_snapshot(id).await.map_err(|e| {
                 hyper2kvm_core::Error::from(e)
                     .with_resource(id)
-                    .with_remedy(format!("az snapshot revoke-access --ids {id} && az snapshot delete --ids {id}"))
+                    .with_remedy(format!(
+                        "az snapshot revoke-access --ids {id} && az snapshot delete --ids {id}"
+                    ))
             })
         })
     }

@@ -120,7 +120,10 @@ mod tests {
     fn verbosity_raises_our_crates_only_until_trace() {
         assert_eq!(filter_for(0), "warn");
         let v = filter_for(1);
-        assert!(v.starts_with("warn,") && v.contains("hyper2kvm_azure=info"), "{v}");
+        assert!(
+            v.starts_with("warn,") && v.contains("hyper2kvm_azure=info"),
+            "{v}"
+        );
         assert!(filter_for(2).contains("hyper2kvm_migrate=debug"));
         assert_eq!(filter_for(3), "trace");
         for f in [filter_for(0), filter_for(1), filter_for(2), filter_for(3)] {

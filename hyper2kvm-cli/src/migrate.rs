@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{ListFormat, ListPlan, UsageError};
 use crate::list::{connect, print_stdout};
-use crate::signal::Signals;
+use crate::signal::run_interruptible;
 use crate::units::human_bytes;
 
 /// Flags of a migration run that are not in the config file.
@@ -80,29 +80,24 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
         Some(display.callback()),
         interrupt.clone(),
     );
-    tokio::pin!(work);
-    let mut signals = Signals::new()?;
     // A first SIGINT or SIGTERM asks the run to stop: it undoes what it started and writes
     // its records. A second one leaves at once.
-    let result = tokio::select! {
-        result = &mut work => Some(result),
-        name = signals.next() => {
-            interrupt.interrupt(name);
+    let run_id = plan.migration.run_id.clone();
+    let result = run_interruptible(
+        work,
+        &interrupt,
+        |name| {
             display.note(&format!(
                 "hyper2kvm: {name}: stopping; revoking access grants, deleting snapshots, starting VMs it stopped, writing the records ({name} again to leave that undone)…"
-            ));
-            tokio::select! {
-                result = &mut work => Some(result),
-                again = signals.next() => {
-                    display.note(&format!(
-                        "hyper2kvm: {again}: cleanup abandoned: check Azure for grants, snapshots tagged hyper2kvm-run={} and stopped VMs (the VMs' report.json files list them, status interrupted)",
-                        plan.migration.run_id
-                    ));
-                    None
-                }
-            }
-        }
-    };
+            ))
+        },
+        |again| {
+            display.note(&format!(
+                "hyper2kvm: {again}: cleanup abandoned: check Azure for grants, snapshots tagged hyper2kvm-run={run_id} and stopped VMs (the VMs' report.json files list them, status interrupted)"
+            ))
+        },
+    )
+    .await?;
     ticker.abort();
     display.finish();
     let Some(result) = result else {
@@ -339,7 +334,9 @@ impl Display {
                 Some(text) => {
                     let what = text.split(" (").next().unwrap_or("").to_string();
                     let due = match &st.wait_line {
-                        Some((last, at)) => *last != what || at.elapsed() >= Duration::from_secs(10),
+                        Some((last, at)) => {
+                            *last != what || at.elapsed() >= Duration::from_secs(10)
+                        }
                         None => true,
                     };
                     if due {
@@ -416,7 +413,10 @@ impl Display {
                         DiskStatus::Failed => format!(
                             "{vm}: {} FAILED: {}",
                             report.name,
-                            report.error.as_ref().map_or("?".into(), |e| e.one_line(ERROR_WIDTH))
+                            report
+                                .error
+                                .as_ref()
+                                .map_or("?".into(), |e| e.one_line(ERROR_WIDTH))
                         ),
                         DiskStatus::AlreadyDone => format!(
                             "{vm}: {} already done: {}",

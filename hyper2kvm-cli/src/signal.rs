@@ -32,6 +32,33 @@ impl Signals {
     }
 }
 
+/// Runs `work`, a run that stops by itself once `interrupt` is pulled. The first SIGINT or
+/// SIGTERM pulls it (after `on_first` says so): the run undoes what it started, writes its
+/// records and ends. A second signal drops the run at once (after `on_second`): `None`.
+pub async fn run_interruptible<T>(
+    work: impl Future<Output = T>,
+    interrupt: &hyper2kvm::migrate::Interrupt,
+    on_first: impl Fn(&str),
+    on_second: impl Fn(&str),
+) -> Result<Option<T>, Error> {
+    let mut signals = Signals::new()?;
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => Ok(Some(result)),
+        name = signals.next() => {
+            interrupt.interrupt(name);
+            on_first(name);
+            tokio::select! {
+                result = &mut work => Ok(Some(result)),
+                again = signals.next() => {
+                    on_second(again);
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
 /// Runs `work` until it ends or the process receives SIGINT or SIGTERM. On a signal `work` is
 /// dropped, which runs its cleanups (partial files removed, grants revoked), and a
 /// `Cancelled` error is returned.

@@ -300,9 +300,15 @@ fn rewrite(path: &Path, info: &LockInfo) -> io::Result<()> {
     let mut f = create_exclusive(&tmp)?;
     let mut bytes = serde_json::to_vec(info).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = f
+        .write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // A full disk must not collect empty temporary files every heartbeat.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn now_secs() -> u64 {

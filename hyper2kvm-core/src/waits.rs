@@ -25,10 +25,11 @@ pub struct Waiting {
 /// HTTP 503"), from now until the guard is dropped.
 pub fn waiting(what: impl Into<String>) -> Waiting {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    WAITS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((id, crate::redact::redact(&what.into()).into_owned(), Instant::now()));
+    WAITS.lock().unwrap_or_else(|e| e.into_inner()).push((
+        id,
+        crate::redact::redact(&what.into()).into_owned(),
+        Instant::now(),
+    ));
     Waiting { id }
 }
 
@@ -79,7 +80,9 @@ mod tests {
         let guard = waiting("the test's resource?sig=SECRET");
         assert!(ours("the test's resource"));
         assert!(!ours("SECRET"), "waits are redacted");
-        assert!(status_line(Duration::ZERO).unwrap().starts_with("waiting for "));
+        assert!(status_line(Duration::ZERO)
+            .unwrap()
+            .starts_with("waiting for "));
         assert!(status_line(Duration::from_secs(3600)).is_none());
         drop(guard);
         assert!(!ours("the test's resource"));

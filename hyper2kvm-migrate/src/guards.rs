@@ -10,7 +10,9 @@ use std::time::SystemTime;
 
 use hyper2kvm_core::{Cleanups, Error, PointInTimeCopies, PowerControl, Vm};
 
-use crate::report::{CleanupAction, CleanupRecord, ErrorRecord, PowerAction, PowerRecord, VmReport};
+use crate::report::{
+    CleanupAction, CleanupRecord, ErrorRecord, PowerAction, PowerRecord, VmReport,
+};
 use crate::time::rfc3339;
 
 /// A VM's report, shared with the cleanups that may outlive the VM's task.

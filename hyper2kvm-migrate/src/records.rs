@@ -63,7 +63,12 @@ impl Records {
     }
 
     fn release(&self) -> bool {
-        match self.reserve.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        match self
+            .reserve
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             Some(path) => std::fs::remove_file(path).is_ok(),
             None => false,
         }
@@ -117,8 +122,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let records = Records::new(&dir, "r1");
         let reserve = dir.join(".hyper2kvm-reserve-r1");
-        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES as u64);
-        records.write(&dir.join("a.json"), &serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(
+            std::fs::metadata(&reserve).unwrap().len(),
+            RESERVE_BYTES as u64
+        );
+        records
+            .write(&dir.join("a.json"), &serde_json::json!({"a": 1}))
+            .unwrap();
         let missing = dir.join("no-such-dir/b.json");
         assert!(records.write(&missing, &1).is_err());
         assert_eq!(records.unwritten().len(), 1);

@@ -617,8 +617,7 @@ impl RunSummary {
             return;
         }
         let mut code = RunSummary::exit_code_for(&self.vms);
-        if code == 0 && (!self.cleanup_errors.is_empty() || !self.records_not_written.is_empty())
-        {
+        if code == 0 && (!self.cleanup_errors.is_empty() || !self.records_not_written.is_empty()) {
             code = 3;
         }
         self.exit_code = code;
@@ -641,10 +640,7 @@ impl RunSummary {
             && vms.iter().all(|v| {
                 matches!(
                     v.status,
-                    VmStatus::Failed
-                        | VmStatus::Refused
-                        | VmStatus::Locked
-                        | VmStatus::Interrupted
+                    VmStatus::Failed | VmStatus::Refused | VmStatus::Locked | VmStatus::Interrupted
                 )
             })
         {
@@ -705,12 +701,15 @@ mod tests {
 
     #[test]
     fn error_records_keep_kind_status_code_and_resource() {
-        let e = Error::new(ErrorKind::Conflict, "DELETE https://h/s?sig=SECRET: HTTP 409")
-            .with_status(409)
-            .with_code("OperationNotAllowed")
-            .with_resource("/subscriptions/s/snapshots/n")
-            .with_summary("HTTP 409: busy")
-            .with_remedy("az snapshot delete --ids /subscriptions/s/snapshots/n");
+        let e = Error::new(
+            ErrorKind::Conflict,
+            "DELETE https://h/s?sig=SECRET: HTTP 409",
+        )
+        .with_status(409)
+        .with_code("OperationNotAllowed")
+        .with_resource("/subscriptions/s/snapshots/n")
+        .with_summary("HTTP 409: busy")
+        .with_remedy("az snapshot delete --ids /subscriptions/s/snapshots/n");
         let r = ErrorRecord::of(&e);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["kind"], "conflict");
@@ -720,11 +719,18 @@ mod tests {
         assert_eq!(json["message"], "HTTP 409: busy");
         assert!(!json["detail"].as_str().unwrap().contains("SECRET"));
         assert_eq!(serde_json::from_value::<ErrorRecord>(json).unwrap(), r);
-        assert_eq!(r.one_line(80), "conflict 409 OperationNotAllowed: HTTP 409: busy");
+        assert_eq!(
+            r.one_line(80),
+            "conflict 409 OperationNotAllowed: HTTP 409: busy"
+        );
         assert_eq!(r.one_line(12).chars().count(), 12);
         let c = CleanupRecord::of(Some(CleanupAction::DeleteSnapshot), Some("vm1"), None, &e);
         assert_eq!(c.resource.as_deref(), Some("/subscriptions/s/snapshots/n"));
-        assert!(c.line().contains("do it by hand: az snapshot delete --ids"), "{}", c.line());
+        assert!(
+            c.line().contains("do it by hand: az snapshot delete --ids"),
+            "{}",
+            c.line()
+        );
         // Version 1 reports held text errors: still readable.
         let old: ErrorRecord = serde_json::from_value(serde_json::json!("disk-1: failed")).unwrap();
         assert_eq!(old.message, "disk-1: failed");

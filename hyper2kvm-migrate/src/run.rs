@@ -20,7 +20,7 @@
 //!   With guest fix-ups, the OS disk is converted to `<image>.pre-fixup` and renamed once
 //!   fixed, so a half-fixed image never looks finished.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -184,10 +184,9 @@ impl Migration {
         let interrupted_by = self.interrupt.reason();
         if interrupted_by.is_some() {
             // Said now, in case the cleanups below never end (a second signal).
-            for o in outcomes.iter().filter(|o| o.write) {
+            for (vp, o) in plan.vms.iter().zip(&outcomes).filter(|(_, o)| o.write) {
                 let report = o.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let path = self.report_path(&plan_opts.dir, &plan, &report);
-                let _ = records.try_write(&path, &report);
+                let _ = records.try_write(&vp.report, &report);
             }
         }
         // Background cleanups (guards dropped on failures and interruptions) record their
@@ -214,7 +213,7 @@ impl Migration {
             report.status = final_status(&report);
             if o.write && vp.dir.exists() {
                 if let Err(e) = records.write(&vp.report, &report) {
-                    tracing::error!("{}: cannot write the report: {e}", vp.report.display());
+                    tracing::debug!("{}: cannot write the report: {e}", vp.report.display());
                 }
             }
             // Released only once the report is final.
@@ -275,20 +274,12 @@ impl Migration {
         summary.records_not_written = records.unwritten();
         summary.settle();
         if let Err(e) = records.write(&path, &summary) {
-            tracing::error!("{}: cannot write the run summary: {e}", path.display());
+            tracing::debug!("{}: cannot write the run summary: {e}", path.display());
             // The summary returned says so, though the file cannot.
             summary.records_not_written = records.unwritten();
             summary.settle();
         }
         Ok(summary)
-    }
-
-    fn report_path(&self, _dir: &Path, plan: &crate::plan::Plan, report: &VmReport) -> PathBuf {
-        plan.vms
-            .iter()
-            .find(|v| v.id.eq_ignore_ascii_case(&report.vm_id))
-            .map(|v| v.report.clone())
-            .unwrap_or_default()
     }
 
     /// A VM the run never started (interrupted first): nothing of its folder is touched.
@@ -298,7 +289,9 @@ impl Migration {
             self.interrupt.reason().unwrap_or_default()
         );
         let mut report = self.bare_report(vm, vp, VmStatus::Interrupted);
-        report.errors.push(ErrorRecord::new(ErrorKind::Cancelled, why));
+        report
+            .errors
+            .push(ErrorRecord::new(ErrorKind::Cancelled, why));
         VmOutcome {
             report: Arc::new(Mutex::new(report)),
             write: false,
@@ -340,7 +333,7 @@ impl Migration {
         }
     }
 
-/// The VM's two locks: one for the VM itself in `<output.dir>/.locks/` (two runs must
+    /// The VM's two locks: one for the VM itself in `<output.dir>/.locks/` (two runs must
     /// not export, snapshot or revoke the same disks, whatever folders they write to), one
     /// for its folder (two VMs of two runs may map to the same folder). A lock held by
     /// another run is an error naming it; a stale one is taken over with a warning.

@@ -17,8 +17,8 @@ use crate::guards::{record_cleanup_failure, CopyGuard, SharedReport, StartGuard}
 use crate::options::RunEvent;
 use crate::plan::{snapshot_name, DiskPlan, VmAction, VmPlan};
 use crate::report::{
-    CleanupAction, DiskStatus, ErrorRecord, PowerAction, PowerRecord, ResourceKind,
-    ResourceRecord, VmReport,
+    CleanupAction, DiskStatus, ErrorRecord, PowerAction, PowerRecord, ResourceKind, ResourceRecord,
+    VmReport,
 };
 use crate::run::{owes_start, Migration};
 use crate::time::rfc3339;
@@ -41,7 +41,7 @@ impl VmRun<'_> {
     pub(crate) fn save(&self) {
         let snapshot = self.update(|r| r.clone());
         if let Err(e) = self.m.records().try_write(&self.vp.report, &snapshot) {
-            tracing::warn!("{}: cannot write the report: {e}", self.vp.report.display());
+            tracing::debug!("{}: cannot write the report: {e}", self.vp.report.display());
         }
     }
 
@@ -214,8 +214,8 @@ impl VmRun<'_> {
             return Vec::new();
         }
         if let (Some(action), Some(control)) = (power, &self.m.source.power) {
-            let guard = restart
-                .then(|| StartGuard::new(control, self.vm, &self.m.cleanups, self.report));
+            let guard =
+                restart.then(|| StartGuard::new(control, self.vm, &self.m.cleanups, self.report));
             self.step(format!("{action} (waiting for it)"));
             // Recorded before it is sent: interrupted before the answer, the report says
             // it was sent and may have happened.
@@ -383,9 +383,8 @@ impl VmRun<'_> {
                     });
                     sources.insert(*i, copies.as_disk(&source_disk(&self.vp.disks[*i]), id));
                 }
-                Err(e) => failed.push(
-                    ErrorRecord::of(&e).context(&format!("snapshot {}", last_segment(id))),
-                ),
+                Err(e) => failed
+                    .push(ErrorRecord::of(&e).context(&format!("snapshot {}", last_segment(id)))),
             }
         }
         self.save();
@@ -430,7 +429,12 @@ impl VmRun<'_> {
             // Revoke now, whatever happened; a failed revoke is a cleanup error of its own.
             let revoked = exported.close().await;
             if let Err(e) = revoked {
-                record_cleanup_failure(self.report, CleanupAction::RevokeAccess, &exported_from, &e);
+                record_cleanup_failure(
+                    self.report,
+                    CleanupAction::RevokeAccess,
+                    &exported_from,
+                    &e,
+                );
             }
             stats
         }

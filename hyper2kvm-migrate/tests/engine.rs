@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use fake::FakeCloud;
 use hyper2kvm_core::{Cleanups, ErrorKind, PowerState};
 use hyper2kvm_migrate::{
-    DiskStatus, Interrupt, Migration, RunEvent, RunOptions, RunStatus, RunSummary,
-    RunningVmPolicy, Source, VmStatus,
+    DiskStatus, Interrupt, Migration, RunEvent, RunOptions, RunStatus, RunSummary, RunningVmPolicy,
+    Source, VmStatus,
 };
 use serde_json::Value;
 use support::{assert_image_matches, Scratch};
@@ -353,11 +353,17 @@ async fn an_interrupted_run_records_what_it_undid() {
     };
     let started = Instant::now();
     while cloud.open_grants() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(30), "no export started");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no export started"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     interrupt.interrupt("SIGTERM");
-    let summary = task.await.unwrap().expect("an interrupted run still sums up");
+    let summary = task
+        .await
+        .unwrap()
+        .expect("an interrupted run still sums up");
     assert_eq!(summary.exit_code, 130, "{summary:?}");
     assert_eq!(summary.status, RunStatus::Interrupted);
     assert_eq!(summary.interrupted_by.as_deref(), Some("SIGTERM"));
@@ -373,7 +379,9 @@ async fn an_interrupted_run_records_what_it_undid() {
     assert_eq!(run_file["status"], "interrupted");
     assert_eq!(run_file["exit_code"], 130);
     assert_eq!(run_file["schema_version"], 2);
-    assert!(run_file["tool_version"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(run_file["tool_version"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
     let rep = report(&out, "api");
     assert_eq!(rep["status"], "interrupted", "{rep}");
     assert_eq!(rep["errors"][0]["kind"], "cancelled", "{rep}");
@@ -392,7 +400,13 @@ async fn an_interrupted_run_records_what_it_undid() {
     assert_eq!(actions, ["power_off", "start"], "{rep}");
     let tmp = std::fs::read_dir(out.join("api"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
         .count();
     assert_eq!(tmp, 0);
 }

@@ -266,7 +266,9 @@ pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: 
         .map(|b| format!(" {}: {}", b.error.code, b.error.message))
         .unwrap_or_default();
     let summary = match &parsed {
-        Some(b) if !b.error.message.is_empty() => format!("HTTP {}: {}", status.as_u16(), b.error.message),
+        Some(b) if !b.error.message.is_empty() => {
+            format!("HTTP {}: {}", status.as_u16(), b.error.message)
+        }
         _ => format!("HTTP {status}"),
     };
     let kind = match status {
@@ -333,11 +335,19 @@ mod tests {
             err.resource(),
             Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/snapshots/n")
         );
-        assert_eq!(err.summary(), Some("HTTP 409: The snapshot is being exported."));
+        assert_eq!(
+            err.summary(),
+            Some("HTTP 409: The snapshot is being exported.")
+        );
         assert_eq!(
             resource_of("http://h/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d/endGetAccess?api-version=1").as_deref(),
             Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d")
         );
-        assert_eq!(resource_of("http://h/subscriptions/s/providers/Microsoft.Compute/locations/w/operations/1"), None);
+        assert_eq!(
+            resource_of(
+                "http://h/subscriptions/s/providers/Microsoft.Compute/locations/w/operations/1"
+            ),
+            None
+        );
     }
 }
