@@ -439,7 +439,19 @@ async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
             downloaded += bytes;
             if failed {
                 assert_eq!(d["status"], "failed", "{name}: {d:#}");
-                assert!(d["error"].is_string(), "{name}: {d:#}");
+                // A structured error: the kind, and Azure's status and code where it said.
+                let (kind, status, code) = match fault.unwrap_or("snapshot_fails") {
+                    "grant_denied" => ("permission_denied", 403, "AuthorizationFailed"),
+                    "snapshot_fails" => ("conflict", 409, "OperationNotAllowed"),
+                    _ => ("not_found", 404, ""),
+                };
+                let e = &d["error"];
+                assert_eq!(e["kind"], kind, "{name}: {d:#}");
+                assert_eq!(e["status"], status, "{name}: {d:#}");
+                if !code.is_empty() {
+                    assert_eq!(e["code"], code, "{name}: {d:#}");
+                }
+                assert!(e["message"].as_str().is_some_and(|m| !m.contains("api-version")), "{name}: {d:#}");
                 continue;
             }
             assert_eq!(d["status"], "completed", "{name}: {d:#}");
@@ -468,7 +480,7 @@ async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
             assert!(
                 errors
                     .iter()
-                    .any(|e| e.as_str().unwrap().contains(&failing)),
+                    .any(|e| e["detail"].as_str().unwrap().contains(&failing)),
                 "{}: the errors name {failing}: {errors:?}",
                 vm.name
             );
@@ -921,7 +933,11 @@ async fn guest_fixups_without_libguestfs_warn_or_fail_as_configured() {
     let os = &rep["disks"][0];
     assert_eq!(os["status"], "failed", "{rep:#}");
     assert!(
-        os["error"].as_str().unwrap().contains("guest fix-ups"),
+        os["error"]["kind"] == "guest"
+            && os["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("guest fix-ups"),
         "{rep:#}"
     );
     assert_eq!(rep["disks"][1]["status"], "completed", "{rep:#}");
