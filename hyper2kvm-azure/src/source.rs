@@ -210,3 +210,36 @@ impl Drop for RevokeGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::RetryConfig;
+
+    /// `azure.retry` applies to ARM calls and blob reads alike: one configuration.
+    #[test]
+    fn blob_reads_retry_as_the_arm_client_does() {
+        let http = reqwest::Client::new();
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(7),
+            ..RetryConfig::default()
+        };
+        let arm = ArmClient::builder(http.clone())
+            .retry(retry)
+            .build()
+            .unwrap();
+        let mut export = ExportOptions::default();
+        export.blob.retry.max_retries = 99;
+        let source = AzureSource::new(
+            arm,
+            http,
+            Vec::new(),
+            Selection::default(),
+            export,
+            Cleanups::new(),
+        );
+        assert_eq!(source.export.blob.retry.max_retries, 3);
+        assert_eq!(source.export.blob.retry.retry_timeout, Duration::from_secs(7));
+    }
+}
