@@ -463,10 +463,14 @@ mod tests {
         // Each source, where it asked, and what it said.
         assert!(
             text.contains("managed identity via ") && text.contains("(IMDS): not logged in")
-                || text.contains("managed identity via ") && std::env::var("IDENTITY_ENDPOINT").is_ok(),
+                || text.contains("managed identity via ")
+                    && std::env::var("IDENTITY_ENDPOINT").is_ok(),
             "{text}"
         );
-        assert!(text.contains("Azure CLI via the `az account get-access-token` command: not logged in"), "{text}");
+        assert!(
+            text.contains("Azure CLI via the `az account get-access-token` command: not logged in"),
+            "{text}"
+        );
         assert_eq!(
             ArmCredential::none().authorization("s").await.unwrap(),
             None

@@ -397,7 +397,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let client = reqwest::Client::new();
+        let client = crate::http::build_http_client(&crate::http::HttpOptions::default()).unwrap();
         let url = reqwest::Url::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
         let started = Instant::now();
         let attempts = AtomicU64::new(0);

@@ -219,7 +219,7 @@ mod tests {
     /// `azure.retry` applies to ARM calls and blob reads alike: one configuration.
     #[test]
     fn blob_reads_retry_as_the_arm_client_does() {
-        let http = reqwest::Client::new();
+        let http = crate::http::build_http_client(&crate::http::HttpOptions::default()).unwrap();
         let retry = RetryConfig {
             max_retries: 3,
             retry_timeout: Duration::from_secs(7),
@@ -240,6 +240,9 @@ mod tests {
             Cleanups::new(),
         );
         assert_eq!(source.export.blob.retry.max_retries, 3);
-        assert_eq!(source.export.blob.retry.retry_timeout, Duration::from_secs(7));
+        assert_eq!(
+            source.export.blob.retry.retry_timeout,
+            Duration::from_secs(7)
+        );
     }
 }

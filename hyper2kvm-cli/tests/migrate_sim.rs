@@ -451,7 +451,12 @@ async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
                 if !code.is_empty() {
                     assert_eq!(e["code"], code, "{name}: {d:#}");
                 }
-                assert!(e["message"].as_str().is_some_and(|m| !m.contains("api-version")), "{name}: {d:#}");
+                assert!(
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.contains("api-version")),
+                    "{name}: {d:#}"
+                );
                 continue;
             }
             assert_eq!(d["status"], "completed", "{name}: {d:#}");
