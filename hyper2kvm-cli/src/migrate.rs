@@ -416,7 +416,13 @@ impl Display {
                             report
                                 .error
                                 .as_ref()
-                                .map_or("?".into(), |e| e.one_line(ERROR_WIDTH))
+                                // Progress lines have room for the whole error; the
+                                // table has one short line.
+                                .map_or("?".into(), |e| format!(
+                                    "{}: {}",
+                                    e.kind.as_str(),
+                                    e.detail
+                                ))
                         ),
                         DiskStatus::AlreadyDone => format!(
                             "{vm}: {} already done: {}",
