@@ -115,7 +115,8 @@ pub struct Error {
     message: String,
     subject: Option<String>,
     offset: Option<u64>,
-    remote: Remote,
+    /// Boxed: most errors have none, and `Result<T, Error>` stays small.
+    remote: Option<Box<Remote>>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -143,7 +144,7 @@ impl Error {
             message: message.into(),
             subject: None,
             offset: None,
-            remote: Remote::default(),
+            remote: None,
             source: None,
         }
     }
@@ -189,28 +190,32 @@ impl Error {
         self
     }
 
+    fn remote_mut(&mut self) -> &mut Remote {
+        self.remote.get_or_insert_with(Box::default)
+    }
+
     /// Records the status code the source answered with (an HTTP status for Azure).
     pub fn with_status(mut self, status: u16) -> Self {
-        self.remote.status = Some(status);
+        self.remote_mut().status = Some(status);
         self
     }
 
     /// Records the source's own error code (ARM's `error.code`, e.g. `OperationNotAllowed`).
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.remote.code = Some(code.into());
+        self.remote_mut().code = Some(code.into());
         self
     }
 
     /// Records the id of the resource the error concerns (a disk, a snapshot, a VM).
     pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
-        self.remote.resource = Some(crate::redact::redact(&resource.into()).into_owned());
+        self.remote_mut().resource = Some(crate::redact::redact(&resource.into()).into_owned());
         self
     }
 
     /// A short message for tables: what the source said, without the request it answered
     /// (the one-line [`Display`](std::fmt::Display) keeps the whole story).
     pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
-        self.remote.summary = Some(crate::redact::redact(&summary.into()).into_owned());
+        self.remote_mut().summary = Some(crate::redact::redact(&summary.into()).into_owned());
         self
     }
 
@@ -218,7 +223,7 @@ impl Error {
     /// snapshot a run could not delete. Sources set it on the errors of their cleanups, so
     /// the engine can say it without knowing the platform.
     pub fn with_remedy(mut self, remedy: impl Into<String>) -> Self {
-        self.remote.remedy = Some(remedy.into());
+        self.remote_mut().remedy = Some(remedy.into());
         self
     }
 
@@ -235,23 +240,23 @@ impl Error {
 
     /// The status code the source answered with (an HTTP status), if any.
     pub fn status(&self) -> Option<u16> {
-        self.remote.status
+        self.remote.as_ref()?.status
     }
 
     /// The source's error code (ARM's `error.code`), if any.
     pub fn code(&self) -> Option<&str> {
-        self.remote.code.as_deref()
+        self.remote.as_ref()?.code.as_deref()
     }
 
     /// The id of the resource the error concerns, if known.
     pub fn resource(&self) -> Option<&str> {
-        self.remote.resource.as_deref()
+        self.remote.as_ref()?.resource.as_deref()
     }
 
     /// A short message without request details: the source's summary if it gave one, else
     /// the message, else the whole line.
     pub fn summary(&self) -> String {
-        if let Some(s) = &self.remote.summary {
+        if let Some(s) = self.remote.as_ref().and_then(|r| r.summary.as_ref()) {
             return s.clone();
         }
         if !self.message.is_empty() {
@@ -268,7 +273,7 @@ impl Error {
 
     /// What to do by hand about it, if the source said.
     pub fn remedy(&self) -> Option<&str> {
-        self.remote.remedy.as_deref()
+        self.remote.as_ref()?.remedy.as_deref()
     }
 
     /// The file or resource this error concerns, if known.
