@@ -54,6 +54,9 @@ pub struct LockInfo {
     pub started: u64,
     /// When it last said it is alive, seconds since the Unix epoch.
     pub heartbeat: u64,
+    /// The hyper2kvm version of the holder (absent in locks of older versions).
+    #[serde(default)]
+    pub tool_version: String,
 }
 
 impl std::fmt::Display for LockInfo {
@@ -110,6 +113,7 @@ impl LockFile {
             what: what.to_string(),
             started: now,
             heartbeat: now,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let mut taken_over = None;
         // A few rounds: a takeover may race with another process's.
@@ -376,6 +380,7 @@ mod tests {
             what: String::new(),
             started: now_secs(),
             heartbeat: now_secs(),
+            tool_version: String::new(),
         };
         std::fs::write(&path, serde_json::to_vec(&dead).unwrap()).unwrap();
         let l = LockFile::acquire(&path, "run-c", "").unwrap();
