@@ -171,6 +171,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
 
     let cleanups = Cleanups::new();
     let display = Display::new(args.quiet);
+    let ticker = crate::waiting::spawn(display.wait_sink());
     let interrupt = Interrupt::new();
     let work = hyper2kvm::import::import_until(
         &args.srcs,
@@ -192,6 +193,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
         |again| display.note(&format!("hyper2kvm: {again}: leaving now")),
     )
     .await?;
+    ticker.abort();
     display.finish();
     let Some(result) = result else {
         return Ok(130);
