@@ -1496,8 +1496,10 @@ async fn records_an_unreachable_endpoint_fails_within_10_s_naming_the_host() {
 
 /// Regression (issue 13): a full output file system printed only "cannot write the run
 /// summary", left `report.json` saying `running` and 0-byte `*.tmp` files. Now the disk
-/// fails with kind `no_space`, and both records are written (from the room the run set
-/// aside for them) and say so; no `*.tmp` is left.
+/// fails with kind `no_space`, and both records are written and say so; no `*.tmp` is left.
+/// (Whether the records fit in what the image left depends on where its last write stopped;
+/// the room a run sets aside for them is proven on a disk filled to the last byte by
+/// `records::tests::a_full_disk_still_takes_the_records` in the engine.)
 #[tokio::test(flavor = "multi_thread")]
 async fn records_a_full_output_disk_is_recorded() {
     let mut vms = small_fleet(&[("f0", "deallocated", 1)]);

@@ -116,6 +116,46 @@ impl Drop for Records {
 mod tests {
     use super::*;
 
+    /// On a file system filled to the last byte, a record still gets written: the reserve
+    /// is released for it. Needs a tmpfs (root); skipped with a message otherwise.
+    #[test]
+    fn a_full_disk_still_takes_the_records() {
+        let dir = std::env::temp_dir().join(format!("h2k-records-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+            let _ = std::fs::remove_dir(&dir);
+            return;
+        }
+        let records = Records::new(&dir, "full");
+        // Fill what is left, to the last page.
+        let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+        let page = vec![7u8; 4096];
+        while filler.write_all(&page).is_ok() {}
+        let report = serde_json::json!({ "status": "failed", "detail": "x".repeat(3000) });
+        let outcome = records.write(&dir.join("report.json"), &report);
+        let written = std::fs::read(dir.join("report.json")).ok();
+        let leftovers: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        drop(filler);
+        drop(records);
+        let _ = std::process::Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir(&dir);
+        outcome.expect("the reserve makes room for the record");
+        let written: serde_json::Value = serde_json::from_slice(&written.unwrap()).unwrap();
+        assert_eq!(written, report);
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
     #[test]
     fn the_reserve_is_made_and_removed() {
         let dir = std::env::temp_dir().join(format!("h2k-records-{}", std::process::id()));
