@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use hyper2kvm_core::{Cleanups, Result};
 use hyper2kvm_local::{Defaults, LocalSource};
-use hyper2kvm_migrate::{plan, EventFn, Plan, PlanOptions, RunOptions, RunSummary, Source};
+use hyper2kvm_migrate::{
+    plan, EventFn, Interrupt, Plan, PlanOptions, RunOptions, RunSummary, Source,
+};
 
 /// Opens every SRC (one VM each) as a [`Source`] with hardware from the descriptors or
 /// `defaults`. Fails on the first SRC that cannot be opened, before anything is written.
@@ -38,8 +40,21 @@ pub async fn import(
     opts: RunOptions,
     events: Option<EventFn>,
 ) -> Result<RunSummary> {
+    import_until(srcs, defaults, cleanups, opts, events, Interrupt::new()).await
+}
+
+/// [`import`], stoppable through `interrupt`: the run then stops, writes records that say
+/// `interrupted` and returns its summary (see [`crate::run::migrate_until`]).
+pub async fn import_until(
+    srcs: &[PathBuf],
+    defaults: &Defaults,
+    cleanups: Cleanups,
+    opts: RunOptions,
+    events: Option<EventFn>,
+    interrupt: Interrupt,
+) -> Result<RunSummary> {
     let source = source(srcs, defaults, &cleanups)?;
-    crate::run::migrate(&source, cleanups, opts, events).await
+    crate::run::migrate_until(&source, cleanups, opts, events, interrupt).await
 }
 
 /// What importing `srcs` would do, writing nothing (`--dry-run`).

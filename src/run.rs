@@ -9,7 +9,7 @@ use hyper2kvm_core::Cleanups;
 use hyper2kvm_guest::report::{FixReport, Outcome, Status};
 use hyper2kvm_guest::{fix_image, GuestConfig};
 use hyper2kvm_migrate::{
-    EventFn, GuestHook, GuestOutcome, Migration, Result, RunOptions, RunSummary, Source,
+    EventFn, GuestHook, GuestOutcome, Interrupt, Migration, Result, RunOptions, RunSummary, Source,
 };
 use serde_json::json;
 
@@ -42,7 +42,22 @@ pub async fn migrate(
     opts: RunOptions,
     events: Option<EventFn>,
 ) -> Result<RunSummary> {
-    let mut migration = Migration::new(source.clone(), cleanups, opts);
+    migrate_until(source, cleanups, opts, events, Interrupt::new()).await
+}
+
+/// [`migrate`], stoppable through `interrupt` (pull it from a signal handler): the run then
+/// stops its work, undoes what it started (grants, snapshots, VMs to start again), writes
+/// `report.json` files and `run-<id>.json` that say `interrupted` and what was undone, and
+/// returns that summary (exit code 130). Interrupted during discovery, it fails with
+/// [`Cancelled`](hyper2kvm_core::ErrorKind::Cancelled): nothing was started.
+pub async fn migrate_until(
+    source: &Source,
+    cleanups: Cleanups,
+    opts: RunOptions,
+    events: Option<EventFn>,
+    interrupt: Interrupt,
+) -> Result<RunSummary> {
+    let mut migration = Migration::new(source.clone(), cleanups, opts).with_interrupt(interrupt);
     if let Some(events) = events {
         migration = migration.with_events(events);
     }

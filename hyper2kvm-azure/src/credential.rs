@@ -70,6 +70,40 @@ impl Source {
             Source::AzureCli => "Azure CLI",
         }
     }
+
+    /// Where the source gets its tokens, for messages: the login endpoint (with the tenant),
+    /// the managed identity endpoint, or the `az` command.
+    pub fn endpoint(self, env: impl Fn(&str) -> Option<String>) -> String {
+        let authority = || {
+            env("AZURE_AUTHORITY_HOST")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "https://login.microsoftonline.com".into())
+                .trim_end_matches('/')
+                .to_string()
+        };
+        let tenant = env("AZURE_TENANT_ID").unwrap_or_default();
+        match self {
+            Source::ClientSecret | Source::WorkloadIdentity => format!("{}/{tenant}", authority()),
+            Source::ManagedIdentity => env("IDENTITY_ENDPOINT")
+                .or_else(|| env("MSI_ENDPOINT"))
+                .unwrap_or_else(|| {
+                    "http://169.254.169.254/metadata/identity/oauth2/token (IMDS)".into()
+                }),
+            Source::AzureCli => "the `az account get-access-token` command".into(),
+        }
+    }
+}
+
+/// Retries of token requests: a few quick ones, so that an unreachable login endpoint fails
+/// in seconds (azure_core's default is 8 retries within a minute).
+fn token_retry() -> azure_core::http::RetryOptions {
+    use azure_core::time::Duration;
+    azure_core::http::RetryOptions::exponential(azure_core::http::ExponentialRetryOptions {
+        initial_delay: Duration::milliseconds(250),
+        max_retries: 3,
+        max_total_elapsed: Duration::seconds(8),
+        max_delay: Duration::seconds(2),
+    })
 }
 
 /// The sources `method` uses, given the environment `env` (a lookup such as
@@ -142,6 +176,7 @@ impl ArmCredential {
         let env = |k: &str| std::env::var(k).ok();
         let transport = || ClientOptions {
             transport: Some(Transport::new(Arc::new(http.clone()))),
+            retry: token_retry(),
             ..Default::default()
         };
         let mut links: Vec<(Source, Arc<dyn TokenCredential>)> = Vec::new();
@@ -221,7 +256,12 @@ impl ArmCredential {
                 }
                 // azure_core's messages say what is missing ("az: command not found", an
                 // AADSTS code); they do not carry the secret.
-                Err(e) => failures.push(format!("{}: {}", source.as_str(), one_line(&e))),
+                Err(e) => failures.push(format!(
+                    "{} via {}: {}",
+                    source.as_str(),
+                    source.endpoint(|k| std::env::var(k).ok()),
+                    one_line(&e)
+                )),
             }
         }
         Err(Error::new(
@@ -347,6 +387,25 @@ mod tests {
     }
 
     #[test]
+    fn sources_name_their_endpoints() {
+        let env = |k: &str| match k {
+            "AZURE_TENANT_ID" => Some("t-1".to_string()),
+            "AZURE_AUTHORITY_HOST" => Some("https://login.example/".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            Source::ClientSecret.endpoint(env),
+            "https://login.example/t-1"
+        );
+        assert!(Source::ManagedIdentity
+            .endpoint(|_| None)
+            .contains("169.254.169.254"));
+        assert!(Source::ManagedIdentity
+            .endpoint(|k| (k == "IDENTITY_ENDPOINT").then(|| "http://127.0.0.1:9/msi".into()))
+            .contains("127.0.0.1:9"));
+    }
+
+    #[test]
     fn client_secret_reads_the_environment_without_echoing_it() {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| {
@@ -401,8 +460,17 @@ mod tests {
         let err = cred.authorization("s").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Credential);
         let text = err.to_string();
-        assert!(text.contains("managed identity: not logged in"), "{text}");
-        assert!(text.contains("Azure CLI: not logged in"), "{text}");
+        // Each source, where it asked, and what it said.
+        assert!(
+            text.contains("managed identity via ") && text.contains("(IMDS): not logged in")
+                || text.contains("managed identity via ")
+                    && std::env::var("IDENTITY_ENDPOINT").is_ok(),
+            "{text}"
+        );
+        assert!(
+            text.contains("Azure CLI via the `az account get-access-token` command: not logged in"),
+            "{text}"
+        );
         assert_eq!(
             ArmCredential::none().authorization("s").await.unwrap(),
             None

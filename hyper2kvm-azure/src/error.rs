@@ -44,6 +44,9 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     status: Option<u16>,
+    code: Option<String>,
+    resource: Option<String>,
+    summary: Option<String>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -58,12 +61,44 @@ impl Error {
             kind,
             message: message.into(),
             status: None,
+            code: None,
+            resource: None,
+            summary: None,
             source: None,
         }
     }
 
     pub(crate) fn with_status(mut self, status: u16) -> Self {
         self.status = Some(status);
+        self
+    }
+
+    /// ARM's error code (`error.code` of the body, e.g. `OperationNotAllowed`).
+    pub(crate) fn with_code(mut self, code: impl Into<String>) -> Self {
+        let code = code.into();
+        if !code.is_empty() {
+            self.code = Some(code);
+        }
+        self
+    }
+
+    /// The resource id the request was about.
+    pub(crate) fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = Some(resource.into());
+        self
+    }
+
+    /// The resource id, unless one is recorded already.
+    pub(crate) fn or_resource(self, resource: Option<String>) -> Self {
+        match (&self.resource, resource) {
+            (None, Some(r)) => self.with_resource(r),
+            _ => self,
+        }
+    }
+
+    /// A short message without the request line (ARM's `error.message`, or the cause).
+    pub(crate) fn with_summary(mut self, summary: impl Into<String>) -> Self {
+        self.summary = Some(summary.into());
         self
     }
 
@@ -90,6 +125,21 @@ impl Error {
     /// The HTTP status ARM answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         self.status
+    }
+
+    /// ARM's error code, if its answer had one.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The resource id the failed request concerned, if known.
+    pub fn resource(&self) -> Option<&str> {
+        self.resource.as_deref()
+    }
+
+    /// A short message without the request line, if there is one.
+    pub fn summary(&self) -> Option<&str> {
+        self.summary.as_deref()
     }
 }
 
@@ -124,7 +174,26 @@ impl From<Error> for hyper2kvm_core::Error {
             ErrorKind::InvalidResponse => Core::InvalidFormat,
             ErrorKind::InvalidArgument => Core::InvalidArgument,
         };
-        hyper2kvm_core::Error::wrap(kind, e)
+        let (status, code, resource, summary) = (
+            e.status,
+            e.code.clone(),
+            e.resource.clone(),
+            e.summary.clone(),
+        );
+        let mut core = hyper2kvm_core::Error::wrap(kind, e);
+        if let Some(s) = status {
+            core = core.with_status(s);
+        }
+        if let Some(c) = code {
+            core = core.with_code(c);
+        }
+        if let Some(r) = resource {
+            core = core.with_resource(r);
+        }
+        if let Some(s) = summary {
+            core = core.with_summary(s);
+        }
+        core
     }
 }
 
@@ -185,6 +254,16 @@ mod tests {
         );
         let azure = core.downcast_source::<Error>().expect("the Azure error");
         assert_eq!(azure.status(), Some(429));
+        assert_eq!(core.status(), Some(429));
+        let refused: hyper2kvm_core::Error = Error::new(ErrorKind::Conflict, "DELETE x: HTTP 409")
+            .with_status(409)
+            .with_code("OperationNotAllowed")
+            .with_resource("/subscriptions/s/snapshots/n")
+            .with_summary("HTTP 409: busy")
+            .into();
+        assert_eq!(refused.code(), Some("OperationNotAllowed"));
+        assert_eq!(refused.resource(), Some("/subscriptions/s/snapshots/n"));
+        assert_eq!(refused.summary(), "HTTP 409: busy");
         let conflict: hyper2kvm_core::Error = Error::new(ErrorKind::Conflict, "busy").into();
         assert_eq!(conflict.kind(), hyper2kvm_core::ErrorKind::Conflict);
     }

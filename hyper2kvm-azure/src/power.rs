@@ -27,7 +27,13 @@ impl PowerControl for AzureSource {
     }
 
     fn start<'a>(&'a self, vm: &'a Vm) -> BoxFuture<'a, hyper2kvm_core::Result<()>> {
-        Box::pin(async move { Ok(self.start_vm(vm).await?) })
+        Box::pin(async move {
+            self.start_vm(vm).await.map_err(|e| {
+                hyper2kvm_core::Error::from(e)
+                    .with_resource(&vm.id)
+                    .with_remedy(format!("az vm start --ids {}", vm.id))
+            })
+        })
     }
 }
 
@@ -44,8 +50,18 @@ impl AzureSource {
         loop {
             match self.arm().start_vm(&vm.id, self.lro()).await {
                 Err(e) if e.kind() == ErrorKind::Conflict && attempts < START_CONFLICT_RETRIES => {
+                    crate::retry::log_retry(
+                        attempts,
+                        START_CONFLICT_RETRIES,
+                        &format!("starting VM {}", vm.name),
+                        &e.to_string(),
+                        START_CONFLICT_PAUSE,
+                    );
                     attempts += 1;
-                    tokio::time::sleep(START_CONFLICT_PAUSE).await;
+                    crate::retry::visible_sleep(START_CONFLICT_PAUSE, || {
+                        format!("VM {} to accept a start (HTTP 409)", vm.name)
+                    })
+                    .await;
                 }
                 outcome => return outcome,
             }

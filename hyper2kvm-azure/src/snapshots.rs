@@ -39,7 +39,15 @@ impl PointInTimeCopies for AzureSource {
     }
 
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, hyper2kvm_core::Result<()>> {
-        Box::pin(async move { Ok(self.delete_snapshot(id).await?) })
+        Box::pin(async move {
+            self.delete_snapshot(id).await.map_err(|e| {
+                hyper2kvm_core::Error::from(e)
+                    .with_resource(id)
+                    .with_remedy(format!(
+                        "az snapshot revoke-access --ids {id} && az snapshot delete --ids {id}"
+                    ))
+            })
+        })
     }
 }
 

@@ -26,7 +26,7 @@ pub struct ExportOptions {
     pub sas_duration: Duration,
     /// Limits of grant, revoke, snapshot and power operations.
     pub lro: LroOptions,
-    /// Retries and the rest for reading the blobs.
+    /// How blobs are read; their retries are the ARM client's (see [`AzureSource::new`]).
     pub blob: BlobOptions,
 }
 
@@ -56,14 +56,18 @@ impl AzureSource {
     /// A source over `subscriptions`, filtered by `selection`. `http` is the process's one
     /// client (the blob reads share its pool with ARM); background cleanups are tracked in
     /// `cleanups` so the program can wait for them before it exits.
+    ///
+    /// One retry configuration for everything: blob reads retry as the ARM client does
+    /// ([`ArmClient::retry_config`]), whatever `export.blob.retry` says.
     pub fn new(
         arm: ArmClient,
         http: reqwest::Client,
         subscriptions: Vec<String>,
         selection: Selection,
-        export: ExportOptions,
+        mut export: ExportOptions,
         cleanups: Cleanups,
     ) -> Self {
+        export.blob.retry = arm.retry_config().clone();
         AzureSource {
             arm,
             http,
@@ -169,9 +173,21 @@ impl Revoke {
             self.arm
                 .end_get_access(&self.id, &self.lro)
                 .await
-                .map_err(hyper2kvm_core::Error::from)
+                .map_err(|e| revoke_failed(&self.id, e))
         })
     }
+}
+
+/// A revoke that failed, as core's error saying how to finish it by hand.
+pub(crate) fn revoke_failed(id: &str, e: crate::Error) -> hyper2kvm_core::Error {
+    let kind = if id.to_ascii_lowercase().contains("/snapshots/") {
+        "snapshot"
+    } else {
+        "disk"
+    };
+    hyper2kvm_core::Error::from(e)
+        .with_resource(id)
+        .with_remedy(format!("az {kind} revoke-access --ids {id}"))
 }
 
 /// Revokes in the background if dropped before [`disarm`](RevokeGuard::disarm): the export
@@ -192,5 +208,41 @@ impl Drop for RevokeGuard {
         if let Some(revoke) = self.revoke.take() {
             self.cleanups.spawn(revoke.run());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::RetryConfig;
+
+    /// `azure.retry` applies to ARM calls and blob reads alike: one configuration.
+    #[test]
+    fn blob_reads_retry_as_the_arm_client_does() {
+        let http = crate::http::build_http_client(&crate::http::HttpOptions::default()).unwrap();
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(7),
+            ..RetryConfig::default()
+        };
+        let arm = ArmClient::builder(http.clone())
+            .retry(retry)
+            .build()
+            .unwrap();
+        let mut export = ExportOptions::default();
+        export.blob.retry.max_retries = 99;
+        let source = AzureSource::new(
+            arm,
+            http,
+            Vec::new(),
+            Selection::default(),
+            export,
+            Cleanups::new(),
+        );
+        assert_eq!(source.export.blob.retry.max_retries, 3);
+        assert_eq!(
+            source.export.blob.retry.retry_timeout,
+            Duration::from_secs(7)
+        );
     }
 }

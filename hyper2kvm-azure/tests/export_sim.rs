@@ -92,14 +92,14 @@ impl Setup {
         let http = build_http_client(&HttpOptions::default()).unwrap();
         let arm = ArmClient::builder(http.clone())
             .endpoint(sim.base_url())
-            .retry(fast_retry(5))
+            // One retry configuration: blob reads use the ARM client's.
+            .retry(fast_retry(retries))
             .jitter(Arc::new(SplitMix64::new(1)))
             .build()
             .unwrap();
         let cleanups = Cleanups::new();
         let mut export = ExportOptions::default();
         export.blob = BlobOptions {
-            retry: fast_retry(retries),
             body_retries: retries,
             jitter: Some(Arc::new(SplitMix64::new(2))),
             ..BlobOptions::default()

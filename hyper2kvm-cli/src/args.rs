@@ -63,9 +63,25 @@ pub struct Cli {
     /// The ARM base URL, e.g. a simulator's (overrides azure.arm_endpoint).
     #[arg(long, value_name = "URL", requires = "config")]
     pub arm_endpoint: Option<String>,
+    /// More log output on stderr: -v info (retries, waits, steps), -vv debug, -vvv trace.
+    /// RUST_LOG, when set, decides instead (e.g. RUST_LOG=hyper2kvm_azure=debug).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// How log lines look on stderr: text, or JSON (one object per line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// `--output`.

@@ -9,14 +9,14 @@ use clap::{Args, ValueEnum};
 use hyper2kvm::config::{DomainSection, DownloadSection, ExportSection, GuestSection};
 use hyper2kvm::core::{Cleanups, Firmware, Limits, OutputFormat};
 use hyper2kvm::local::Defaults;
-use hyper2kvm::migrate::{PlanOptions, RunOptions};
+use hyper2kvm::migrate::{Interrupt, PlanOptions, RunOptions};
 use hyper2kvm_guest::fixups;
 
 use crate::args::{CompressArg, FormatArg};
 use crate::config::{run_settings, UsageError};
 use crate::list::{print_stdout, render_plan};
-use crate::migrate::{render_summary, Display};
-use crate::signal::until_interrupted;
+use crate::migrate::{render_summary, summary_lines, Display};
+use crate::signal::run_interruptible;
 use crate::units::{human_bytes, parse_size};
 
 /// `hyper2kvm import SRC... --output-dir DIR`.
@@ -171,27 +171,37 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
 
     let cleanups = Cleanups::new();
     let display = Display::new(args.quiet);
-    let work = hyper2kvm::import::import(
+    let ticker = crate::waiting::spawn(display.wait_sink());
+    let interrupt = Interrupt::new();
+    let work = hyper2kvm::import::import_until(
         &args.srcs,
         &defaults,
         cleanups.clone(),
         opts,
         Some(display.callback()),
+        interrupt.clone(),
     );
-    let result = until_interrupted(work).await;
+    // A first signal stops the run, which still writes its records; a second leaves.
+    let result = run_interruptible(
+        work,
+        &interrupt,
+        |name| {
+            display.note(&format!(
+                "hyper2kvm: {name}: stopping, writing the records ({name} again to leave at once)…"
+            ))
+        },
+        |again| display.note(&format!("hyper2kvm: {again}: leaving now")),
+    )
+    .await?;
+    ticker.abort();
     display.finish();
+    let Some(result) = result else {
+        return Ok(130);
+    };
     let summary = result?;
     print_stdout(&render_summary(&summary), "writing the summary")?;
-    eprintln!(
-        "hyper2kvm: run {}: {} of {} VM(s) completed, {} read in {:.1} s; summary {}",
-        summary.run_id,
-        summary.completed,
-        summary.vms.len(),
-        human_bytes(summary.bytes_downloaded),
-        summary.seconds,
-        plan.dir
-            .join(format!("run-{}.json", summary.run_id))
-            .display()
-    );
+    for line in summary_lines(&summary) {
+        eprintln!("{}", hyper2kvm_core::redact(&line));
+    }
     Ok(summary.exit_code)
 }

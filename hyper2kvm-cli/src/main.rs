@@ -11,12 +11,14 @@ mod fix;
 mod import;
 mod list;
 mod man;
+mod logging;
 mod migrate;
 mod progress;
 mod signal;
 mod sim;
 mod tally;
 mod units;
+mod waiting;
 
 use std::process::ExitCode;
 
@@ -87,6 +89,7 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
 fn main() -> ExitCode {
     // clap prints --help / --version and exits 0, and exits 2 on usage errors.
     let cli = Cli::parse();
+    logging::init(cli.verbose, cli.log_format);
     let mode = match mode(cli) {
         Ok(m) => m,
         Err(ModeError::Arguments(e)) => {

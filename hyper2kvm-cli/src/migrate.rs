@@ -8,15 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper2kvm::azure::{AzureSource, ExportOptions};
-use hyper2kvm::core::{Cleanups, ErrorKind, Limits};
-use hyper2kvm::migrate::{DiskStatus, EventFn, RunEvent, RunOptions, RunSummary, Source, VmStatus};
+use hyper2kvm::core::{redact, Cleanups, ErrorKind, Limits};
+use hyper2kvm::migrate::{
+    DiskStatus, EventFn, Interrupt, RunEvent, RunOptions, RunSummary, Source, VmStatus,
+};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::{ListPlan, UsageError};
+use crate::config::{ListFormat, ListPlan, UsageError};
 use crate::list::{connect, print_stdout};
 use crate::progress::{clock, line_every, Rate, Ticker};
-use crate::signal::until_interrupted;
 use crate::tally::Tally;
+use crate::signal::run_interruptible;
 use crate::units::human_bytes;
 
 /// Flags of a migration run that are not in the config file.
@@ -69,33 +71,49 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
     opts.allow_empty = flags.allow_empty;
     opts.verify_done_images = flags.verify_images;
     let display = Display::new(quiet);
+    let ticker = crate::waiting::spawn(display.wait_sink());
     // The library call is the run: discovery through the source, then the migration. Its
     // error keeps its kind (exit code 2 for configuration, 130 for Ctrl-C, 1 else).
-    let work = hyper2kvm::run::migrate(&source, cleanups.clone(), opts, Some(display.callback()));
-    let result = until_interrupted(work).await;
+    let interrupt = Interrupt::new();
+    let work = hyper2kvm::run::migrate_until(
+        &source,
+        cleanups.clone(),
+        opts,
+        Some(display.callback()),
+        interrupt.clone(),
+    );
+    // A first SIGINT or SIGTERM asks the run to stop: it undoes what it started and writes
+    // its records. A second one leaves at once.
+    let run_id = plan.migration.run_id.clone();
+    let result = run_interruptible(
+        work,
+        &interrupt,
+        |name| {
+            display.note(&format!(
+                "hyper2kvm: {name}: stopping; revoking access grants, deleting snapshots, starting VMs it stopped, writing the records ({name} again to leave that undone)…"
+            ))
+        },
+        |again| {
+            display.note(&format!(
+                "hyper2kvm: {again}: cleanup abandoned: check Azure for grants, snapshots tagged hyper2kvm-run={run_id} and stopped VMs (the VMs' report.json files list them, status interrupted)"
+            ))
+        },
+    )
+    .await?;
+    ticker.abort();
     display.finish();
+    let Some(result) = result else {
+        return Ok(130);
+    };
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            if e.kind() == ErrorKind::Cancelled {
+            // Whatever stopped the run before it started, what it started is undone.
+            for err in cleanups.wait_all().await {
                 eprintln!(
-                    "hyper2kvm: {e}; revoking access grants, deleting snapshots, starting VMs it stopped (Ctrl-C again to leave that undone)…"
+                    "hyper2kvm: cleanup failed, check Azure by hand: {}",
+                    redact(&err.to_string())
                 );
-            }
-            // Whatever stopped the run, what it started in Azure is undone before we exit,
-            // unless a second signal says to leave now.
-            tokio::select! {
-                errors = cleanups.wait_all() => {
-                    for err in &errors {
-                        eprintln!("hyper2kvm: cleanup failed, check Azure by hand: {err}");
-                    }
-                }
-                _ = tokio::signal::ctrl_c() => {
-                    eprintln!(
-                        "hyper2kvm: cleanup abandoned: check Azure for grants, snapshots tagged hyper2kvm-run={} and stopped VMs (the VMs' report.json files list them)",
-                        plan.migration.run_id
-                    );
-                }
             }
             if let Some(sim) = c.sim {
                 sim.shutdown().await;
@@ -114,24 +132,59 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
     if let Some(sim) = c.sim {
         sim.shutdown().await;
     }
-    print_stdout(&render_summary(&summary), "writing the summary")?;
-    eprintln!(
-        "hyper2kvm: run {}: {} of {} VM(s) completed, {} downloaded in {:.1} s; summary {}",
+    let text = match plan.format {
+        ListFormat::Table => render_summary(&summary),
+        ListFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&summary)?;
+            s.push('\n');
+            s
+        }
+    };
+    print_stdout(&text, "writing the summary")?;
+    for line in summary_lines(&summary) {
+        eprintln!("{}", redact(&line));
+    }
+    Ok(summary.exit_code)
+}
+
+/// What stderr says at the end of a run: the sum, then every cleanup left to do by hand and
+/// every record that could not be written, one line each, with what to do.
+pub(crate) fn summary_lines(summary: &RunSummary) -> Vec<String> {
+    let mut lines = Vec::new();
+    let written = !summary
+        .records_not_written
+        .iter()
+        .any(|r| r.path == summary.summary);
+    lines.push(format!(
+        "hyper2kvm: run {}{}: {} of {} VM(s) completed, {} downloaded in {:.1} s; summary {}{}",
         summary.run_id,
+        summary
+            .interrupted_by
+            .as_deref()
+            .map(|s| format!(" interrupted by {s}"))
+            .unwrap_or_default(),
         summary.completed,
         summary.vms.len(),
         human_bytes(summary.bytes_downloaded),
         summary.seconds,
-        plan.migration
-            .dir
-            .join(format!("run-{}.json", summary.run_id))
-            .display()
-    );
-    for e in &summary.cleanup_errors {
-        eprintln!("hyper2kvm: cleanup failed, check Azure by hand: {e}");
+        summary.summary.display(),
+        if written { "" } else { " (NOT WRITTEN)" },
+    ));
+    for c in &summary.cleanup_errors {
+        lines.push(format!("hyper2kvm: cleanup left to do: {}", c.line()));
     }
-    Ok(summary.exit_code)
+    for r in &summary.records_not_written {
+        lines.push(format!(
+            "hyper2kvm: error: record not written: {}: {}",
+            r.path.display(),
+            r.error
+        ));
+    }
+    lines
 }
+
+/// The widest error a summary table shows: one line; the report has the rest.
+const ERROR_WIDTH: usize = 72;
 
 /// The table printed at the end of a run.
 pub(crate) fn render_summary(s: &RunSummary) -> String {
@@ -146,7 +199,8 @@ pub(crate) fn render_summary(s: &RunSummary) -> String {
                 format!("{}/{}", v.disks_done, v.disks_total),
                 human_bytes(v.bytes_downloaded),
                 v.error
-                    .clone()
+                    .as_ref()
+                    .map(|e| e.one_line(ERROR_WIDTH))
                     .unwrap_or_else(|| v.report.display().to_string()),
             ]
         })
@@ -200,6 +254,10 @@ struct DisplayState {
     /// The overall bar, on a terminal once the run has started.
     overall: Option<ProgressBar>,
     /// The bars of the disks being read.
+    /// The "waiting for …" line under the bars, while something waits long.
+    wait_bar: Option<ProgressBar>,
+    /// Off a terminal: the wait last printed, and when.
+    wait_line: Option<(String, Instant)>,
     bars: BTreeMap<(String, String), ProgressBar>,
     tally: Tally,
     rate: Rate,
@@ -238,9 +296,13 @@ impl Display {
     /// A display drawing bars on `multi` (none: plain lines every `every`).
     fn with(multi: Option<MultiProgress>, quiet: bool, every: Duration) -> Display {
         let terminal = multi.is_some();
+        // Log lines go between redraws of the bars.
+        crate::logging::set_progress(multi.clone());
         let inner = Arc::new(Mutex::new(DisplayState {
             multi,
             overall: None,
+            wait_bar: None,
+            wait_line: None,
             bars: BTreeMap::new(),
             tally: Tally::default(),
             rate: Rate::default(),
@@ -282,6 +344,73 @@ impl Display {
         if let Some(bar) = st.overall.take() {
             bar.finish_and_clear();
         }
+        if let Some(bar) = st.wait_bar.take() {
+            bar.finish_and_clear();
+        }
+        crate::logging::set_progress(None);
+    }
+
+    /// A line that must show even with `--quiet` (a signal, what it means).
+    pub(crate) fn note(&self, text: &str) {
+        let st = self.inner.lock().unwrap();
+        match &st.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Where long waits go: a status line under the bars on a terminal; off a terminal a
+    /// plain line when a wait starts to show and every 10 s while it lasts; nothing when
+    /// quiet.
+    pub(crate) fn wait_sink(&self) -> crate::waiting::WaitSink {
+        let inner = self.inner.clone();
+        let quiet = self.quiet;
+        Arc::new(move |status: Option<String>| {
+            if quiet {
+                return;
+            }
+            let mut st = inner.lock().unwrap();
+            if let Some(m) = st.multi.clone() {
+                match status {
+                    Some(text) => {
+                        let bar = st.wait_bar.get_or_insert_with(|| {
+                            let bar = m.add(ProgressBar::new_spinner());
+                            bar.set_style(
+                                ProgressStyle::with_template("{spinner} {msg}")
+                                    .expect("valid template"),
+                            );
+                            bar
+                        });
+                        bar.set_message(text);
+                        bar.tick();
+                    }
+                    None => {
+                        if let Some(bar) = st.wait_bar.take() {
+                            bar.finish_and_clear();
+                        }
+                    }
+                }
+                return;
+            }
+            match status {
+                Some(text) => {
+                    let what = text.split(" (").next().unwrap_or("").to_string();
+                    let due = match &st.wait_line {
+                        Some((last, at)) => {
+                            *last != what || at.elapsed() >= Duration::from_secs(10)
+                        }
+                        None => true,
+                    };
+                    if due {
+                        eprintln!("hyper2kvm: {text}");
+                        st.wait_line = Some((what, Instant::now()));
+                    }
+                }
+                None => st.wait_line = None,
+            }
+        })
     }
 
     pub(crate) fn callback(&self) -> EventFn {
@@ -360,7 +489,16 @@ impl Display {
                         DiskStatus::Failed => format!(
                             "{vm}: {} FAILED: {}",
                             report.name,
-                            report.error.as_deref().unwrap_or("?")
+                            report
+                                .error
+                                .as_ref()
+                                // Progress lines have room for the whole error; the
+                                // table has one short line.
+                                .map_or("?".into(), |e| format!(
+                                    "{}: {}",
+                                    e.kind.as_str(),
+                                    e.detail
+                                ))
                         ),
                         DiskStatus::AlreadyDone => format!(
                             "{vm}: {} already done: {}",

@@ -458,7 +458,24 @@ async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
             downloaded += bytes;
             if failed {
                 assert_eq!(d["status"], "failed", "{name}: {d:#}");
-                assert!(d["error"].is_string(), "{name}: {d:#}");
+                // A structured error: the kind, and Azure's status and code where it said.
+                let (kind, status, code) = match fault.unwrap_or("snapshot_fails") {
+                    "grant_denied" => ("permission_denied", 403, "AuthorizationFailed"),
+                    "snapshot_fails" => ("conflict", 409, "OperationNotAllowed"),
+                    _ => ("not_found", 404, ""),
+                };
+                let e = &d["error"];
+                assert_eq!(e["kind"], kind, "{name}: {d:#}");
+                assert_eq!(e["status"], status, "{name}: {d:#}");
+                if !code.is_empty() {
+                    assert_eq!(e["code"], code, "{name}: {d:#}");
+                }
+                assert!(
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.contains("api-version")),
+                    "{name}: {d:#}"
+                );
                 continue;
             }
             assert_eq!(d["status"], "completed", "{name}: {d:#}");
@@ -487,7 +504,7 @@ async fn fleet_of_20_with_failing_disks_is_partial_and_leaves_nothing_behind() {
             assert!(
                 errors
                     .iter()
-                    .any(|e| e.as_str().unwrap().contains(&failing)),
+                    .any(|e| e["detail"].as_str().unwrap().contains(&failing)),
                 "{}: the errors name {failing}: {errors:?}",
                 vm.name
             );
@@ -1050,7 +1067,11 @@ async fn guest_fixups_without_libguestfs_warn_or_fail_as_configured() {
     let os = &rep["disks"][0];
     assert_eq!(os["status"], "failed", "{rep:#}");
     assert!(
-        os["error"].as_str().unwrap().contains("guest fix-ups"),
+        os["error"]["kind"] == "guest"
+            && os["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("guest fix-ups"),
         "{rep:#}"
     );
     assert_eq!(rep["disks"][1]["status"], "completed", "{rep:#}");
@@ -1337,4 +1358,496 @@ async fn trust_an_empty_selection_is_an_error_unless_allowed() {
     assert!(!stderr.contains("Selection {"), "no debug dump: {stderr}");
     let allowed = run(&cfg, &["--allow-empty"]).await;
     assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
+}
+
+// ---- Issue 13, items 4, 5 and 7: honest outcomes, structured records, visible waits ----
+
+/// A tmpfs mounted for a test, unmounted when dropped (before its `Scratch` goes).
+struct Mounted(PathBuf);
+
+impl Mounted {
+    /// Mounts a tmpfs of `size` (e.g. `16m`) at `dir`; `None` (with a message) where
+    /// mounting is not allowed (not root, no `mount`), so the test is skipped, not failed.
+    fn tmpfs(dir: &Path, size: &str) -> Option<Mounted> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir),
+            ])
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Mounted(dir.to_path_buf())),
+            _ => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs at {} (needs root): the full and read-only output tests do not run",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Remounts read-only, retrying while a file is open for writing (EBUSY), until `limit`.
+    async fn make_read_only(&self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let dir = self.0.clone();
+            let ok = tokio::task::spawn_blocking(move || {
+                Command::new("mount")
+                    .args(["-o", "remount,ro", s(&dir)])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .await
+            .unwrap();
+            if ok {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l", s(&self.0)]).status();
+    }
+}
+
+fn tmp_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+        .collect()
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
+/// Regression (issue 13): SIGTERM left no `run-*.json` and a report saying `running`. Now it
+/// stops like Ctrl-C: the run cleans up, every record says `interrupted` (the snapshots with
+/// `deleted_at`), the partial images keep their resume journal, no `*.tmp` is left, exit 130.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_sigterm_leaves_an_interrupted_summary_and_the_journals() {
+    let vms = small_fleet(&[("t0", "running", 2), ("t1", "deallocated", 2)]);
+    let sim = start(&vms, 12 * MIB).await;
+    let scratch = Scratch::new("migterm");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "download: { bandwidth: 2M, chunk_size: 256K }\n",
+        ),
+    )
+    .unwrap();
+    let child = spawn(&cfg, &scratch);
+    // A checkpoint (every 5 s) has written a journal: there is something to resume.
+    wait_for("a resume journal", Duration::from_secs(90), || {
+        files_under(&out)
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".part.journal"))
+    })
+    .await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_child(child).await;
+    let stderr = std::fs::read_to_string(scratch.path("stderr")).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 0), "{stderr}");
+    let runs = summaries(&out);
+    assert_eq!(runs.len(), 1, "run-<id>.json is written: {stderr}");
+    let sum = &runs[0];
+    assert_eq!(sum["status"], "interrupted", "{sum:#}");
+    assert_eq!(sum["interrupted_by"], "SIGTERM");
+    assert_eq!(sum["exit_code"], 130);
+    assert_eq!(
+        sum["cleanup_errors"].as_array().unwrap().len(),
+        0,
+        "{sum:#}"
+    );
+    for vm in sum["vms"].as_array().unwrap() {
+        assert!(
+            Path::new(vm["report"].as_str().unwrap()).is_absolute(),
+            "{vm}"
+        );
+    }
+    let t0 = report(&out, "t0");
+    assert_eq!(t0["status"], "interrupted", "{t0:#}");
+    let snaps = t0["resources"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2);
+    assert!(
+        snaps.iter().all(|r| r["deleted_at"].is_string()),
+        "deleted snapshots are recorded as deleted: {t0:#}"
+    );
+    let t1 = report(&out, "t1");
+    assert_eq!(t1["status"], "interrupted", "{t1:#}");
+    assert!(
+        files_under(&out)
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".part.journal")),
+        "SIGTERM keeps the resume journals"
+    );
+    assert!(tmp_files(&out).is_empty(), "{:?}", tmp_files(&out));
+    // The next run resumes and finishes.
+    let again = run(&cfg, &[]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(report(&out, "t1")["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["bytes_resumed"].as_u64() > Some(0)));
+}
+
+/// Regression (issue 13): `cleanup_errors` stayed empty when Azure refused revokes and
+/// deletes. Forced 409s (simulator faults) now show in the VM's report and the run's summary
+/// with the resource, the HTTP status, ARM's code, and the `az` command that finishes it;
+/// stderr says the same; the run is partial (exit 3).
+#[tokio::test(flavor = "multi_thread")]
+async fn records_refused_revokes_and_deletes_list_what_to_do_by_hand() {
+    let mut vms = small_fleet(&[("c0", "deallocated", 1), ("c1", "running", 1)]);
+    vms[0].disks[0].2 = Some("revoke_conflict");
+    vms[1].disks[0].2 = Some("delete_conflict");
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migcleanup");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let result = run(&cfg, &["--output", "json"]).await;
+    let (stdout, stderr) = (text(&result.stdout), text(&result.stderr));
+    assert_eq!(result.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(sim.counters().cleanup_conflicts() >= 2);
+    // `--output json` prints the summary as run-<id>.json has it.
+    let printed: Value = serde_json::from_str(&stdout).expect("the summary as JSON");
+    let run = summaries(&out).pop().unwrap();
+    assert_eq!(printed, run);
+    let errors = run["cleanup_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{run:#}");
+    let revoke = errors
+        .iter()
+        .find(|e| e["action"] == "revoke_access")
+        .expect("the refused revoke");
+    let disk_id = report(&out, "c0")["disks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(revoke["resource"], disk_id.as_str(), "{revoke:#}");
+    assert_eq!(revoke["vm"], "c0");
+    assert_eq!(
+        revoke["command"],
+        format!("az disk revoke-access --ids {disk_id}").as_str()
+    );
+    let delete = errors
+        .iter()
+        .find(|e| e["action"] == "delete_snapshot")
+        .expect("the refused delete");
+    let snapshot = report(&out, "c1")["resources"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(delete["resource"], snapshot.as_str());
+    assert!(delete["command"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("az snapshot delete --ids {snapshot}")));
+    for e in [revoke, delete] {
+        assert_eq!(e["error"]["kind"], "conflict", "{e:#}");
+        assert_eq!(e["error"]["status"], 409, "{e:#}");
+        assert_eq!(e["error"]["code"], "OperationNotAllowed", "{e:#}");
+        assert!(
+            !e["error"]["message"].as_str().unwrap().contains("http"),
+            "{e:#}"
+        );
+    }
+    // The VM's own report has its cleanup error; the snapshot is not marked deleted.
+    let c1 = report(&out, "c1");
+    assert_eq!(c1["status"], "partial", "{c1:#}");
+    assert_eq!(c1["cleanup_errors"].as_array().unwrap().len(), 1);
+    assert!(c1["resources"][0]["deleted_at"].is_null());
+    assert!(
+        stderr.contains(&format!("az disk revoke-access --ids {disk_id}"))
+            && stderr.contains("az snapshot delete --ids"),
+        "{stderr}"
+    );
+}
+
+/// Regression (issue 13): an unreachable ARM endpoint took 41 s of silence. A refused
+/// connection to a host that never answered is retried briefly: the run fails within 10 s,
+/// naming the host, with the default retry configuration.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_an_unreachable_endpoint_fails_within_10_s_naming_the_host() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let scratch = Scratch::new("migrefused");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "azure:\n  subscriptions: [\"{SUB}\"]\n  arm_endpoint: \"http://127.0.0.1:{port}\"\n  auth: none\n  resource_groups: [rg-a]\noutput:\n  dir: \"{}\"\n",
+            scratch.path("out").display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let result = run(&cfg, &["-v"]).await;
+    let took = started.elapsed();
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    // -v shows the retries as they happen, with the wait.
+    assert!(stderr.contains("retry 1/"), "{stderr}");
+}
+
+/// Regression (issue 13): a full output file system printed only "cannot write the run
+/// summary", left `report.json` saying `running` and 0-byte `*.tmp` files. Now the disk
+/// fails with kind `no_space`, and both records are written and say so; no `*.tmp` is left.
+/// (Whether the records fit in what the image left depends on where its last write stopped;
+/// the room a run sets aside for them is proven on a disk filled to the last byte by
+/// `records::tests::a_full_disk_still_takes_the_records` in the engine.)
+#[tokio::test(flavor = "multi_thread")]
+async fn records_a_full_output_disk_is_recorded() {
+    let mut vms = small_fleet(&[("f0", "deallocated", 1)]);
+    vms[0].disks[0].1 = 64 * MIB;
+    let sim = start(&vms, 40 * MIB).await;
+    let scratch = Scratch::new("migfull");
+    let out = scratch.path("out");
+    let Some(_mount) = Mounted::tmpfs(&out, "12m") else {
+        return;
+    };
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let result = run(&cfg, &[]).await;
+    let (stdout, stderr) = (text(&result.stdout), text(&result.stderr));
+    assert_eq!(result.status.code(), Some(1), "{stdout}\n{stderr}");
+    let f0 = report(&out, "f0");
+    assert_eq!(f0["status"], "failed", "{f0:#}");
+    assert_eq!(f0["disks"][0]["error"]["kind"], "no_space", "{f0:#}");
+    assert_eq!(f0["tool_version"], env!("CARGO_PKG_VERSION"));
+    let run = summaries(&out).pop().expect("run-<id>.json is written");
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["vms"][0]["error"]["kind"], "no_space", "{run:#}");
+    assert!(tmp_files(&out).is_empty(), "{:?}", tmp_files(&out));
+    // The table's error is one line, not a wrapped URL.
+    let row = stdout
+        .lines()
+        .find(|l| l.contains(" f0 "))
+        .expect("f0's row");
+    assert!(row.contains("no_space"), "{stdout}");
+    assert!(row.chars().count() < 160, "{row}");
+}
+
+/// Regression (issue 13): an output directory that became read-only in the middle of a run
+/// printed only "cannot write the run summary". Now stderr names every record that could
+/// not be written with the reason, the exit code is not 0, and no `*.tmp` is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_an_output_dir_made_read_only_during_a_run_is_reported() {
+    let vms = small_fleet(&[("r0", "running", 1)]);
+    let mut yaml = scenario_yaml(&vms, 2 * MIB);
+    // Slow snapshots: a few seconds in which the run holds no file open for writing.
+    yaml = yaml.replace(
+        "operations: { polls: 1, retry_after_secs: 0 }",
+        "operations: { polls: 4, retry_after_secs: 1 }",
+    );
+    let sim = Simulator::start(&Scenario::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap();
+    let scratch = Scratch::new("migro");
+    let out = scratch.path("out");
+    let Some(mount) = Mounted::tmpfs(&out, "64m") else {
+        return;
+    };
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let child = spawn(&cfg, &scratch);
+    // The snapshot is recorded (report.json written) and being created.
+    wait_for("the snapshot's record", Duration::from_secs(60), || {
+        std::fs::read(out.join("r0/report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|r| !r["resources"].as_array().unwrap().is_empty())
+    })
+    .await;
+    assert!(
+        mount.make_read_only(Duration::from_secs(20)).await,
+        "could not remount read-only"
+    );
+    let status = wait_child(child).await;
+    let stderr = std::fs::read_to_string(scratch.path("stderr")).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let unwritten: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("record not written"))
+        .collect();
+    assert!(
+        unwritten
+            .iter()
+            .any(|l| l.contains("r0/report.json") && l.contains("Read-only file system")),
+        "{stderr}"
+    );
+    assert!(
+        unwritten.iter().any(|l| l.contains("/run-")),
+        "the run summary's failure is said: {stderr}"
+    );
+    // Azure is cleaned up all the same.
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 0), "{stderr}");
+    assert!(tmp_files(&out).is_empty(), "{:?}", tmp_files(&out));
+}
+
+/// The documented fields of each record section of `docs/records.md`: heading -> (field,
+/// optional).
+fn documented_records() -> BTreeMap<String, Vec<(String, bool)>> {
+    let doc = include_str!("../../docs/records.md");
+    let mut sections: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    let mut current = None;
+    for line in doc.lines() {
+        if let Some(h) = line
+            .strip_prefix("## ")
+            .or_else(|| line.strip_prefix("### "))
+        {
+            current = Some(h.replace('`', ""));
+            continue;
+        }
+        let (Some(section), Some(row)) = (&current, line.strip_prefix("| `")) else {
+            continue;
+        };
+        let name = row.split('`').next().unwrap().to_string();
+        let optional = line
+            .split('|')
+            .nth(2)
+            .is_some_and(|t| t.contains("optional"));
+        sections
+            .entry(section.clone())
+            .or_default()
+            .push((name, optional));
+    }
+    sections
+}
+
+/// What a real run writes matches `docs/records.md`: every field written is documented,
+/// and every field the document does not call optional is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_match_the_documented_schema() {
+    let mut vms = small_fleet(&[("d0", "running", 2), ("d1", "deallocated", 2)]);
+    vms[0].disks[1].2 = Some("delete_conflict");
+    vms[1].disks[1].2 = Some("read_fails");
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migschema");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(&sim, &out, "  running_vm: stop\n  restart_vms: true\n"),
+    )
+    .unwrap();
+    let result = run(&cfg, &[]).await;
+    assert_eq!(result.status.code(), Some(3), "{}", text(&result.stderr));
+    let run = summaries(&out).pop().unwrap();
+    let reports = [report(&out, "d0"), report(&out, "d1")];
+    let mut written: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    let mut add =
+        |section: &'static str, v: &'static Value| written.entry(section).or_default().push(v);
+    // Values live for the test; leak them to keep the bookkeeping simple.
+    let run: &'static Value = Box::leak(Box::new(run));
+    let reports: &'static [Value; 2] = Box::leak(Box::new(reports));
+    add("run-<id>.json", run);
+    for vm in run["vms"].as_array().unwrap() {
+        add("run-<id>.json: vms[]", vm);
+        if vm["error"].is_object() {
+            add("Error object", &vm["error"]);
+        }
+    }
+    for c in run["cleanup_errors"].as_array().unwrap() {
+        add("Cleanup object", c);
+        add("Error object", &c["error"]);
+    }
+    for r in reports.iter() {
+        add("report.json", r);
+        for d in r["disks"].as_array().unwrap() {
+            add("report.json: disks[]", d);
+            if d["error"].is_object() {
+                add("Error object", &d["error"]);
+            }
+        }
+        for x in r["resources"].as_array().unwrap() {
+            add("report.json: resources[]", x);
+        }
+        for p in r["power"].as_array().unwrap() {
+            add("report.json: power[]", p);
+        }
+        for e in r["errors"].as_array().unwrap() {
+            add("Error object", e);
+        }
+        for c in r["cleanup_errors"].as_array().unwrap() {
+            add("Cleanup object", c);
+        }
+    }
+    let documented = documented_records();
+    for (section, objects) in &written {
+        let fields = documented
+            .get(*section)
+            .unwrap_or_else(|| panic!("docs/records.md has no section {section:?}"));
+        let mut seen = std::collections::BTreeSet::new();
+        for o in objects {
+            for k in keys(o) {
+                assert!(
+                    fields.iter().any(|(f, _)| *f == k),
+                    "{section}: field {k:?} is written but not in docs/records.md"
+                );
+                seen.insert(k);
+            }
+        }
+        for (f, optional) in fields {
+            assert!(
+                *optional || seen.contains(f),
+                "{section}: docs/records.md lists {f:?} as always written, but it is not"
+            );
+        }
+    }
+    // The run exercised every kind of object the document describes (but the unwritten
+    // record, which the full and read-only tests see on stderr).
+    for section in [
+        "run-<id>.json: vms[]",
+        "report.json: disks[]",
+        "report.json: resources[]",
+        "report.json: power[]",
+        "Error object",
+        "Cleanup object",
+    ] {
+        assert!(
+            written.contains_key(section),
+            "nothing written for {section}"
+        );
+    }
+    // Error objects carry the HTTP status and ARM's code where Azure refused.
+    assert!(written["Error object"]
+        .iter()
+        .any(|e| e["status"] == 409 && e["code"] == "OperationNotAllowed"));
 }

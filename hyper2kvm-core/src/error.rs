@@ -54,6 +54,49 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The kind as one snake_case word, as the JSON records write it (`no_space`,
+    /// `permission_denied`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidFormat => "invalid_format",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Io => "io",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Credential => "credential",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Network => "network",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Remote => "remote",
+            ErrorKind::Guest => "guest",
+        }
+    }
+
+    /// Every kind, for documentation and schema checks.
+    pub const ALL: [ErrorKind; 16] = [
+        ErrorKind::InvalidFormat,
+        ErrorKind::Unsupported,
+        ErrorKind::InvalidArgument,
+        ErrorKind::Io,
+        ErrorKind::NoSpace,
+        ErrorKind::Cancelled,
+        ErrorKind::Credential,
+        ErrorKind::PermissionDenied,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::Throttled,
+        ErrorKind::Network,
+        ErrorKind::Timeout,
+        ErrorKind::Integrity,
+        ErrorKind::Remote,
+        ErrorKind::Guest,
+    ];
+
     /// Whether trying the same thing again later may succeed (throttling, network, timeouts,
     /// conflicts with an operation still running).
     pub fn is_transient(self) -> bool {
@@ -72,8 +115,22 @@ pub struct Error {
     message: String,
     subject: Option<String>,
     offset: Option<u64>,
+    /// Boxed: most errors have none, and `Result<T, Error>` stays small.
+    remote: Option<Box<Remote>>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// What a remote source answered, when the error is its answer, and what to do about it.
+/// Sources fill these (the Azure crate from the HTTP status and ARM's error body); the
+/// engine copies them into its JSON records without interpreting them.
+#[derive(Debug, Clone, Default)]
+struct Remote {
+    status: Option<u16>,
+    code: Option<String>,
+    resource: Option<String>,
+    summary: Option<String>,
+    remedy: Option<String>,
 }
 
 /// The core crate's result type.
@@ -87,6 +144,7 @@ impl Error {
             message: message.into(),
             subject: None,
             offset: None,
+            remote: None,
             source: None,
         }
     }
@@ -132,9 +190,90 @@ impl Error {
         self
     }
 
+    fn remote_mut(&mut self) -> &mut Remote {
+        self.remote.get_or_insert_with(Box::default)
+    }
+
+    /// Records the status code the source answered with (an HTTP status for Azure).
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.remote_mut().status = Some(status);
+        self
+    }
+
+    /// Records the source's own error code (ARM's `error.code`, e.g. `OperationNotAllowed`).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.remote_mut().code = Some(code.into());
+        self
+    }
+
+    /// Records the id of the resource the error concerns (a disk, a snapshot, a VM).
+    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.remote_mut().resource = Some(crate::redact::redact(&resource.into()).into_owned());
+        self
+    }
+
+    /// A short message for tables: what the source said, without the request it answered
+    /// (the one-line [`Display`](std::fmt::Display) keeps the whole story).
+    pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
+        self.remote_mut().summary = Some(crate::redact::redact(&summary.into()).into_owned());
+        self
+    }
+
+    /// What a person can do to finish by hand what failed, e.g. the command that deletes a
+    /// snapshot a run could not delete. Sources set it on the errors of their cleanups, so
+    /// the engine can say it without knowing the platform.
+    pub fn with_remedy(mut self, remedy: impl Into<String>) -> Self {
+        self.remote_mut().remedy = Some(remedy.into());
+        self
+    }
+
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// Changes the kind (a wrapper that knows better, e.g. a cleanup that was cancelled).
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The status code the source answered with (an HTTP status), if any.
+    pub fn status(&self) -> Option<u16> {
+        self.remote.as_ref()?.status
+    }
+
+    /// The source's error code (ARM's `error.code`), if any.
+    pub fn code(&self) -> Option<&str> {
+        self.remote.as_ref()?.code.as_deref()
+    }
+
+    /// The id of the resource the error concerns, if known.
+    pub fn resource(&self) -> Option<&str> {
+        self.remote.as_ref()?.resource.as_deref()
+    }
+
+    /// A short message without request details: the source's summary if it gave one, else
+    /// the message, else the whole line.
+    pub fn summary(&self) -> String {
+        if let Some(s) = self.remote.as_ref().and_then(|r| r.summary.as_ref()) {
+            return s.clone();
+        }
+        if !self.message.is_empty() {
+            let mut out = String::new();
+            if let Some(subject) = &self.subject {
+                out.push_str(subject);
+                out.push_str(": ");
+            }
+            out.push_str(&self.message);
+            return out;
+        }
+        self.to_string()
+    }
+
+    /// What to do by hand about it, if the source said.
+    pub fn remedy(&self) -> Option<&str> {
+        self.remote.as_ref()?.remedy.as_deref()
     }
 
     /// The file or resource this error concerns, if known.
@@ -204,6 +343,26 @@ mod tests {
         let source = std::error::Error::source(&err).expect("the cause");
         assert_eq!(source.to_string(), "HTTP 429 after 10 retries");
         assert!(err.downcast_source::<io::Error>().is_some());
+    }
+
+    #[test]
+    fn remote_details_are_kept_apart_from_the_line() {
+        let err = Error::new(ErrorKind::Conflict, "DELETE https://h/x?sig=S: HTTP 409")
+            .with_status(409)
+            .with_code("OperationNotAllowed")
+            .with_resource("/subscriptions/s/snapshots/x")
+            .with_summary("the snapshot is being exported")
+            .with_remedy("az snapshot delete --ids /subscriptions/s/snapshots/x");
+        assert_eq!(err.to_string(), "DELETE https://h/x?sig=S: HTTP 409");
+        assert_eq!(err.status(), Some(409));
+        assert_eq!(err.code(), Some("OperationNotAllowed"));
+        assert_eq!(err.resource(), Some("/subscriptions/s/snapshots/x"));
+        assert_eq!(err.summary(), "the snapshot is being exported");
+        assert!(err.remedy().unwrap().starts_with("az snapshot delete"));
+        assert_eq!(ErrorKind::NoSpace.as_str(), "no_space");
+        assert_eq!(ErrorKind::ALL.len(), 16);
+        let plain = Error::new(ErrorKind::Io, "cannot write").with_path(Path::new("a/b"));
+        assert_eq!(plain.summary(), "a/b: cannot write");
     }
 
     #[test]

@@ -57,12 +57,22 @@ impl Journal {
         let io = |what: &str, e| Error::io(what.to_string(), e).with_path(&tmp);
         let mut f = crate::fsafe::create_new(&tmp)
             .map_err(|e| io("cannot create the resume journal", e))?;
-        f.write_all(&file_bytes)
-            .map_err(|e| io("writing the resume journal", e))?;
-        f.sync_all()
-            .map_err(|e| io("syncing the resume journal", e))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::io("renaming the resume journal", e).with_path(path))?;
+        let written = f
+            .write_all(&file_bytes)
+            .map_err(|e| io("writing the resume journal", e))
+            .and_then(|()| {
+                f.sync_all()
+                    .map_err(|e| io("syncing the resume journal", e))
+            })
+            .and_then(|()| {
+                std::fs::rename(&tmp, path)
+                    .map_err(|e| Error::io("renaming the resume journal", e).with_path(path))
+            });
+        if written.is_err() {
+            // A full disk leaves no empty temporary file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
         sync_parent(path);
         Ok(())
     }

@@ -63,6 +63,7 @@ pub mod source;
 pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
+pub mod waits;
 pub mod zero;
 
 #[cfg(test)]

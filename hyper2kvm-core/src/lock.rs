@@ -54,6 +54,9 @@ pub struct LockInfo {
     pub started: u64,
     /// When it last said it is alive, seconds since the Unix epoch.
     pub heartbeat: u64,
+    /// The hyper2kvm version of the holder (absent in locks of older versions).
+    #[serde(default)]
+    pub tool_version: String,
 }
 
 impl std::fmt::Display for LockInfo {
@@ -110,6 +113,7 @@ impl LockFile {
             what: what.to_string(),
             started: now,
             heartbeat: now,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let mut taken_over = None;
         // A few rounds: a takeover may race with another process's.
@@ -300,9 +304,15 @@ fn rewrite(path: &Path, info: &LockInfo) -> io::Result<()> {
     let mut f = create_exclusive(&tmp)?;
     let mut bytes = serde_json::to_vec(info).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = f
+        .write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // A full disk must not collect empty temporary files every heartbeat.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn now_secs() -> u64 {
@@ -370,6 +380,7 @@ mod tests {
             what: String::new(),
             started: now_secs(),
             heartbeat: now_secs(),
+            tool_version: String::new(),
         };
         std::fs::write(&path, serde_json::to_vec(&dead).unwrap()).unwrap();
         let l = LockFile::acquire(&path, "run-c", "").unwrap();

@@ -81,9 +81,9 @@ impl VmRun<'_> {
                 r.tpm = Some(tpm);
                 r.nics = Some(hardware.nics.unwrap_or(1));
             }),
-            Err(e) => self.error(format!(
-                "{}: cannot write: {e}",
-                self.vp.domain_xml.display()
+            Err(e) => self.error(crate::report::ErrorRecord::of(
+                &hyper2kvm_core::Error::io("cannot write the domain", e)
+                    .with_path(&self.vp.domain_xml),
             )),
         }
     }

@@ -18,7 +18,12 @@ the VMs come from. It depends on `hyper2kvm-core` alone and runs over core's sou
   [`ExportedDisk`] cleanup) and start stopped VMs on success, failure and cancellation;
   SHA-256 of every image; the [`GuestHook`] on OS disks; a libvirt domain per VM.
 * **Reports** ([`report`]): `report.json` per VM, written as the VM goes, and
-  `run-<id>.json` for the run; their JSON shapes are documented in `docs/config.md`.
+  `run-<id>.json` for the run; their JSON shapes are documented in `docs/records.md`.
+  Errors in them are structured (kind, status, code, resource, message); what could not be
+  cleaned up is listed with the command to do it by hand. A full or read-only output
+  directory is survived as far as possible (a reserve for the records) and reported.
+* **Interruption** ([`Interrupt`]): a signal stops the work, but the run still waits for
+  its cleanups and writes records that say `interrupted` and what was undone.
 * **Errors**: a run fails as a whole only when it cannot start (a plan that cannot work, an
   output directory that cannot be made, a discovery that fails); those errors are core's
   [`Error`], whose [`ErrorKind`] keeps what the source said (credential, throttled, not
@@ -37,8 +42,10 @@ the VMs come from. It depends on `hyper2kvm-core` alone and runs over core's sou
 mod checksum;
 mod domain;
 mod guards;
+pub mod interrupt;
 pub mod options;
 pub mod plan;
+mod records;
 pub mod report;
 pub mod run;
 pub mod source;
@@ -46,14 +53,16 @@ mod time;
 mod vm;
 
 pub use hyper2kvm_core::{Error, ErrorKind, Result};
+pub use interrupt::Interrupt;
 pub use options::{EventFn, GuestHook, GuestOutcome, RunEvent, RunOptions};
 pub use plan::{
     plan, snapshot_name, DiskChoice, DiskPlan, Layout, Plan, PlanError, PlanOptions, Role,
     RunningVmPolicy, VmAction, VmPlan,
 };
 pub use report::{
-    DiskReport, DiskStatus, PowerAction, PowerRecord, ResourceKind, ResourceRecord, RunSummary,
-    VmReport, VmStatus, VmSummary,
+    CleanupAction, CleanupRecord, DiskReport, DiskStatus, ErrorRecord, PowerAction, PowerRecord,
+    ResourceKind, ResourceRecord, RunStatus, RunSummary, UnwrittenRecord, VmReport, VmStatus,
+    VmSummary, SCHEMA_VERSION, TOOL_VERSION,
 };
 pub use run::Migration;
 pub use source::Source;

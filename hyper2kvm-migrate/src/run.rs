@@ -21,18 +21,21 @@
 //!   fixed, so a half-fixed image never looks finished.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
 use hyper2kvm_core::{Cleanups, Error, ErrorKind, LockFile, PowerState, Result, Vm};
 use tokio::sync::Semaphore;
 
+use crate::guards::SharedReport;
+use crate::interrupt::Interrupt;
 use crate::options::{EventFn, RunEvent, RunOptions};
 use crate::plan::{plan, safe_name, DiskPlan, VmAction, VmPlan};
+use crate::records::Records;
 use crate::report::{
-    write_json_atomic, DiskReport, DiskStatus, PowerAction, RunSummary, VmReport, VmStatus,
-    VmSummary,
+    CleanupRecord, DiskReport, DiskStatus, ErrorRecord, PowerAction, RunStatus, RunSummary,
+    VmReport, VmStatus, VmSummary, SCHEMA_VERSION, TOOL_VERSION,
 };
 use crate::source::Source;
 use crate::time::rfc3339;
@@ -43,6 +46,18 @@ pub struct Migration {
     pub(crate) cleanups: Cleanups,
     pub(crate) opts: RunOptions,
     pub(crate) events: Option<EventFn>,
+    pub(crate) interrupt: Interrupt,
+    records: Mutex<Option<Arc<Records>>>,
+}
+
+/// One VM's outcome, before the run's cleanups are waited for: its report (still updated
+/// by background cleanups), whether its folder holds a report of this run, and its locks
+/// (released once the report is final).
+struct VmOutcome {
+    report: SharedReport,
+    write: bool,
+    started: Instant,
+    locks: Option<VmLocks>,
 }
 
 impl Migration {
@@ -54,6 +69,8 @@ impl Migration {
             cleanups,
             opts,
             events: None,
+            interrupt: Interrupt::new(),
+            records: Mutex::new(None),
         }
     }
 
@@ -63,22 +80,53 @@ impl Migration {
         self
     }
 
+    /// Lets `interrupt` stop the run: the run then undoes what it started, records what
+    /// happened (`interrupted`) and returns its summary with exit code 130; see
+    /// [`Interrupt`].
+    pub fn with_interrupt(mut self, interrupt: Interrupt) -> Self {
+        self.interrupt = interrupt;
+        self
+    }
+
     pub(crate) fn emit(&self, event: RunEvent) {
         if let Some(f) = &self.events {
             f(&event);
         }
     }
 
+    /// The run's record writer (set when the run starts).
+    pub(crate) fn records(&self) -> Arc<Records> {
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .expect("records are set when the run starts")
+    }
+
     /// Lists the VMs the source selects and migrates them: [`run`](Self::run) after
-    /// discovery. A discovery failure keeps its kind (credential, throttled, …) and cause.
+    /// discovery. A discovery failure keeps its kind (credential, throttled, …) and cause;
+    /// an interruption during discovery is a `Cancelled` error (nothing was started).
     pub async fn discover_and_run(&self) -> Result<RunSummary> {
-        let vms = self.source.vms.list_vms().await?;
+        let vms = tokio::select! {
+            vms = self.source.vms.list_vms() => vms?,
+            () = self.interrupt.interrupted() => {
+                return Err(Error::new(
+                    ErrorKind::Cancelled,
+                    format!(
+                        "interrupted ({}) while listing VMs; nothing was started",
+                        self.interrupt.reason().unwrap_or_default()
+                    ),
+                ))
+            }
+        };
         self.run(&vms).await
     }
 
     /// Migrates `vms` (as discovered) and returns the summary, also written to
     /// `<output dir>/run-<run id>.json`. Fails only when the run cannot start (a plan error,
     /// an output directory that cannot be made); every VM's own failure is in its report.
+    /// Records that cannot be written (a read-only or full output directory) are listed in
+    /// the summary's `records_not_written`, and the exit code is then not 0.
     pub async fn run(&self, vms: &[Vm]) -> Result<RunSummary> {
         let started_at = SystemTime::now();
         let started = Instant::now();
@@ -88,23 +136,30 @@ impl Migration {
                 "the selection matched no VM, so nothing would be migrated; check the selection, or allow an empty run (--allow-empty)",
             ));
         }
-        let plan = plan(vms, &self.opts.plan).map_err(|e| {
+        // Records name absolute paths: they are read from elsewhere (scripts, other hosts).
+        let mut plan_opts = self.opts.plan.clone();
+        plan_opts.dir = std::path::absolute(&plan_opts.dir).map_err(|e| {
+            Error::io("cannot resolve the output directory", e).with_path(&plan_opts.dir)
+        })?;
+        let plan = plan(vms, &plan_opts).map_err(|e| {
             Error::new(ErrorKind::InvalidArgument, "the plan cannot work").with_source(e)
         })?;
-        std::fs::create_dir_all(&self.opts.plan.dir).map_err(|e| {
+        std::fs::create_dir_all(&plan_opts.dir).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidArgument,
                 format!(
                     "{}: cannot create the output directory",
-                    self.opts.plan.dir.display()
+                    plan_opts.dir.display()
                 ),
             )
             .with_source(e)
         })?;
+        let records = Arc::new(Records::new(&plan_opts.dir, &plan.run_id));
+        *self.records.lock().unwrap_or_else(|e| e.into_inner()) = Some(records.clone());
         self.emit(RunEvent::RunStarted {
             run_id: plan.run_id.clone(),
             vms: plan.vms.len(),
-            dir: self.opts.plan.dir.clone(),
+            dir: plan_opts.dir.clone(),
             bytes: plan.total_bytes(),
         });
         let vm_slots = Semaphore::new(self.opts.parallel_vms.max(1));
@@ -112,18 +167,60 @@ impl Migration {
         let work = plan.vms.iter().zip(vms).map(|(vp, vm)| {
             let (vm_slots, disk_slots) = (&vm_slots, &disk_slots);
             async move {
-                let _slot = vm_slots.acquire().await.expect("never closed");
-                self.migrate_vm(vm, vp, disk_slots).await
+                let slot = tokio::select! {
+                    slot = vm_slots.acquire() => slot.ok(),
+                    () = self.interrupt.interrupted() => None,
+                };
+                match slot {
+                    Some(slot) => {
+                        let outcome = self.migrate_vm(vm, vp, disk_slots).await;
+                        drop(slot);
+                        outcome
+                    }
+                    None => self.not_started(vm, vp),
+                }
             }
         });
-        let reports = join_all(work).await;
-        let cleanup_errors: Vec<String> = self
+        let outcomes = join_all(work).await;
+        let interrupted_by = self.interrupt.reason();
+        if interrupted_by.is_some() {
+            // Said now, in case the cleanups below never end (a second signal).
+            for (vp, o) in plan.vms.iter().zip(&outcomes).filter(|(_, o)| o.write) {
+                let report = o.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let _ = records.try_write(&vp.report, &report);
+            }
+        }
+        // Background cleanups (guards dropped on failures and interruptions) record their
+        // outcome in the VMs' reports; what fails without a VM to tell is the run's.
+        let orphans: Vec<CleanupRecord> = self
             .cleanups
             .wait_all()
             .await
-            .into_iter()
-            .map(|e| e.to_string())
+            .iter()
+            .map(|e| {
+                tracing::warn!("cleanup failed: {e}");
+                CleanupRecord::of(None, None, None, e)
+            })
             .collect();
+        let mut reports = Vec::new();
+        for (vp, o) in plan.vms.iter().zip(outcomes) {
+            let mut report = o.report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if report.finished_at.is_none() {
+                report.finished_at = Some(rfc3339(SystemTime::now()));
+                report.seconds = o.started.elapsed().as_secs_f64();
+            }
+            // Background cleanups may have failed since: a VM with a cleanup error is not
+            // completed.
+            report.status = final_status(&report);
+            if o.write && vp.dir.exists() {
+                if let Err(e) = records.write(&vp.report, &report) {
+                    tracing::debug!("{}: cannot write the report: {e}", vp.report.display());
+                }
+            }
+            // Released only once the report is final.
+            drop(o.locks);
+            reports.push(report);
+        }
         let lines: Vec<VmSummary> = plan
             .vms
             .iter()
@@ -137,15 +234,27 @@ impl Migration {
                 bytes_downloaded: r.bytes_downloaded(),
                 seconds: r.seconds,
                 report: vp.report.clone(),
-                error: r.errors.first().cloned(),
+                error: r
+                    .errors
+                    .first()
+                    .cloned()
+                    .or_else(|| r.cleanup_errors.first().map(|c| c.error.clone())),
             })
             .collect();
-        let mut exit_code = RunSummary::exit_code_for(&lines);
-        if exit_code == 0 && !cleanup_errors.is_empty() {
-            exit_code = 3;
-        }
-        let summary = RunSummary {
+        let cleanup_errors: Vec<CleanupRecord> = reports
+            .iter()
+            .flat_map(|r| r.cleanup_errors.iter().cloned())
+            .chain(orphans)
+            .collect();
+        let path = plan_opts.dir.join(format!("run-{}.json", plan.run_id));
+        let mut summary = RunSummary {
+            tool_version: TOOL_VERSION.to_string(),
+            schema_version: SCHEMA_VERSION,
             run_id: plan.run_id.clone(),
+            status: RunStatus::Completed,
+            interrupted_by: interrupted_by.clone(),
+            output_dir: plan_opts.dir.clone(),
+            summary: path.clone(),
             started_at: rfc3339(started_at),
             finished_at: rfc3339(SystemTime::now()),
             seconds: started.elapsed().as_secs_f64(),
@@ -160,59 +269,44 @@ impl Migration {
             bytes_downloaded: lines.iter().map(|l| l.bytes_downloaded).sum(),
             vms: lines,
             cleanup_errors,
-            exit_code,
+            records_not_written: Vec::new(),
+            exit_code: 0,
         };
-        let path = self.opts.plan.dir.join(format!("run-{}.json", plan.run_id));
-        write_json_atomic(&path, &summary)
-            .map_err(|e| Error::io("cannot write the run summary", e).with_path(&path))?;
+        summary.records_not_written = records.unwritten();
+        summary.settle();
+        if let Err(e) = records.write(&path, &summary) {
+            tracing::debug!("{}: cannot write the run summary: {e}", path.display());
+            // The summary returned says so, though the file cannot.
+            summary.records_not_written = records.unwritten();
+            summary.settle();
+        }
         Ok(summary)
     }
 
-    /// The VM's two locks: one for the VM itself in `<output.dir>/.locks/` (two runs must
-    /// not export, snapshot or revoke the same disks, whatever folders they write to), one
-    /// for its folder (two VMs of two runs may map to the same folder). A lock held by
-    /// another run is an error naming it; a stale one is taken over with a warning.
-    fn lock_vm(&self, vm: &Vm, vp: &VmPlan) -> std::result::Result<VmLocks, String> {
-        let run_id = &self.opts.plan.run_id;
-        let what = format!("migrating VM {}/{}", vm.resource_group, vm.name);
-        let locks_dir = self.opts.plan.dir.join(".locks");
-        std::fs::create_dir_all(&locks_dir)
-            .and_then(|()| std::fs::create_dir_all(&vp.dir))
-            .map_err(|e| format!("cannot create the lock folders: {e}"))?;
-        let key = format!(
-            "{}-{:016x}.lock",
-            safe_name(&vm.name),
-            fnv1a(vm.id.to_ascii_lowercase().as_bytes())
+    /// A VM the run never started (interrupted first): nothing of its folder is touched.
+    fn not_started(&self, vm: &Vm, vp: &VmPlan) -> VmOutcome {
+        let why = format!(
+            "not started: the run was interrupted ({}) first",
+            self.interrupt.reason().unwrap_or_default()
         );
-        let vm_lock = LockFile::acquire(&locks_dir.join(key), run_id, &what)
-            .map_err(|e| format!("skipped, another run is migrating this VM: {e}"))?;
-        let dir_lock = LockFile::acquire(&vp.dir.join(".hyper2kvm.lock"), run_id, &what)
-            .map_err(|e| format!("skipped, another run is writing this VM's folder: {e}"))?;
-        let warnings = [&vm_lock, &dir_lock]
-            .iter()
-            .filter_map(|l| {
-                l.taken_over()
-                    .map(|h| format!("{}: took over a stale lock of {h}", l.path().display()))
-            })
-            .collect();
-        Ok(VmLocks {
-            _held: [vm_lock, dir_lock],
-            warnings,
-        })
+        let mut report = self.bare_report(vm, vp, VmStatus::Interrupted);
+        report
+            .errors
+            .push(ErrorRecord::new(ErrorKind::Cancelled, why));
+        VmOutcome {
+            report: Arc::new(Mutex::new(report)),
+            write: false,
+            started: Instant::now(),
+            locks: None,
+        }
     }
 
-    /// The report of a VM another run holds: nothing of its folder is read or written.
-    fn locked_report(&self, vm: &Vm, vp: &VmPlan, why: String) -> VmReport {
-        self.emit(RunEvent::Step {
-            vm: vm.name.clone(),
-            message: why.clone(),
-        });
-        self.emit(RunEvent::VmFinished {
-            vm: vm.name.clone(),
-            status: VmStatus::Locked,
-        });
+    /// A finished report of `vm` that did nothing.
+    fn bare_report(&self, vm: &Vm, vp: &VmPlan, status: VmStatus) -> VmReport {
         let now = rfc3339(SystemTime::now());
         VmReport {
+            tool_version: TOOL_VERSION.to_string(),
+            schema_version: SCHEMA_VERSION,
             run_id: self.opts.plan.run_id.clone(),
             vm_id: vm.id.clone(),
             name: vm.name.clone(),
@@ -223,7 +317,7 @@ impl Migration {
             os_type: vm.os_type.as_str().to_string(),
             power_state_before: vm.power_state.to_string(),
             action: vp.action.to_string(),
-            status: VmStatus::Locked,
+            status,
             started_at: now.clone(),
             finished_at: Some(now),
             seconds: 0.0,
@@ -238,17 +332,89 @@ impl Migration {
             power: Vec::new(),
             guest: None,
             warnings: Vec::new(),
-            errors: vec![why],
+            errors: Vec::new(),
+            cleanup_errors: Vec::new(),
+        }
+    }
+
+    /// The VM's two locks: one for the VM itself in `<output.dir>/.locks/` (two runs must
+    /// not export, snapshot or revoke the same disks, whatever folders they write to), one
+    /// for its folder (two VMs of two runs may map to the same folder). A lock held by
+    /// another run is an error naming it; a stale one is taken over with a warning.
+    fn lock_vm(
+        &self,
+        vm: &Vm,
+        vp: &VmPlan,
+    ) -> std::result::Result<VmLocks, (VmStatus, ErrorRecord)> {
+        let run_id = &self.opts.plan.run_id;
+        let what = format!("migrating VM {}/{}", vm.resource_group, vm.name);
+        let locks_dir = self.opts.plan.dir.join(".locks");
+        // Only a lock another run holds makes the VM `locked`; a lock that cannot be
+        // written (a read-only or full output directory) fails it.
+        let failed = |e: Error, context: &str| {
+            let status = if e.kind() == ErrorKind::Conflict {
+                VmStatus::Locked
+            } else {
+                VmStatus::Failed
+            };
+            (status, ErrorRecord::of(&e).context(context))
+        };
+        std::fs::create_dir_all(&locks_dir)
+            .map_err(|e| Error::io("cannot create the lock folder", e).with_path(&locks_dir))
+            .and_then(|()| {
+                std::fs::create_dir_all(&vp.dir)
+                    .map_err(|e| Error::io("cannot create the VM's folder", e).with_path(&vp.dir))
+            })
+            .map_err(|e| failed(e, "cannot lock the VM"))?;
+        let key = format!(
+            "{}-{:016x}.lock",
+            safe_name(&vm.name),
+            fnv1a(vm.id.to_ascii_lowercase().as_bytes())
+        );
+        let vm_lock = LockFile::acquire(&locks_dir.join(key), run_id, &what)
+            .map_err(|e| failed(e, "skipped, another run is migrating this VM"))?;
+        let dir_lock = LockFile::acquire(&vp.dir.join(".hyper2kvm.lock"), run_id, &what)
+            .map_err(|e| failed(e, "skipped, another run is writing this VM's folder"))?;
+        let warnings = [&vm_lock, &dir_lock]
+            .iter()
+            .filter_map(|l| {
+                l.taken_over()
+                    .map(|h| format!("{}: took over a stale lock of {h}", l.path().display()))
+            })
+            .collect();
+        Ok(VmLocks {
+            _held: [vm_lock, dir_lock],
+            warnings,
+        })
+    }
+
+    /// The report of a VM another run holds: nothing of its folder is read or written.
+    fn locked_report(&self, vm: &Vm, vp: &VmPlan, status: VmStatus, why: ErrorRecord) -> VmOutcome {
+        self.emit(RunEvent::Step {
+            vm: vm.name.clone(),
+            message: why.message.clone(),
+        });
+        self.emit(RunEvent::VmFinished {
+            vm: vm.name.clone(),
+            status,
+        });
+        let mut report = self.bare_report(vm, vp, status);
+        report.errors.push(why);
+        VmOutcome {
+            report: Arc::new(Mutex::new(report)),
+            write: false,
+            started: Instant::now(),
+            locks: None,
         }
     }
 
     /// One VM, start to end. Never fails: what goes wrong is in the report.
-    async fn migrate_vm(&self, vm: &Vm, vp: &VmPlan, disk_slots: &Semaphore) -> VmReport {
+    async fn migrate_vm(&self, vm: &Vm, vp: &VmPlan, disk_slots: &Semaphore) -> VmOutcome {
         let started = Instant::now();
         // Nothing of the VM is read or written before its locks are held.
         let locks = match self.lock_vm(vm, vp) {
             Ok(l) => l,
-            Err(why) => return self.locked_report(vm, vp, why),
+            Err((status, why)) => return self.locked_report(vm, vp, status, why),
         };
         let previous = VmReport::load(&vp.report);
         // A report that exists but cannot be read may record snapshots a killed run left:
@@ -268,7 +434,9 @@ impl Migration {
             });
         }
         let owed = owes_start(previous.as_ref(), self.opts.plan.restart, vm);
-        let report = Mutex::new(VmReport {
+        let report = Arc::new(Mutex::new(VmReport {
+            tool_version: TOOL_VERSION.to_string(),
+            schema_version: SCHEMA_VERSION,
             run_id: self.opts.plan.run_id.clone(),
             vm_id: vm.id.clone(),
             name: vm.name.clone(),
@@ -315,7 +483,8 @@ impl Migration {
             guest: None,
             warnings: locks.warnings.iter().cloned().chain(set_aside).collect(),
             errors: Vec::new(),
-        });
+            cleanup_errors: Vec::new(),
+        }));
         self.emit(RunEvent::VmStarted {
             vm: vm.name.clone(),
             action: vp.action.to_string(),
@@ -328,13 +497,11 @@ impl Migration {
             report: &report,
             previous: previous.as_ref(),
         };
+        let mut interrupted = false;
         if let Err(e) = std::fs::create_dir_all(&vp.dir) {
-            vm_run.update(|r| {
-                r.errors.push(format!(
-                    "{}: cannot create the folder: {e}",
-                    vp.dir.display()
-                ))
-            });
+            vm_run.error(ErrorRecord::of(
+                &Error::io("cannot create the VM's folder", e).with_path(&vp.dir),
+            ));
         } else if let VmAction::Refused { reason } = &vp.action {
             // A refused VM gets a folder too, holding the report that says why.
             vm_run.update(|r| {
@@ -343,27 +510,40 @@ impl Migration {
             });
         } else {
             vm_run.save();
-            vm_run.migrate(disk_slots).await;
+            // Interrupted, the VM's work is dropped where it is: its guards hand their
+            // cleanups to the background, and those record what they did in the report.
+            interrupted = tokio::select! {
+                () = vm_run.migrate(disk_slots) => false,
+                () = self.interrupt.interrupted() => true,
+            };
         }
-        let mut final_report = report.into_inner().unwrap_or_else(|e| e.into_inner());
-        final_report.status = final_status(&final_report);
-        final_report.finished_at = Some(rfc3339(SystemTime::now()));
-        final_report.seconds = started.elapsed().as_secs_f64();
-        if vp.dir.exists() {
-            if let Err(e) = write_json_atomic(&vp.report, &final_report) {
-                final_report.errors.push(format!(
-                    "{}: cannot write the report: {e}",
-                    vp.report.display()
+        let status = vm_run.update(|r| {
+            if interrupted {
+                r.status = VmStatus::Interrupted;
+                r.errors.push(ErrorRecord::new(
+                    ErrorKind::Cancelled,
+                    format!(
+                        "interrupted ({}); partial images are kept for the next run",
+                        self.interrupt.reason().unwrap_or_default()
+                    ),
                 ));
+            } else {
+                r.status = final_status(r);
             }
-        }
+            r.finished_at = Some(rfc3339(SystemTime::now()));
+            r.seconds = started.elapsed().as_secs_f64();
+            r.status
+        });
         self.emit(RunEvent::VmFinished {
             vm: vm.name.clone(),
-            status: final_report.status,
+            status,
         });
-        // Released only once the report is final.
-        drop(locks);
-        final_report
+        VmOutcome {
+            report,
+            write: true,
+            started,
+            locks: Some(locks),
+        }
     }
 }
 
@@ -425,11 +605,14 @@ fn pending_disk(d: &DiskPlan) -> DiskReport {
 }
 
 fn final_status(r: &VmReport) -> VmStatus {
-    if matches!(r.status, VmStatus::Refused | VmStatus::Locked) {
+    if matches!(
+        r.status,
+        VmStatus::Refused | VmStatus::Locked | VmStatus::Interrupted
+    ) {
         return r.status;
     }
     let done = r.disks_done();
-    if done == r.disks.len() && r.errors.is_empty() {
+    if done == r.disks.len() && r.errors.is_empty() && r.cleanup_errors.is_empty() {
         VmStatus::Completed
     } else if done > 0 {
         VmStatus::Partial

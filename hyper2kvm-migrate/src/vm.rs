@@ -4,20 +4,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
 use hyper2kvm_core::journal::journal_path;
-use hyper2kvm_core::{convert, ConvertOptions, Disk, DiskRole, OutputFormat, Result, Vm};
+use hyper2kvm_core::{convert, ConvertOptions, Disk, DiskRole, ErrorKind, OutputFormat, Vm};
 use tokio::sync::Semaphore;
 
 use crate::checksum::sha256_file;
-use crate::guards::{CopyGuard, StartGuard};
+use crate::guards::{record_cleanup_failure, CopyGuard, SharedReport, StartGuard};
 use crate::options::RunEvent;
 use crate::plan::{snapshot_name, DiskPlan, VmAction, VmPlan};
 use crate::report::{
-    write_json_atomic, DiskStatus, PowerAction, PowerRecord, ResourceKind, ResourceRecord, VmReport,
+    CleanupAction, DiskStatus, ErrorRecord, PowerAction, PowerRecord, ResourceKind, ResourceRecord,
+    VmReport,
 };
 use crate::run::{owes_start, Migration};
 use crate::time::rfc3339;
@@ -27,7 +28,7 @@ pub(crate) struct VmRun<'a> {
     pub(crate) m: &'a Migration,
     pub(crate) vm: &'a Vm,
     pub(crate) vp: &'a VmPlan,
-    pub(crate) report: &'a Mutex<VmReport>,
+    pub(crate) report: &'a SharedReport,
     pub(crate) previous: Option<&'a VmReport>,
 }
 
@@ -39,7 +40,9 @@ impl VmRun<'_> {
     /// Writes the report as it stands (best effort: the final write reports failures).
     pub(crate) fn save(&self) {
         let snapshot = self.update(|r| r.clone());
-        let _ = write_json_atomic(&self.vp.report, &snapshot);
+        if let Err(e) = self.m.records().try_write(&self.vp.report, &snapshot) {
+            tracing::debug!("{}: cannot write the report: {e}", self.vp.report.display());
+        }
     }
 
     fn step(&self, message: String) {
@@ -49,8 +52,8 @@ impl VmRun<'_> {
         });
     }
 
-    pub(crate) fn error(&self, message: String) {
-        self.update(|r| r.errors.push(message));
+    pub(crate) fn error(&self, record: ErrorRecord) {
+        self.update(|r| r.errors.push(record));
     }
 
     pub(crate) fn warn(&self, message: String) {
@@ -91,11 +94,14 @@ impl VmRun<'_> {
                     // Never overwrite, never pass off another disk's image as this one's.
                     self.fail_disks(
                         &[i],
-                        &format!(
-                            "{}: is the image of another disk ({}); move it away to migrate {}",
-                            d.output.display(),
-                            other.id,
-                            d.id
+                        ErrorRecord::new(
+                            ErrorKind::InvalidArgument,
+                            format!(
+                                "{}: is the image of another disk ({}); move it away to migrate {}",
+                                d.output.display(),
+                                other.id,
+                                d.id
+                            ),
                         ),
                     );
                     continue;
@@ -116,11 +122,13 @@ impl VmRun<'_> {
                         }
                         Err(e) => self.fail_disks(
                             &[i],
-                            &format!(
-                                "{}: {why}, and it cannot be moved aside: {e}; move it away to migrate {}",
-                                d.output.display(),
-                                d.id
-                            ),
+                            ErrorRecord::of(&hyper2kvm_core::Error::io(
+                                format!(
+                                    "{why}, and it cannot be moved aside; move it away to migrate {}",
+                                    d.id
+                                ),
+                                e,
+                            ).with_path(&d.output)),
                         ),
                     }
                     continue;
@@ -156,16 +164,16 @@ impl VmRun<'_> {
             match &self.m.source.power {
                 Some(power) => {
                     self.warn("an earlier run stopped or deallocated this VM and was interrupted before starting it again; starting it now".into());
-                    power_back = Some(StartGuard::new(power, self.vm, &self.m.cleanups));
+                    power_back = Some(StartGuard::new(power, self.vm, &self.m.cleanups, self.report));
                 }
                 None => self.warn("an earlier run stopped or deallocated this VM and was interrupted before starting it again; this source cannot start it: start it by hand".into()),
             }
         }
         if let Some(guard) = power_back {
             self.step("starting the VM again".into());
-            let at = rfc3339(SystemTime::now());
-            let outcome = guard.start().await;
-            self.record_power(PowerAction::Start, at, &outcome);
+            // Recorded by the guard (power, and cleanup_errors if it fails).
+            let _ = guard.start().await;
+            self.save();
         }
         // 5. Guest fix-ups on the OS disk, then its final name.
         for i in converted {
@@ -198,26 +206,29 @@ impl VmRun<'_> {
         };
         let platform = self.m.source.vms.platform();
         if power.is_some() && self.m.source.power.is_none() {
-            self.fail_disks(pending, &format!("the VM is {}, and this source ({platform}) cannot stop or deallocate VMs: stop it by hand, or choose running_vm: snapshot or refuse", self.vm.power_state));
+            self.fail_disks(pending, ErrorRecord::new(ErrorKind::Unsupported, format!("the VM is {}, and this source ({platform}) cannot stop or deallocate VMs: stop it by hand, or choose running_vm: snapshot or refuse", self.vm.power_state)));
             return Vec::new();
         }
         if through_snapshots && self.m.source.copies.is_none() {
-            self.fail_disks(pending, &format!("the VM is {}, and this source ({platform}) cannot take snapshots: deallocate it first, or choose running_vm: deallocate or refuse", self.vm.power_state));
+            self.fail_disks(pending, ErrorRecord::new(ErrorKind::Unsupported, format!("the VM is {}, and this source ({platform}) cannot take snapshots: deallocate it first, or choose running_vm: deallocate or refuse", self.vm.power_state)));
             return Vec::new();
         }
         if let (Some(action), Some(control)) = (power, &self.m.source.power) {
-            let guard = restart.then(|| StartGuard::new(control, self.vm, &self.m.cleanups));
+            let guard =
+                restart.then(|| StartGuard::new(control, self.vm, &self.m.cleanups, self.report));
             self.step(format!("{action} (waiting for it)"));
-            let at = rfc3339(SystemTime::now());
+            // Recorded before it is sent: interrupted before the answer, the report says
+            // it was sent and may have happened.
+            let index = self.pending_power(action);
             let outcome = if action == PowerAction::Deallocate {
                 control.deallocate(self.vm).await
             } else {
                 control.stop(self.vm).await
             };
-            self.record_power(action, at, &outcome);
+            self.answered_power(index, &outcome);
             *power_back = guard;
             if let Err(e) = outcome {
-                self.fail_disks(pending, &format!("{action} failed: {e}"));
+                self.fail_disks(pending, ErrorRecord::of(&e).context(action.as_str()));
                 return Vec::new();
             }
         }
@@ -225,17 +236,18 @@ impl VmRun<'_> {
         if through_snapshots {
             match self.take_snapshots(pending, snapshots).await {
                 Ok(s) => sources = s,
-                Err(e) => {
-                    self.fail_disks(pending, &e);
+                Err(errors) => {
+                    let first = errors[0].clone();
+                    self.update(|r| r.errors.extend(errors));
+                    self.fail_disks(pending, first);
                     return Vec::new();
                 }
             }
             if power == Some(PowerAction::PowerOff) {
                 if let Some(guard) = power_back.take() {
                     self.step("snapshots taken; starting the VM again".into());
-                    let at = rfc3339(SystemTime::now());
-                    let outcome = guard.start().await;
-                    self.record_power(PowerAction::Start, at, &outcome);
+                    let _ = guard.start().await;
+                    self.save();
                 }
             }
         } else {
@@ -259,7 +271,7 @@ impl VmRun<'_> {
         &self,
         pending: &[usize],
         guards: &mut Vec<CopyGuard>,
-    ) -> std::result::Result<HashMap<usize, Disk>, String> {
+    ) -> std::result::Result<HashMap<usize, Disk>, Vec<ErrorRecord>> {
         let copies = self
             .m
             .source
@@ -306,7 +318,7 @@ impl VmRun<'_> {
                             x.created = true;
                         }
                     });
-                    guards.push(CopyGuard::new(copies, &id, &self.m.cleanups));
+                    guards.push(CopyGuard::new(copies, &id, &self.m.cleanups, self.report));
                     sources.insert(i, copies.as_disk(&source_disk(d), &id));
                 }
                 None => to_create.push(i),
@@ -350,7 +362,7 @@ impl VmRun<'_> {
         tags.insert("hyper2kvm-vm".to_string(), self.vm.name.clone());
         let creates = planned.iter().map(|(i, id)| {
             // Armed before the request: a create that times out may still have happened.
-            let guard = CopyGuard::new(copies, id, &self.m.cleanups);
+            let guard = CopyGuard::new(copies, id, &self.m.cleanups, self.report);
             let disk = source_disk(&self.vp.disks[*i]);
             let tags = &tags;
             async move {
@@ -371,12 +383,13 @@ impl VmRun<'_> {
                     });
                     sources.insert(*i, copies.as_disk(&source_disk(&self.vp.disks[*i]), id));
                 }
-                Err(e) => failed.push(format!("snapshot {}: {e}", last_segment(id))),
+                Err(e) => failed
+                    .push(ErrorRecord::of(&e).context(&format!("snapshot {}", last_segment(id)))),
             }
         }
         self.save();
         if !failed.is_empty() {
-            return Err(failed.join("; "));
+            return Err(failed);
         }
         Ok(sources)
     }
@@ -413,13 +426,17 @@ impl VmRun<'_> {
                 ..self.m.opts.convert.clone()
             };
             let stats = convert(reader, &self.staging(i), &opts, progress).await;
-            // Revoke now, whatever happened; a failed revoke is an error of its own.
+            // Revoke now, whatever happened; a failed revoke is a cleanup error of its own.
             let revoked = exported.close().await;
-            let stats = stats?;
             if let Err(e) = revoked {
-                self.error(format!("{}: revoking access failed: {e}", d.name));
+                record_cleanup_failure(
+                    self.report,
+                    CleanupAction::RevokeAccess,
+                    &exported_from,
+                    &e,
+                );
             }
-            Ok::<_, hyper2kvm_core::Error>(stats)
+            stats
         }
         .await;
         // The download is over: the checksum below does not hold up other disks.
@@ -439,9 +456,10 @@ impl VmRun<'_> {
                     dr.image_bytes = s.bytes_written;
                 }
                 Err(e) => {
+                    let record = ErrorRecord::of(&e);
                     dr.status = DiskStatus::Failed;
-                    dr.error = Some(e.to_string());
-                    r.errors.push(format!("{}: {e}", d.name));
+                    dr.error = Some(record.clone());
+                    r.errors.push(record.context(&d.name));
                 }
             }
             r.disks[i].clone()
@@ -596,22 +614,23 @@ impl VmRun<'_> {
         if let Some(e) = outcome.error {
             self.update(|r| {
                 r.disks[i].status = DiskStatus::Failed;
-                r.disks[i].error = Some(format!("guest fix-ups: {e}"));
-                r.errors.push(format!(
+                r.disks[i].error = Some(ErrorRecord::new(ErrorKind::Guest, format!("guest fix-ups: {e}")));
+                r.errors.push(ErrorRecord::new(ErrorKind::Guest, format!(
                     "{}: guest fix-ups failed, the converted image is kept as {} and a new run retries them: {e}",
                     d.name,
                     staged.display()
-                ));
+                )));
             });
             return;
         }
         if let Err(e) = std::fs::rename(&staged, &d.output) {
+            let record = ErrorRecord::of(
+                &hyper2kvm_core::Error::io("cannot rename to its final name", e).with_path(&staged),
+            );
             self.update(|r| {
                 r.disks[i].status = DiskStatus::Failed;
-                r.errors.push(format!(
-                    "{}: cannot rename to its final name: {e}",
-                    staged.display()
-                ));
+                r.disks[i].error = Some(record.clone());
+                r.errors.push(record);
             });
             return;
         }
@@ -639,7 +658,7 @@ impl VmRun<'_> {
         match &self.m.source.copies {
             Some(copies) => {
                 for id in leftovers {
-                    guards.push(CopyGuard::new(copies, &id, &self.m.cleanups));
+                    guards.push(CopyGuard::new(copies, &id, &self.m.cleanups, self.report));
                 }
             }
             None => {
@@ -666,47 +685,50 @@ impl VmRun<'_> {
             return;
         }
         self.step(format!("deleting {} snapshot(s)", guards.len()));
-        let deletes = guards.into_iter().map(|g| async move {
-            let id = g.id.clone();
-            (id, g.delete().await)
-        });
-        for (id, outcome) in join_all(deletes).await {
-            match outcome {
-                Ok(()) => self.update(|r| {
-                    if let Some(x) = r.resources.iter_mut().find(|x| x.id == id) {
-                        x.deleted_at = Some(rfc3339(SystemTime::now()));
-                    }
-                }),
-                Err(e) => self.error(format!(
-                    "snapshot {id} was not deleted, delete it by hand: {e}"
-                )),
-            }
-        }
+        // Each guard records its outcome: `deleted_at`, or a cleanup error saying what to do.
+        join_all(guards.into_iter().map(CopyGuard::delete)).await;
         self.save();
     }
 
-    fn record_power(&self, action: PowerAction, at: String, outcome: &Result<()>) {
-        self.update(|r| {
+    /// Records `action` as sent, not yet answered; returns its index in `power`.
+    fn pending_power(&self, action: PowerAction) -> usize {
+        let index = self.update(|r| {
             r.power.push(PowerRecord {
                 action,
-                at,
-                ok: outcome.is_ok(),
+                at: rfc3339(SystemTime::now()),
+                ok: false,
+                error: Some(ErrorRecord::new(
+                    ErrorKind::Cancelled,
+                    "no answer yet: the run stopped while waiting, so it may have happened",
+                )),
             });
+            r.power.len() - 1
+        });
+        self.save();
+        index
+    }
+
+    /// Records the answer to the power operation at `index`.
+    fn answered_power(&self, index: usize, outcome: &hyper2kvm_core::Result<()>) {
+        self.update(|r| {
+            let p = &mut r.power[index];
+            p.ok = outcome.is_ok();
+            p.error = outcome.as_ref().err().map(ErrorRecord::of);
             if let Err(e) = outcome {
-                r.errors.push(format!("{action}: {e}"));
+                r.errors.push(ErrorRecord::of(e).context(p.action.as_str()));
             }
         });
         self.save();
     }
 
-    fn fail_disks(&self, disks: &[usize], why: &str) {
+    fn fail_disks(&self, disks: &[usize], why: ErrorRecord) {
         self.update(|r| {
             for &i in disks {
                 r.disks[i].status = DiskStatus::Failed;
-                r.disks[i].error = Some(why.to_string());
+                r.disks[i].error = Some(why.clone());
             }
-            if !r.errors.iter().any(|e| e.contains(why)) {
-                r.errors.push(why.to_string());
+            if !r.errors.iter().any(|e| e.detail.contains(&why.detail)) {
+                r.errors.push(why);
             }
         });
     }

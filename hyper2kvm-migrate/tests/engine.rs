@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use fake::FakeCloud;
 use hyper2kvm_core::{Cleanups, ErrorKind, PowerState};
 use hyper2kvm_migrate::{
-    DiskStatus, Migration, RunEvent, RunOptions, RunSummary, RunningVmPolicy, Source, VmStatus,
+    DiskStatus, Interrupt, Migration, RunEvent, RunOptions, RunStatus, RunSummary, RunningVmPolicy,
+    Source, VmStatus,
 };
 use serde_json::Value;
 use support::{assert_image_matches, Scratch};
@@ -179,7 +180,8 @@ async fn a_failed_disk_still_deletes_snapshots_and_revokes_grants() {
     let disks = rep["disks"].as_array().unwrap();
     assert_eq!(disks[0]["status"], "completed");
     assert_eq!(disks[1]["status"], "failed");
-    assert!(disks[1]["error"]
+    assert_eq!(disks[1]["error"]["kind"], "integrity", "{rep}");
+    assert!(disks[1]["error"]["detail"]
         .as_str()
         .unwrap()
         .contains("checksum mismatch"));
@@ -325,6 +327,90 @@ async fn a_cancelled_run_deletes_snapshots_revokes_grants_and_restarts_the_vm() 
     assert_eq!((cloud.open_grants(), cloud.snapshots_alive()), (0, 0));
 }
 
+/// An interrupted run (SIGTERM in the CLI) still undoes what it started and says so: the
+/// snapshots carry `deleted_at`, the start it owed is recorded, the VM is `interrupted`,
+/// and `run-<id>.json` exists with exit code 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_records_what_it_undid() {
+    let scratch = Scratch::new("engine-interrupt");
+    let out = scratch.path("out");
+    let cleanups = Cleanups::new();
+    let cloud = FakeCloud::new(&cleanups);
+    cloud.add_vm("api", PowerState::Running, 1);
+    cloud.state.lock().unwrap().hang_reads = true;
+    let mut opts = options(&out, RunningVmPolicy::Stop);
+    opts.plan.restart = true;
+    let interrupt = Interrupt::new();
+    let task = {
+        let (cloud, cleanups, interrupt) = (cloud.clone(), cleanups.clone(), interrupt.clone());
+        tokio::spawn(async move {
+            let source = Source::full(Arc::new(cloud.clone()));
+            Migration::new(source, cleanups, opts)
+                .with_interrupt(interrupt)
+                .discover_and_run()
+                .await
+        })
+    };
+    let started = Instant::now();
+    while cloud.open_grants() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no export started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    interrupt.interrupt("SIGTERM");
+    let summary = task
+        .await
+        .unwrap()
+        .expect("an interrupted run still sums up");
+    assert_eq!(summary.exit_code, 130, "{summary:?}");
+    assert_eq!(summary.status, RunStatus::Interrupted);
+    assert_eq!(summary.interrupted_by.as_deref(), Some("SIGTERM"));
+    assert!(summary.cleanup_errors.is_empty(), "{summary:?}");
+    assert_eq!(summary.vms[0].status, VmStatus::Interrupted);
+    assert!(summary.vms[0].report.is_absolute());
+    // Everything was undone before the run returned.
+    assert_eq!((cloud.open_grants(), cloud.snapshots_alive()), (0, 0));
+    let run_file: Value = serde_json::from_slice(
+        &std::fs::read(out.join("run-h2k-test.json")).expect("run-<id>.json is written"),
+    )
+    .unwrap();
+    assert_eq!(run_file["status"], "interrupted");
+    assert_eq!(run_file["exit_code"], 130);
+    assert_eq!(run_file["schema_version"], 2);
+    assert!(run_file["tool_version"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    let rep = report(&out, "api");
+    assert_eq!(rep["status"], "interrupted", "{rep}");
+    assert_eq!(rep["errors"][0]["kind"], "cancelled", "{rep}");
+    let resources = rep["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 2);
+    assert!(
+        resources.iter().all(|r| r["deleted_at"].is_string()),
+        "snapshots deleted in the background are recorded as deleted: {rep}"
+    );
+    let actions: Vec<&str> = rep["power"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["power_off", "start"], "{rep}");
+    let tmp = std::fs::read_dir(out.join("api"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
+        .count();
+    assert_eq!(tmp, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_without_snapshots_fails_running_vms_with_a_reason() {
     let scratch = Scratch::new("engine-caps");
@@ -347,10 +433,11 @@ async fn a_source_without_snapshots_fails_running_vms_with_a_reason() {
     let live = report(&out, "live");
     assert_eq!(live["status"], "failed");
     assert!(
-        live["errors"][0]
+        live["errors"][0]["message"]
             .as_str()
             .unwrap()
-            .contains("cannot take snapshots"),
+            .contains("cannot take snapshots")
+            && live["errors"][0]["kind"] == "unsupported",
         "{live}"
     );
     let off = report(&out, "off");

@@ -127,6 +127,7 @@ pub struct Counters {
     /// Every distinct `(method, path)` received (distinct, so a long benchmark's reads of
     /// one blob stay one entry).
     paths: Mutex<BTreeSet<(String, String)>>,
+    pub(crate) cleanup_conflicts: AtomicU64,
 }
 
 impl Counters {
@@ -217,6 +218,12 @@ impl Counters {
         self.grant_conflicts.load(Ordering::SeqCst)
     }
 
+    /// Revokes and snapshot deletes refused `409` by a disk's `revoke_conflict` or
+    /// `delete_conflict` fault.
+    pub fn cleanup_conflicts(&self) -> u64 {
+        self.cleanup_conflicts.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn record_throttled(&self, route: Route) {
         self.throttled[route.index()].fetch_add(1, Ordering::SeqCst);
     }
@@ -284,6 +291,7 @@ impl Counters {
                 &self.bad_md5,
                 &self.sas_refused,
                 &self.grant_conflicts,
+                &self.cleanup_conflicts,
             ])
         {
             c.store(0, Ordering::SeqCst);

@@ -15,7 +15,8 @@
 //!
 //! A disk's [`DiskFault`] passes to its snapshots: `grant_denied` refuses `beginGetAccess`
 //! with `403 AuthorizationFailed`, `snapshot_fails` refuses the snapshot's `PUT` with `409`,
-//! and `read_fails` is carried by the grant to the blob data plane.
+//! and `read_fails` is carried by the grant to the blob data plane; `revoke_conflict` refuses
+//! `endGetAccess` and `delete_conflict` a snapshot's `DELETE`, both with `409`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -442,6 +443,14 @@ pub(crate) async fn access(
             &format!("The client '00000000-0000-0000-0000-00000000a11c' with object id '00000000-0000-0000-0000-00000000a11c' does not have authorization to perform action 'Microsoft.Compute/{kind}/beginGetAccess/action' over scope '{id}' or the scope is invalid. If access was recently granted, please refresh your credentials. (injected by the simulator: fault grant_denied)"),
         );
     }
+    if !begin && fault == Some(DiskFault::RevokeConflict) {
+        st.counters.cleanup_conflicts.fetch_add(1, Ordering::SeqCst);
+        return arm_error(
+            StatusCode::CONFLICT,
+            "OperationNotAllowed",
+            &format!("The operation 'endGetAccess' on '{name}' is not allowed: another operation on the resource is in progress. (injected by the simulator: fault revoke_conflict)"),
+        );
+    }
     if !begin {
         st.export
             .lock()
@@ -583,6 +592,14 @@ pub(crate) async fn snapshot(
                 return StatusCode::NO_CONTENT.into_response();
             };
             let location = s.location.clone();
+            if s.fault == Some(DiskFault::DeleteConflict) {
+                st.counters.cleanup_conflicts.fetch_add(1, Ordering::SeqCst);
+                return arm_error(
+                    StatusCode::CONFLICT,
+                    "OperationNotAllowed",
+                    &format!("The operation 'delete' on snapshot '{name}' is not allowed: another operation on the resource is in progress. (injected by the simulator: fault delete_conflict)"),
+                );
+            }
             if state.grant_of(&key).is_some() {
                 return arm_error(
                     StatusCode::CONFLICT,

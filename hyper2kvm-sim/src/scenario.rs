@@ -318,6 +318,13 @@ pub enum DiskFault {
     /// `404 BlobNotFound`, as when the export vanished mid-read; `HEAD`, the page list and the
     /// VHD footer still answer, so the failure comes during the conversion.
     ReadFails,
+    /// `endGetAccess` on the disk, and on every snapshot of it, answers
+    /// `409 OperationNotAllowed` (another operation on the resource is in progress); the
+    /// grant stays open. For the cleanup path: a revoke that cannot be done.
+    RevokeConflict,
+    /// `DELETE` of every snapshot of the disk answers `409 OperationNotAllowed`; the
+    /// snapshot stays. For the cleanup path: a snapshot that cannot be deleted.
+    DeleteConflict,
 }
 
 impl DiskFault {
@@ -327,6 +334,8 @@ impl DiskFault {
             DiskFault::GrantDenied => "grant_denied",
             DiskFault::SnapshotFails => "snapshot_fails",
             DiskFault::ReadFails => "read_fails",
+            DiskFault::RevokeConflict => "revoke_conflict",
+            DiskFault::DeleteConflict => "delete_conflict",
         }
     }
 }

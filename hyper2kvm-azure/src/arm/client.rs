@@ -144,6 +144,11 @@ impl ArmClient {
         &self.inner.base
     }
 
+    /// How requests are retried; blob reads of exports use the same.
+    pub fn retry_config(&self) -> &RetryConfig {
+        &self.inner.retry
+    }
+
     /// HTTP requests sent so far, retries included.
     pub fn requests_sent(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
@@ -255,9 +260,17 @@ impl ArmClient {
 }
 
 pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: &[u8]) -> Error {
-    let detail = serde_json::from_slice::<ArmErrorBody>(body)
+    let parsed = serde_json::from_slice::<ArmErrorBody>(body).ok();
+    let detail = parsed
+        .as_ref()
         .map(|b| format!(" {}: {}", b.error.code, b.error.message))
         .unwrap_or_default();
+    let summary = match &parsed {
+        Some(b) if !b.error.message.is_empty() => {
+            format!("HTTP {}: {}", status.as_u16(), b.error.message)
+        }
+        _ => format!("HTTP {status}"),
+    };
     let kind = match status {
         StatusCode::UNAUTHORIZED => ErrorKind::Credential,
         StatusCode::FORBIDDEN => ErrorKind::PermissionDenied,
@@ -279,9 +292,76 @@ pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: 
         }
         _ => String::new(),
     };
-    Error::new(
-        kind,
-        format!("{method} {shown}: HTTP {status}{detail}{grant}"),
-    )
-    .with_status(status.as_u16())
+    let mut err = Error::new(kind, format!("{method} {shown}: HTTP {status}{detail}{grant}"))
+        .with_status(status.as_u16())
+        .with_summary(summary);
+    if let Some(b) = parsed {
+        err = err.with_code(b.error.code);
+    }
+    if let Some(resource) = resource_of(shown) {
+        err = err.with_resource(resource);
+    }
+    err
+}
+
+/// The ARM resource id a request URL is about: its path from `/subscriptions/` on, without a
+/// trailing action (`beginGetAccess`, `deallocate`, …). Operation-status URLs have none.
+pub(crate) fn resource_of(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next()?;
+    let at = path.find("/subscriptions/")?;
+    let mut id = path[at..].trim_end_matches('/').to_string();
+    if id.contains("/operations/") || id.contains("/locations/") {
+        return None;
+    }
+    const ACTIONS: [&str; 5] = [
+        "/beginGetAccess",
+        "/endGetAccess",
+        "/powerOff",
+        "/deallocate",
+        "/start",
+    ];
+    for action in ACTIONS {
+        if let Some(stripped) = id.strip_suffix(action) {
+            id = stripped.to_string();
+            break;
+        }
+    }
+    Some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_carry_code_resource_and_summary() {
+        let body = br#"{"error":{"code":"OperationNotAllowed","message":"The snapshot is being exported."}}"#;
+        let err = status_error(
+            "DELETE",
+            StatusCode::CONFLICT,
+            "https://management.azure.com/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/snapshots/n?api-version=2025-01-02",
+            body,
+        );
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        assert_eq!(err.status(), Some(409));
+        assert_eq!(err.code(), Some("OperationNotAllowed"));
+        assert_eq!(
+            err.resource(),
+            Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/snapshots/n")
+        );
+        assert_eq!(
+            err.summary(),
+            Some("HTTP 409: The snapshot is being exported.")
+        );
+        assert_eq!(
+            resource_of("http://h/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d/endGetAccess?api-version=1").as_deref(),
+            Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d")
+        );
+        assert_eq!(
+            resource_of(
+                "http://h/subscriptions/s/providers/Microsoft.Compute/locations/w/operations/1"
+            ),
+            None
+        );
+    }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api_version;
-use super::client::{status_error, ArmClient};
+use super::client::{resource_of, status_error, ArmClient};
 use crate::error::{redact_url, Error, ErrorKind, Result};
 use crate::retry::parse_retry_after;
 use crate::sas::SasUrl;
@@ -127,8 +127,22 @@ impl ArmClient {
     }
 
     /// Sends a request that may start a long-running operation and returns the final body
-    /// (empty when the operation has none).
+    /// (empty when the operation has none). Its errors name the resource the request is
+    /// about, also when the failure came from polling.
     pub async fn long_running(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+        lro: &LroOptions,
+    ) -> Result<Vec<u8>> {
+        let resource = resource_of(&redact_url(url));
+        self.long_running_inner(method, url, body, lro)
+            .await
+            .map_err(|e| e.or_resource(resource))
+    }
+
+    async fn long_running_inner(
         &self,
         method: Method,
         url: &Url,
@@ -169,6 +183,12 @@ impl ArmClient {
             }
             (None, None) => return Ok(first),
         };
+        // Shown on the progress line once it lasts (a deallocate takes minutes).
+        let _waiting = hyper2kvm_core::waits::waiting(format!(
+            "Azure to finish {} {}",
+            what_method(&what),
+            short_path(url)
+        ));
         loop {
             let pause = wait.unwrap_or(DEFAULT_POLL).min(MAX_POLL);
             if started.elapsed() + pause > lro.timeout {
@@ -216,17 +236,30 @@ impl ArmClient {
                 "failed" | "canceled" | "cancelled" => {
                     let detail = op
                         .error
+                        .as_ref()
                         .map(|e| format!(": {}: {}", e.code, e.message))
                         .unwrap_or_default();
-                    return Err(Error::new(
+                    let mut err = Error::new(
                         ErrorKind::Status,
                         format!("{what}: operation {}{detail}", op.status),
-                    ));
+                    )
+                    .with_summary(format!("operation {}{detail}", op.status));
+                    if let Some(e) = op.error {
+                        err = err.with_code(e.code);
+                    }
+                    return Err(err);
                 }
                 _ => continue,
             }
         }
     }
+}
+
+/// The last three segments of a URL's path (`disks/d1/beginGetAccess`): enough to say what
+/// is being waited for on one line.
+pub(crate) fn short_path(url: &Url) -> String {
+    let segments: Vec<&str> = url.path().split('/').filter(|s| !s.is_empty()).collect();
+    segments[segments.len().saturating_sub(3)..].join("/")
 }
 
 fn what_method(what: &str) -> String {

@@ -266,7 +266,7 @@ impl Inner {
                 Some(_) if *failures <= self.body_retries => self.renew(generation).await,
                 Some(_) => Err(give_up(e, *failures)),
                 None if *failures <= FORBIDDEN_RETRIES => {
-                    self.pause(*failures).await;
+                    self.pause(*failures, FORBIDDEN_RETRIES, &e).await;
                     Ok(())
                 }
                 None => Err(Error::new(
@@ -275,20 +275,29 @@ impl Inner {
                 )
                 .with_status(403)),
             },
-            Failure::Retry(_) if *failures <= self.body_retries => {
-                self.pause(*failures).await;
+            Failure::Retry(e) if *failures <= self.body_retries => {
+                self.pause(*failures, self.body_retries, &e).await;
                 Ok(())
             }
             Failure::Retry(e) => Err(give_up(e, *failures)),
         }
     }
 
-    async fn pause(&self, failures: u32) {
+    /// Waits before attempt `failures + 1` after `why`, saying so (see [`crate::retry`]).
+    async fn pause(&self, failures: u32, max: u32, why: &Error) {
         let wait = self
             .retry
             .backoff
-            .delay(failures.saturating_sub(1), self.jitter.next_f64());
-        tokio::time::sleep(wait.min(Duration::from_secs(30))).await;
+            .delay(failures.saturating_sub(1), self.jitter.next_f64())
+            .min(Duration::from_secs(30));
+        crate::retry::log_retry(
+            failures.saturating_sub(1),
+            max,
+            &format!("a read of {}", self.name),
+            &why.to_string(),
+            wait,
+        );
+        crate::retry::visible_sleep(wait, || format!("a retry of a read of {}", self.name)).await;
     }
 
     /// Renews the SAS unless another reader already did since `seen` was current.

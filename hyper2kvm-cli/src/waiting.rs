@@ -1,0 +1,26 @@
+//! Long waits on the progress line: every second, the longest wait in progress (a
+//! `Retry-After`, a long-running Azure operation, a backoff; registered by the libraries in
+//! [`hyper2kvm_core::waits`]) goes to a sink once it has lasted [`SHOW_AFTER`]; `None` when
+//! nothing waits that long. The display decides how to show it (a status line under the
+//! bars, or a plain line now and then).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper2kvm_core::waits;
+
+/// Waits shorter than this are not worth a line.
+pub const SHOW_AFTER: Duration = Duration::from_secs(5);
+
+/// Receives the status line ("waiting for … (7 s)") or `None`.
+pub type WaitSink = Arc<dyn Fn(Option<String>) + Send + Sync>;
+
+/// Polls the waits every second until aborted.
+pub fn spawn(sink: WaitSink) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            sink(waits::status_line(SHOW_AFTER));
+        }
+    })
+}
