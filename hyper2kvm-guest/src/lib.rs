@@ -49,8 +49,10 @@ pub mod guestfish;
 pub mod guestfs;
 pub mod inspect;
 pub mod network;
+pub mod registry;
 pub mod report;
 pub mod run;
+pub mod windows;
 
 pub use error::{Error, ErrorKind, Result};
 pub use fixups::FixUp;
