@@ -415,11 +415,26 @@ impl GuestFs for Guestfish {
     }
 
     fn case_path(&mut self, path: &str) -> Result<String> {
-        // case-sensitive-path resolves every existing component and keeps the rest.
-        Ok(self
-            .call(&["case-sensitive-path", path])?
-            .trim()
-            .to_string())
+        // case-sensitive-path resolves every component and tolerates only the last one
+        // missing: resolve the longest prefix it accepts, keep the rest as given.
+        let mut missing: Vec<&str> = Vec::new();
+        let mut prefix = path.trim_end_matches('/');
+        loop {
+            if prefix.is_empty() {
+                return Ok(path.to_string());
+            }
+            if let Ok(found) = self.call(&["case-sensitive-path", prefix]) {
+                let mut resolved = found.trim().trim_end_matches('/').to_string();
+                for part in missing.iter().rev() {
+                    resolved.push('/');
+                    resolved.push_str(part);
+                }
+                return Ok(resolved);
+            }
+            let (parent, last) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+            missing.push(last);
+            prefix = parent;
+        }
     }
 
     // hivex, on a host copy of the hive that libguestfs downloaded: guestfish's own

@@ -117,6 +117,9 @@ pub struct Inspection {
 impl Inspection {
     /// One line for the report: `linux debian (Debian GNU/Linux 12 (bookworm)), root /dev/sda1, …`.
     pub fn summary(&self) -> String {
+        if self.os == OsType::Windows {
+            return format!("windows ({}), root {}", self.product, self.root);
+        }
         let kernels: Vec<&str> = self.kernels.iter().map(|k| k.version.as_str()).collect();
         format!(
             "{} {} ({}), root {}, kernels [{}], {}",

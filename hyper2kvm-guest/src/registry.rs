@@ -94,11 +94,16 @@ impl RegValue {
 }
 
 impl fmt::Display for RegValue {
+    /// Strings in quotes as Windows shows them (backslashes not escaped), numbers in decimal,
+    /// bytes in hex.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegValue::Sz(s) => write!(f, "{s:?}"),
-            RegValue::ExpandSz(s) => write!(f, "{s:?} (expand)"),
-            RegValue::MultiSz(items) => write!(f, "{items:?}"),
+            RegValue::Sz(s) => write!(f, "\"{s}\""),
+            RegValue::ExpandSz(s) => write!(f, "\"{s}\" (expand)"),
+            RegValue::MultiSz(items) => {
+                let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+                write!(f, "[{}]", quoted.join(", "))
+            }
             RegValue::Dword(n) => write!(f, "{n}"),
             RegValue::Binary(b) | RegValue::Other(_, b) => {
                 let hex: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();

@@ -133,6 +133,33 @@ fn fix_windows(
         inspection.summary(),
         staged.guest
     ));
+    // The appliance's kernel may mount a hibernated NTFS read-write where ntfs-3g would not
+    // (ntfs3): ask ntfs-3g itself, and refuse what it refuses.
+    if !config.dry_run {
+        let probe = gf
+            .call(&["vfs-type", &inspection.root])
+            .map(|t| t.trim() == "ntfs")
+            .and_then(|ntfs| {
+                if ntfs {
+                    gf.call(&["ntfs-3g-probe", "true", &inspection.root])
+                        .map(|code| code.trim().parse::<i32>().unwrap_or(-1))
+                } else {
+                    Ok(0)
+                }
+            });
+        match probe {
+            Ok(0) => {}
+            Ok(code) => {
+                report.outcome =
+                    Outcome::NotFixed(format!("{}: {}", inspection.root, ntfs_probe_refusal(code)));
+                return report;
+            }
+            Err(e) => {
+                report.outcome = Outcome::Failed(e.to_string());
+                return report;
+            }
+        }
+    }
     let mount = if config.dry_run { "mount-ro" } else { "mount" };
     if let Err(e) = gf.call(&[mount, &inspection.root, "/"]) {
         report.outcome = match ntfs_refusal(&e.to_string()) {
@@ -148,21 +175,33 @@ fn fix_windows(
     report
 }
 
+const NTFS_HOW: &str = "start the VM in Azure, turn off hibernation and Fast Startup (`powercfg /h off`), shut it down fully (`shutdown /s /t 0`), then export it again";
+
+/// What `ntfs-3g-probe true DEVICE` (ntfs-3g's read-write mount check) answered, in words a
+/// user can act on: 14 hibernated (or shut down with Fast Startup), 15 not cleanly unmounted
+/// (ntfs-3g's `NTFS_VOLUME_HIBERNATED`, `NTFS_VOLUME_UNCLEAN_UNMOUNT`).
+pub fn ntfs_probe_refusal(code: i32) -> String {
+    match code {
+        14 => format!("Windows is hibernated (ntfs-3g refuses to mount it read-write); {NTFS_HOW}"),
+        15 => format!(
+            "the NTFS volume was not cleanly unmounted (ntfs-3g refuses to mount it read-write); {NTFS_HOW}"
+        ),
+        12 => "the NTFS volume is corrupt (ntfs-3g code 12): run `chkdsk /f` in the VM first".into(),
+        13 => "the NTFS volume is locked by another process (ntfs-3g code 13)".into(),
+        other => format!("ntfs-3g cannot mount the volume read-write (code {other})"),
+    }
+}
+
 /// Why ntfs-3g refused a read-write mount, in words a user can act on, if that is what
 /// happened: Windows hibernated (or shut down with Fast Startup), or its volume not cleanly
 /// unmounted. Forcing it (`remove_hiberfile`, `ntfsfix`) would throw away what Windows kept
 /// in memory, so the guest is reported instead.
 pub fn ntfs_refusal(message: &str) -> Option<String> {
     let m = message.to_ascii_lowercase();
-    let how = "start the VM in Azure, turn off hibernation and Fast Startup (`powercfg /h off`), shut it down fully (`shutdown /s /t 0`), then export it again";
     if m.contains("hibernat") {
-        Some(format!(
-            "Windows is hibernated (ntfs-3g refused to mount it read-write); {how}"
-        ))
+        Some(ntfs_probe_refusal(14))
     } else if m.contains("unclean") || m.contains("metadata kept in windows cache") {
-        Some(format!(
-            "the NTFS volume was not cleanly unmounted (ntfs-3g refused to mount it read-write); {how}"
-        ))
+        Some(ntfs_probe_refusal(15))
     } else {
         None
     }
@@ -504,6 +543,22 @@ mod tests {
         assert!(!report.succeeded());
         assert_eq!(guest.files, before);
         assert!(guest.commands.is_empty());
+    }
+
+    #[test]
+    fn ntfs_refusals_say_what_to_do() {
+        assert!(ntfs_probe_refusal(14).starts_with("Windows is hibernated"));
+        assert!(ntfs_probe_refusal(14).contains("powercfg /h off"));
+        assert!(ntfs_probe_refusal(15).contains("not cleanly unmounted"));
+        assert!(ntfs_probe_refusal(99).contains("code 99"));
+        let mount_error =
+            "mount: /dev/sda2 on / (options: ''): Windows is hibernated, refused to mount.";
+        assert_eq!(ntfs_refusal(mount_error), Some(ntfs_probe_refusal(14)));
+        assert_eq!(
+            ntfs_refusal("The disk contains an unclean file system (0, 0). Metadata kept in Windows cache, refused to mount."),
+            Some(ntfs_probe_refusal(15))
+        );
+        assert_eq!(ntfs_refusal("mount: wrong fs type"), None);
     }
 
     #[test]

@@ -15,6 +15,10 @@
 #                      stale copy that must stay untouched); agent and RdAgent but no
 #                      telemetry service; PagingFiles "D:\pagefile.sys 0 0" (system managed);
 #                      SanPolicy 2 (OfflineShared)
+#   OUT/win2008r2-hibernated.raw  the 2008 R2 disk with a hibernated system volume
+#                      (hiberfil.sys starting with "HIBR"): ntfs-3g refuses it read-write
+#   OUT/bitlocker.raw  a whole-disk BitLocker volume header (what blkid and libguestfs
+#                      report as vfs-type BitLocker), nothing else
 #   OUT/virtio-win/    a fake virtio-win tree in the layout virtio-win ships (viostor/<os>/<arch>/
 #                      …, guest-agent/qemu-ga-x86_64.msi), each file naming its own directory
 #   OUT/virtio-win.iso the same tree as an ISO 9660 image (Joliet + Rock Ridge), as virtio-win.iso
@@ -189,6 +193,14 @@ for name, g in guests.items():
         empty_hive(os.path.join(work, "%s-%s" % (name, hive)))
         reg_file(os.path.join(work, "%s-%s.reg" % (name, hive)), g[hive])
 pe(os.path.join(work, "cmd.exe"))
+# The boot configuration store on the ESP (a hive too), as UEFI Windows has it; virt-v2v
+# opens it. Its objects are irrelevant here.
+empty_hive(os.path.join(work, "bcd"))
+reg_file(os.path.join(work, "bcd.reg"), [
+    ("\\Description", [("KeyName", sz("BCD00000000")), ("System", dword(1)),
+                       ("TreatAsSystem", dword(1))]),
+    ("\\Objects", []),
+])
 
 # The fake virtio-win tree: the directory names and file names virtio-win ships.
 drivers = {
@@ -239,6 +251,23 @@ os.makedirs(ga, exist_ok=True)
 for f in ("qemu-ga-x86_64.msi", "qemu-ga-i386.msi"):
     open(os.path.join(ga, f), "w").write("h2k-fake-virtio-win guest-agent/%s\n" % f)
 open(os.path.join(tree, "virtio-win-license.txt"), "w").write("fake\n")
+
+# A hibernation file's header, as Windows leaves it when it hibernates.
+with open(os.path.join(work, "hiberfil.sys"), "wb") as f:
+    f.write(b"HIBR" + bytes(8188))
+
+# A BitLocker volume (Windows 7 and later): boot sector signature, FVE metadata offsets, and
+# the three metadata blocks' headers, as blkid's probe checks them.
+b = bytearray(16 << 20)
+b[0:11] = b"\xeb\x58\x90-FVE-FS-"
+struct.pack_into("<HB", b, 11, 512, 8)
+for i, off in enumerate((0x10000, 0x20000, 0x30000)):
+    struct.pack_into("<Q", b, 0xb0 + 8 * i, off)
+    b[off:off + 8] = b"-FVE-FS-"
+    struct.pack_into("<HH", b, off + 8, 0x40, 2)
+b[0x1fe:0x200] = b"\x55\xaa"
+with open(os.path.join(out, "bitlocker.raw"), "wb") as f:
+    f.write(b)
 PY
 
 for g in win2019 win2008r2; do
@@ -248,14 +277,17 @@ for g in win2019 win2008r2; do
     cp "$work/$g-$h" "$out/hives/$g-$h"
   done
 done
+hivexregedit --merge "$work/bcd" "$work/bcd.reg"
 
 xorriso -as mkisofs -quiet -J -R -V virtio-win -o "$out/virtio-win.iso" "$out/virtio-win"
 
-# Both disks in one appliance: /dev/sda is the 2019 disk, /dev/sdb the 2008 R2 one.
+# The disks in one appliance: /dev/sda is the 2019 disk, /dev/sdb the 2008 R2 one, /dev/sdc
+# its hibernated copy.
 rm -f "$work/win2019.raw" "$work/win2008r2.raw"
 guestfish <<EOF
 sparse $work/win2019.raw 160M
 sparse $work/win2008r2.raw 160M
+sparse $work/win2008r2-hibernated.raw 160M
 run
 
 # Server 2019, Gen2: GPT with the ESP, Microsoft's reserved partition and the system volume.
@@ -285,6 +317,7 @@ mkdir-p /EFI/Microsoft/Boot
 mkdir-p /EFI/Boot
 upload $work/cmd.exe /EFI/Microsoft/Boot/bootmgfw.efi
 upload $work/cmd.exe /EFI/Boot/bootx64.efi
+upload $work/bcd /EFI/Microsoft/Boot/BCD
 umount /
 
 # Server 2008 R2, Gen1: MBR with "System Reserved" (active) and the system volume.
@@ -309,8 +342,15 @@ upload $work/win2008r2-software /Windows/System32/config/SOFTWARE
 upload $work/cmd.exe /Windows/System32/cmd.exe
 write /Windows/System32/drivers/disk.sys "phony disk.sys"
 umount /
+
+# The same 2008 R2 disk, hibernated.
+copy-device-to-device /dev/sdb /dev/sdc
+blockdev-rereadpt /dev/sdc
+mount /dev/sdc2 /
+upload $work/hiberfil.sys /hiberfil.sys
+umount /
 EOF
 
-mv "$work/win2019.raw" "$work/win2008r2.raw" "$out/"
+mv "$work/win2019.raw" "$work/win2008r2.raw" "$work/win2008r2-hibernated.raw" "$out/"
 rm -rf "$work"
 echo "build-windows: built in $((SECONDS - t0)) s"

@@ -96,7 +96,7 @@ pub fn move_paging_files(
             ));
         } else {
             let moved = format!("{system_drive}{}", &entry[2..]);
-            changes.push(format!("{entry:?} → {moved:?}"));
+            changes.push(format!("\"{entry}\" → \"{moved}\""));
             out.push(moved);
         }
     }
@@ -214,7 +214,7 @@ mod tests {
     fn paging_files_move_off_d() {
         let (moved, changes) = move_paging_files(&strings(&[r"D:\pagefile.sys"]), "C:").unwrap();
         assert_eq!(moved, [r"C:\pagefile.sys"]);
-        assert_eq!(changes, [r#""D:\\pagefile.sys" → "C:\\pagefile.sys""#]);
+        assert_eq!(changes, [r#""D:\pagefile.sys" → "C:\pagefile.sys""#]);
         let (moved, _) = move_paging_files(&strings(&[r"d:\pagefile.sys 0 0"]), "C:").unwrap();
         assert_eq!(moved, [r"C:\pagefile.sys 0 0"]);
         // The system drive has one already: D:'s is dropped.
