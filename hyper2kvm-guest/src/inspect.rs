@@ -138,7 +138,16 @@ impl Inspection {
 pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
     let roots = gf.lines(&["inspect-os"])?;
     let Some(root) = roots.first().cloned() else {
-        let filesystems = parse_pairs(&gf.call(&["list-filesystems"])?);
+        // list-filesystems leaves out what blkid calls crypto (BitLocker): ask every device
+        // and partition.
+        let mut filesystems = parse_pairs(&gf.call(&["list-filesystems"])?);
+        let mut devices = gf.lines(&["list-devices"])?;
+        devices.extend(gf.lines(&["list-partitions"])?);
+        for device in devices {
+            if let Ok(kind) = gf.call(&["vfs-type", &device]) {
+                filesystems.push((device, kind.trim().to_string()));
+            }
+        }
         if let Some(refusal) = encrypted_refusal(&filesystems) {
             return Err(Error::new(ErrorKind::Encrypted, refusal));
         }
@@ -213,16 +222,18 @@ pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
 /// The refusal for an image whose OS cannot be found because its volumes are encrypted,
 /// saying how to decrypt first; `None` if no volume is.
 pub fn encrypted_refusal(filesystems: &[(String, String)]) -> Option<String> {
-    let bitlocker: Vec<&str> = filesystems
-        .iter()
-        .filter(|(_, t)| t.eq_ignore_ascii_case("BitLocker"))
-        .map(|(d, _)| d.as_str())
-        .collect();
-    let luks: Vec<&str> = filesystems
-        .iter()
-        .filter(|(_, t)| t == "crypto_LUKS")
-        .map(|(d, _)| d.as_str())
-        .collect();
+    let devices = |kind: &str| {
+        let mut found: Vec<&str> = filesystems
+            .iter()
+            .filter(|(_, t)| t.eq_ignore_ascii_case(kind))
+            .map(|(d, _)| d.as_str())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    };
+    let bitlocker = devices("BitLocker");
+    let luks = devices("crypto_LUKS");
     if !bitlocker.is_empty() {
         Some(format!(
             "{} BitLocker-encrypted: the guest cannot be inspected or fixed. Decrypt it first, in the running VM (`manage-bde -off C:` for each volume, until `manage-bde -status` says Fully Decrypted) or, for Azure Disk Encryption, with `az vm encryption disable --volume-type ALL` (or Disable-AzVMDiskEncryption); then export the disk again",
