@@ -93,6 +93,7 @@ h2k_guest_setup() {
   command -v hivexsh >/dev/null || want+=(libhivex-bin)
   command -v hivexregedit >/dev/null || want+=(libwin-hivex-perl)
   command -v xorriso >/dev/null || want+=(xorriso)
+  command -v python3 >/dev/null || want+=(python3)
   command -v virt-v2v >/dev/null || want+=(virt-v2v)
   command -v nbdkit >/dev/null || want+=(nbdkit)
   if ((${#want[@]} + ${#want_bpo[@]})) || ! command -v qemu-system-x86_64 >/dev/null; then
