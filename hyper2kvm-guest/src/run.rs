@@ -169,7 +169,21 @@ fn fix_windows(
         return report;
     }
     gf.forget_hives();
-    let (fixups, outcome) = fix_guest(gf, inspection, config, &win::all(Arc::new(staged)));
+    let staged = Arc::new(staged);
+    let mut all = win::all(staged.clone());
+    if config.skip.iter().any(|s| s == "windows-drivers") {
+        // The first-boot service installs what windows-drivers copies in: nothing, then.
+        let nothing = Arc::new(Staged {
+            drivers: Vec::new(),
+            ..(*staged).clone()
+        });
+        for fixup in all.iter_mut() {
+            if fixup.name() == "windows-firstboot" {
+                *fixup = Box::new(win::Firstboot::new(nothing.clone()));
+            }
+        }
+    }
+    let (fixups, outcome) = fix_guest(gf, inspection, config, &all);
     report.fixups = fixups;
     report.outcome = outcome;
     report
