@@ -68,8 +68,13 @@ h2k_guest_setup() {
   # one source package, and apt removes qemu-utils (and qemu-img with it) to resolve a mismatch.
   local qemu_version release=()
   qemu_version="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)"
+  # rhsrvany (the Windows first-boot service wrapper) is only in bookworm-backports.
+  local want_bpo=()
+  [[ -f /usr/share/virt-tools/rhsrvany.exe ]] || want_bpo+=(rhsrvany)
   if [[ $qemu_version == *bpo12* ]]; then
     release=(-t bookworm-backports)
+  fi
+  if [[ $qemu_version == *bpo12* ]] || ((${#want_bpo[@]})); then
     if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
       echo "guest-setup: adding bookworm-backports from $mirror"
       echo "deb $mirror bookworm-backports main" >/etc/apt/sources.list.d/hyper2kvm-backports.list
@@ -85,7 +90,15 @@ h2k_guest_setup() {
   command -v mkfs.vfat >/dev/null || want+=(dosfstools)
   command -v sfdisk >/dev/null || want+=(fdisk)
   [[ -x /usr/sbin/depmod || -x /sbin/depmod ]] || want+=(kmod)
-  if ((${#want[@]})) || ! command -v qemu-system-x86_64 >/dev/null; then
+  # The Windows fix-ups edit hives with hivex's tools; their test builds a virtio-win ISO
+  # (xorriso) and compares with virt-v2v's injection.
+  command -v hivexsh >/dev/null || want+=(libhivex-bin)
+  command -v hivexregedit >/dev/null || want+=(libwin-hivex-perl)
+  command -v xorriso >/dev/null || want+=(xorriso)
+  command -v python3 >/dev/null || want+=(python3)
+  command -v virt-v2v >/dev/null || want+=(virt-v2v)
+  command -v nbdkit >/dev/null || want+=(nbdkit)
+  if ((${#want[@]} + ${#want_bpo[@]})) || ! command -v qemu-system-x86_64 >/dev/null; then
     apt-get update -qq
     export DEBIAN_FRONTEND=noninteractive
     if ! command -v qemu-system-x86_64 >/dev/null; then
@@ -99,6 +112,10 @@ h2k_guest_setup() {
     if ((${#want[@]})); then
       echo "guest-setup: installing ${want[*]}"
       apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+    fi
+    if ((${#want_bpo[@]})); then
+      echo "guest-setup: installing ${want_bpo[*]} from bookworm-backports"
+      apt-get install -y -qq --no-install-recommends -t bookworm-backports "${want_bpo[@]}" >/dev/null
     fi
   fi
   # The whole point of pinning: qemu-img must have survived.

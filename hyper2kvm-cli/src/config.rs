@@ -228,6 +228,7 @@ pub(crate) fn run_settings(
             skip: g.skip.clone(),
             require: g.require,
             dry_run: false,
+            virtio_win: g.windows.virtio_win.clone(),
         }),
     }
 }
@@ -256,6 +257,33 @@ mod tests {
         assert_eq!(plan.migration.running_vm, RunningVmPolicy::Snapshot);
         assert_eq!(plan.migration.disks, DiskChoice::All);
         assert!(plan.whole_subscription && !plan.allow_whole_subscription);
+    }
+
+    #[test]
+    fn guest_windows_virtio_win_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("h2k-virtio-win-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("viostor")).unwrap();
+        let text = format!(
+            "azure:\n  subscription: s\nguest:\n  windows:\n    virtio_win: {}\n",
+            dir.display()
+        );
+        let plan = list_plan(parse(&text, "c.yaml").unwrap(), Overrides::default());
+        assert_eq!(plan.run.guest.unwrap().virtio_win, Some(dir.clone()));
+        let missing = text.replace(&dir.display().to_string(), "/nonexistent/virtio-win.iso");
+        let err = parse(&missing, "c.yaml").unwrap_err();
+        assert!(
+            err.0
+                .contains("guest.windows.virtio_win: /nonexistent/virtio-win.iso does not exist"),
+            "{}",
+            err.0
+        );
+        let unknown = parse(
+            "azure:\n  subscription: s\nguest:\n  windows:\n    virtio: x\n",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert!(unknown.0.starts_with("c.yaml:5:"), "{}", unknown.0);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use clap::builder::PossibleValuesParser;
 use clap::Args;
 use hyper2kvm_guest::{fix_image, fixups, GuestConfig};
 
-/// `hyper2kvm fix IMAGE [--dry-run] [--skip NAME ...]`.
+/// `hyper2kvm fix IMAGE [--dry-run] [--skip NAME ...] [--virtio-win PATH]`.
 #[derive(Debug, Args)]
 pub struct FixArgs {
     /// The image to fix, in place: qcow2, raw or VHD, holding the guest's OS disk.
@@ -18,6 +18,10 @@ pub struct FixArgs {
     /// A fix-up not to run (repeatable).
     #[arg(long, value_name = "NAME", value_parser = PossibleValuesParser::new(fixups::names()))]
     pub skip: Vec<String>,
+    /// virtio-win for a Windows guest: the virtio-win ISO or its unpacked tree (read through
+    /// libguestfs, never mounted on the host). Without it a Windows guest is not fixed.
+    #[arg(long, value_name = "PATH")]
+    pub virtio_win: Option<PathBuf>,
 }
 
 /// Runs the fix-ups and prints the report; fails (exit 1) unless the guest was fixed, needed
@@ -28,6 +32,7 @@ pub async fn run(args: FixArgs) -> anyhow::Result<()> {
         // The user asked for fix-ups: without libguestfs that is a failure, not a notice.
         require: true,
         dry_run: args.dry_run,
+        virtio_win: args.virtio_win,
     };
     eprintln!(
         "hyper2kvm: inspecting {} (libguestfs' appliance takes a minute or two to start without KVM)",

@@ -47,6 +47,9 @@ pub struct ImportArgs {
     /// With --fix: a fix-up not to run (repeatable).
     #[arg(long, value_name = "NAME", requires = "fix", value_parser = PossibleValuesParser::new(fixups::names()))]
     pub skip_fixup: Vec<String>,
+    /// With --fix: virtio-win (ISO or unpacked tree) for Windows guests.
+    #[arg(long, value_name = "PATH", requires = "fix")]
+    pub virtio_win: Option<std::path::PathBuf>,
     /// vCPUs of VMs without a descriptor (Hyper-V exports, disk images).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub vcpus: u32,
@@ -104,6 +107,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
     let flag_guest = GuestSection {
         skip: args.skip_fixup.clone(),
         require: args.fix_require,
+        windows: hyper2kvm::config::WindowsGuestSection {
+            virtio_win: args.virtio_win.clone(),
+        },
     };
     let guest = if args.fix {
         Some(&flag_guest)

@@ -17,6 +17,9 @@ pub enum ErrorKind {
     Guestfs,
     /// The image holds no operating system libguestfs recognises.
     NoOperatingSystem,
+    /// The guest's volumes are encrypted (BitLocker, LUKS / Azure Disk Encryption): nothing
+    /// can be inspected or fixed until they are decrypted.
+    Encrypted,
     /// The configuration names something that does not exist (an unknown fix-up name…).
     InvalidConfig,
     /// A local I/O operation failed (temporary files for downloads and uploads).

@@ -22,7 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::collections::BTreeMap;
+
 use crate::guestfs::GuestFs;
+use crate::registry::{self, KeyEdit, RegKey};
 use crate::{Error, ErrorKind, Result};
 
 /// The notice given when libguestfs is not installed.
@@ -92,12 +95,26 @@ pub struct Guestfish {
     stderr_seen: u64,
     readonly: bool,
     closed: bool,
+    /// Registry hives downloaded for reading and editing with hivex: guest path → host copy.
+    hives: BTreeMap<String, PathBuf>,
 }
 
 impl Guestfish {
     /// Starts guestfish, adds `image` (read-only if `readonly`) and launches the appliance.
     /// This is the slow step: under software emulation, a minute or more.
     pub fn launch(image: &Path, format: ImageFormat, readonly: bool) -> Result<Guestfish> {
+        Guestfish::launch_with(image, format, readonly, &[])
+    }
+
+    /// [`Guestfish::launch`] with more drives added read-only after the image (raw: a
+    /// virtio-win ISO), so one appliance reads both. They are the last devices
+    /// (`list-devices`).
+    pub fn launch_with(
+        image: &Path,
+        format: ImageFormat,
+        readonly: bool,
+        extra_readonly: &[&Path],
+    ) -> Result<Guestfish> {
         let program =
             find_guestfish().ok_or_else(|| Error::new(ErrorKind::ToolMissing, NOT_INSTALLED))?;
         let subject = image.display().to_string();
@@ -150,6 +167,7 @@ impl Guestfish {
             stderr_seen: 0,
             readonly,
             closed: false,
+            hives: BTreeMap::new(),
         };
         let image_arg = image
             .to_str()
@@ -157,6 +175,12 @@ impl Guestfish {
         let readonly_arg = format!("readonly:{readonly}");
         let format_arg = format!("format:{}", format.as_str());
         gf.call(&["add-drive", image_arg, &format_arg, &readonly_arg])?;
+        for extra in extra_readonly {
+            let extra = extra
+                .to_str()
+                .ok_or_else(|| Error::new(ErrorKind::Guestfs, "drive path is not UTF-8"))?;
+            gf.call(&["add-drive", extra, "format:raw", "readonly:true"])?;
+        }
         gf.call(&["run"])?;
         Ok(gf)
     }
@@ -245,7 +269,81 @@ impl Guestfish {
     fn scratch_file(&self, name: &str) -> PathBuf {
         self.scratch.join(name)
     }
+
+    /// A scratch directory of this session on the host (removed with it).
+    pub fn scratch_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.scratch.join(name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Ok(dir)
+    }
+
+    /// Copies a guest file to a host path, byte for byte.
+    pub fn download(&mut self, path: &str, local: &Path) -> Result<()> {
+        let local = local
+            .to_str()
+            .ok_or_else(|| Error::new(ErrorKind::Guestfs, "scratch path is not UTF-8"))?;
+        self.call(&["download", path, local]).map(drop)
+    }
+
+    /// Forgets downloaded hives (after the file system they came from is unmounted, or before
+    /// another is mounted at the same place).
+    pub fn forget_hives(&mut self) {
+        self.hives.clear();
+    }
+
+    /// The host copy of a guest hive, downloaded on first use.
+    fn hive(&mut self, hive: &str) -> Result<PathBuf> {
+        if let Some(local) = self.hives.get(hive) {
+            return Ok(local.clone());
+        }
+        let local = self.scratch_file(&format!("hive-{}", self.hives.len()));
+        self.download(hive, &local)?;
+        self.hives.insert(hive.to_string(), local.clone());
+        Ok(local)
+    }
 }
+
+/// Runs `hivexsh` on a local hive with a script; `Ok(None)` when it says a key is not found.
+fn hivexsh(hive: &Path, script: &str, what: &str) -> Result<Option<String>> {
+    let out = Command::new("hivexsh")
+        .arg(hive)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin is piped")
+                .write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::new(ErrorKind::ToolMissing, HIVEX_NOT_INSTALLED)
+            } else {
+                Error::io("running hivexsh", e)
+            }
+        })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("not found") {
+        return Ok(None);
+    }
+    if !out.status.success() || !stderr.trim().is_empty() {
+        return Err(Error::new(
+            ErrorKind::Guestfs,
+            format!("hivexsh {what} failed: {}", stderr.trim()),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// The notice given when hivex's tools are not installed.
+pub const HIVEX_NOT_INSTALLED: &str =
+    "hivexsh / hivexregedit not found: install libhivex-bin and libwin-hivex-perl";
 
 impl Drop for Guestfish {
     fn drop(&mut self) {
@@ -308,6 +406,96 @@ impl GuestFs for Guestfish {
 
     fn run(&mut self, command: &str) -> Result<String> {
         self.call(&["sh", command])
+    }
+
+    fn upload(&mut self, local: &Path, path: &str) -> Result<()> {
+        if let Some(parent) = Path::new(path).parent().and_then(Path::to_str) {
+            if !parent.is_empty() && parent != "/" {
+                self.call(&["mkdir-p", parent])?;
+            }
+        }
+        self.call(&["upload", &local.to_string_lossy(), path])
+            .map(drop)
+    }
+
+    fn case_path(&mut self, path: &str) -> Result<String> {
+        // case-sensitive-path resolves every component and tolerates only the last one
+        // missing: resolve the longest prefix it accepts, keep the rest as given.
+        let mut missing: Vec<&str> = Vec::new();
+        let mut prefix = path.trim_end_matches('/');
+        loop {
+            if prefix.is_empty() {
+                return Ok(path.to_string());
+            }
+            if let Ok(found) = self.call(&["case-sensitive-path", prefix]) {
+                let mut resolved = found.trim().trim_end_matches('/').to_string();
+                for part in missing.iter().rev() {
+                    resolved.push('/');
+                    resolved.push_str(part);
+                }
+                return Ok(resolved);
+            }
+            let (parent, last) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+            missing.push(last);
+            prefix = parent;
+        }
+    }
+
+    // hivex, on a host copy of the hive that libguestfs downloaded: guestfish's own
+    // `hivex-node-set-value` takes its value as a command-line word, which cannot carry the
+    // NUL bytes of UTF-16 strings, so edits go through hivexregedit and an upload instead.
+    fn registry_key(&mut self, hive: &str, key: &str) -> Result<Option<RegKey>> {
+        let local = self.hive(hive)?;
+        let what = format!("{hive} \\{key}");
+        let cd = format!("cd \\{key}\n");
+        let Some(subkeys) = hivexsh(&local, &format!("{cd}ls\n"), &what)? else {
+            return Ok(None);
+        };
+        let values = hivexsh(&local, &format!("{cd}lsval\n"), &what)?.unwrap_or_default();
+        let values = registry::parse_lsval(&values).map_err(|e| {
+            Error::new(ErrorKind::Guestfs, format!("reading {what}: {e}"))
+                .with_subject(self.image.clone())
+        })?;
+        Ok(Some(RegKey {
+            values,
+            subkeys: subkeys
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+        }))
+    }
+
+    fn registry_merge(&mut self, hive: &str, edits: &[KeyEdit]) -> Result<()> {
+        let local = self.hive(hive)?;
+        let reg = self.scratch_file("edits.reg");
+        std::fs::write(&reg, registry::reg_file(edits))
+            .map_err(|e| Error::io(format!("writing {}", reg.display()), e))?;
+        let out = Command::new("hivexregedit")
+            .arg("--merge")
+            .arg(&local)
+            .arg(&reg)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::new(ErrorKind::ToolMissing, HIVEX_NOT_INSTALLED)
+                } else {
+                    Error::io("running hivexregedit", e)
+                }
+            })?;
+        if !out.status.success() {
+            return Err(Error::new(
+                ErrorKind::Guestfs,
+                format!(
+                    "hivexregedit --merge into {hive} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            )
+            .with_subject(self.image.clone()));
+        }
+        self.call(&["upload", &local.to_string_lossy(), hive])
+            .map(drop)
     }
 }
 

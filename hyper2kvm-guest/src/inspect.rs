@@ -13,6 +13,8 @@ use crate::edits::kconfig;
 use crate::guestfish::Guestfish;
 use crate::guestfs::GuestFs;
 use crate::network::{self, NetworkInspection};
+use crate::windows::virtio_win::Variant;
+use crate::windows::WindowsInspection;
 use crate::{Error, ErrorKind, Result};
 
 /// Families of Linux distributions that share tools and file layouts.
@@ -108,11 +110,16 @@ pub struct Inspection {
     pub boot: BootLoader,
     /// The network: stacks, configuration files, naming.
     pub network: NetworkInspection,
+    /// For a Windows guest: version, kind, system root, control set, hives.
+    pub windows: Option<WindowsInspection>,
 }
 
 impl Inspection {
     /// One line for the report: `linux debian (Debian GNU/Linux 12 (bookworm)), root /dev/sda1, …`.
     pub fn summary(&self) -> String {
+        if self.os == OsType::Windows {
+            return format!("windows ({}), root {}", self.product, self.root);
+        }
         let kernels: Vec<&str> = self.kernels.iter().map(|k| k.version.as_str()).collect();
         format!(
             "{} {} ({}), root {}, kernels [{}], {}",
@@ -131,6 +138,19 @@ impl Inspection {
 pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
     let roots = gf.lines(&["inspect-os"])?;
     let Some(root) = roots.first().cloned() else {
+        // list-filesystems leaves out what blkid calls crypto (BitLocker): ask every device
+        // and partition.
+        let mut filesystems = parse_pairs(&gf.call(&["list-filesystems"])?);
+        let mut devices = gf.lines(&["list-devices"])?;
+        devices.extend(gf.lines(&["list-partitions"])?);
+        for device in devices {
+            if let Ok(kind) = gf.call(&["vfs-type", &device]) {
+                filesystems.push((device, kind.trim().to_string()));
+            }
+        }
+        if let Some(refusal) = encrypted_refusal(&filesystems) {
+            return Err(Error::new(ErrorKind::Encrypted, refusal));
+        }
         return Err(Error::new(
             ErrorKind::NoOperatingSystem,
             "no operating system found in the image (is it an OS disk?)",
@@ -172,7 +192,11 @@ pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
             firmware: Vec::new(),
         },
         network: NetworkInspection::default(),
+        windows: None,
     };
+    if os == OsType::Windows {
+        inspection.windows = Some(windows(gf, &inspection.root)?);
+    }
     if os != OsType::Linux {
         return Ok(inspection);
     }
@@ -193,6 +217,79 @@ pub fn inspect(gf: &mut Guestfish) -> Result<Inspection> {
     inspection.boot = boot_loader(gf)?;
     inspection.network = network::inspect(gf)?;
     Ok(inspection)
+}
+
+/// The refusal for an image whose OS cannot be found because its volumes are encrypted,
+/// saying how to decrypt first; `None` if no volume is.
+pub fn encrypted_refusal(filesystems: &[(String, String)]) -> Option<String> {
+    let devices = |kind: &str| {
+        let mut found: Vec<&str> = filesystems
+            .iter()
+            .filter(|(_, t)| t.eq_ignore_ascii_case(kind))
+            .map(|(d, _)| d.as_str())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    };
+    let bitlocker = devices("BitLocker");
+    let luks = devices("crypto_LUKS");
+    if !bitlocker.is_empty() {
+        Some(format!(
+            "{} BitLocker-encrypted: the guest cannot be inspected or fixed. Decrypt it first, in the running VM (`manage-bde -off C:` for each volume, until `manage-bde -status` says Fully Decrypted) or, for Azure Disk Encryption, with `az vm encryption disable --volume-type ALL` (or Disable-AzVMDiskEncryption); then export the disk again",
+            is_are(&bitlocker)
+        ))
+    } else if !luks.is_empty() {
+        Some(format!(
+            "{} LUKS-encrypted (dm-crypt, as Azure Disk Encryption for Linux does it): the guest cannot be inspected or fixed. Decrypt it first (`az vm encryption disable --volume-type DATA` for data volumes; an ADE-encrypted Linux OS disk cannot be decrypted in place: copy its data to an unencrypted disk), then export again",
+            is_are(&luks)
+        ))
+    } else {
+        None
+    }
+}
+
+fn is_are(devices: &[&str]) -> String {
+    if devices.len() == 1 {
+        format!("{} is", devices[0])
+    } else {
+        format!("{} are", devices.join(", "))
+    }
+}
+
+/// What libguestfs knows of a Windows root (nothing is mounted for this).
+fn windows(gf: &mut Guestfish, root: &str) -> Result<WindowsInspection> {
+    let mut get = |what: &str| -> Result<String> {
+        Ok(gf
+            .call(&[&format!("inspect-get-{what}"), root])?
+            .trim()
+            .to_string())
+    };
+    let number = |text: String, what: &str| {
+        text.parse::<u32>().map_err(|_| {
+            Error::new(
+                ErrorKind::Guestfs,
+                format!("inspect-get-{what} said {text:?}, not a number"),
+            )
+        })
+    };
+    let major = number(get("major-version")?, "major-version")?;
+    let minor = number(get("minor-version")?, "minor-version")?;
+    let variant = if get("product-variant")?.eq_ignore_ascii_case("client") {
+        Variant::Client
+    } else {
+        Variant::Server
+    };
+    Ok(WindowsInspection {
+        major,
+        minor,
+        variant,
+        arch: get("arch")?,
+        systemroot: get("windows-systemroot")?,
+        control_set: get("windows-current-control-set")?,
+        system_hive: get("windows-system-hive")?,
+        software_hive: get("windows-software-hive")?,
+    })
 }
 
 /// `key: value` lines, as guestfish prints hashes (`/boot/efi: /dev/sda15`).
@@ -250,10 +347,58 @@ pub fn boot_loader(guest: &mut dyn GuestFs) -> Result<BootLoader> {
     })
 }
 
+/// A Windows inspection for unit tests (the phony guests' hives at Windows' paths).
+#[cfg(test)]
+pub(crate) fn testing_windows(major: u32, minor: u32, control_set: &str) -> Inspection {
+    Inspection {
+        os: OsType::Windows,
+        distro: "windows".into(),
+        family: DistroFamily::Other,
+        product: "Windows Server".into(),
+        root: "/dev/sda3".into(),
+        mountpoints: vec![("/".into(), "/dev/sda3".into())],
+        uuid_by_device: BTreeMap::new(),
+        kernels: Vec::new(),
+        boot: BootLoader {
+            grub_configs: Vec::new(),
+            firmware: Vec::new(),
+        },
+        network: NetworkInspection::default(),
+        windows: Some(WindowsInspection {
+            major,
+            minor,
+            variant: Variant::Server,
+            arch: "x86_64".into(),
+            systemroot: "/Windows".into(),
+            control_set: control_set.into(),
+            system_hive: "/Windows/System32/config/SYSTEM".into(),
+            software_hive: "/Windows/System32/config/SOFTWARE".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::guestfs::memory::MemoryGuest;
+
+    #[test]
+    fn encrypted_volumes_are_refused_with_how_to_decrypt() {
+        let fs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(d, t)| (d.to_string(), t.to_string()))
+                .collect()
+        };
+        let why =
+            encrypted_refusal(&fs(&[("/dev/sda1", "ntfs"), ("/dev/sda2", "BitLocker")])).unwrap();
+        assert!(why.starts_with("/dev/sda2 is BitLocker-encrypted"), "{why}");
+        assert!(why.contains("manage-bde -off"), "{why}");
+        let why =
+            encrypted_refusal(&fs(&[("/dev/sda1", "ext4"), ("/dev/sda2", "crypto_LUKS")])).unwrap();
+        assert!(why.contains("LUKS-encrypted"), "{why}");
+        assert_eq!(encrypted_refusal(&fs(&[("/dev/sda1", "ntfs")])), None);
+    }
 
     #[test]
     fn families() {

@@ -1,5 +1,5 @@
 /*!
-Offline guest fix-ups: make a Linux disk migrated from Azure boot, and get a network, on KVM.
+Offline guest fix-ups: make a Linux or Windows disk migrated from Azure boot, and get a network, on KVM.
 
 A converted Azure disk is not yet a KVM guest. Its initramfs may hold only Hyper-V's drivers,
 so on a virtio disk the root file system is never found; its network configuration is pinned
@@ -24,9 +24,17 @@ names the resource disk and `/dev/sdX` devices that KVM does not have.
   `dracut`, `update-grub`, `grub2-mkconfig`, `systemctl disable`) run inside the guest.
 * **Report** ([`FixReport`]): what each fix-up changed, or would change in a dry run.
 
-A guest that is not Linux (Windows, for now) is reported as not fixed and never mounted. Where
-libguestfs is not installed, [`fix_image`] says so and carries on without fix-ups, unless
-[`GuestConfig::require`] is set.
+* **Windows** ([`windows`]): with the user's virtio-win ([`GuestConfig::virtio_win`], ISO or
+  tree), the storage drivers are injected offline as boot-start services bound to the virtio
+  PCI ids (registry hives edited with hivex through the [`GuestFs`] seam, see [`registry`]),
+  every driver package copied in for Plug and Play, a run-once first-boot service installs
+  them with `pnputil` (and the QEMU guest agent), and Azure's agent services, page file on
+  `D:` and an offline SAN policy are undone. Without virtio-win a Windows guest is reported
+  not fixed and never mounted; a hibernated one is reported, not forced; an encrypted
+  (BitLocker, LUKS) one is refused with how to decrypt it.
+
+Where libguestfs is not installed, [`fix_image`] says so and carries on without fix-ups,
+unless [`GuestConfig::require`] is set.
 
 # Example
 
@@ -50,8 +58,10 @@ pub mod guestfish;
 pub mod guestfs;
 pub mod inspect;
 pub mod network;
+pub mod registry;
 pub mod report;
 pub mod run;
+pub mod windows;
 
 pub use error::{Error, ErrorKind, Result};
 pub use fixups::FixUp;

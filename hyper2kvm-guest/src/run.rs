@@ -1,6 +1,7 @@
 //! Running the fix-ups on an image: configuration, one appliance, inspection, plans, report.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hyper2kvm_core::OsType;
 
@@ -9,6 +10,8 @@ use crate::guestfish::{self, Guestfish, ImageFormat};
 use crate::guestfs::GuestFs;
 use crate::inspect::{self, Inspection};
 use crate::report::{FixReport, FixUpResult, Outcome, Status};
+use crate::windows::virtio_win::{self, GuestOs};
+use crate::windows::{self as win, Staged, StagedDriver, StagedFile};
 use crate::{Error, ErrorKind, Result};
 
 /// How to run the fix-ups (the `guest:` section of a run's configuration).
@@ -20,11 +23,25 @@ pub struct GuestConfig {
     pub require: bool,
     /// Inspect and plan only: the image is opened read-only and nothing changes.
     pub dry_run: bool,
+    /// virtio-win for Windows guests: the ISO or its unpacked tree. Without it a Windows
+    /// guest is left unchanged and reported not fixed.
+    pub virtio_win: Option<PathBuf>,
 }
 
 impl GuestConfig {
     /// Checks that every skipped name is a fix-up.
     pub fn validate(&self) -> Result<()> {
+        if let Some(path) = &self.virtio_win {
+            if !path.exists() {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "virtio-win {} does not exist (give the virtio-win ISO or its unpacked tree)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         let names = fixups::names();
         for name in &self.skip {
             if !names.contains(&name.as_str()) {
@@ -70,11 +87,259 @@ pub fn fix_image(image: &Path, config: &GuestConfig) -> Result<FixReport> {
     let format = ImageFormat::detect(image)?;
     // One appliance per image, writable unless this is a dry run. Inspection itself mounts
     // nothing writable, and a guest we do not fix (Windows) is never mounted at all.
-    let mut gf = Guestfish::launch(image, format, config.dry_run)?;
+    // A virtio-win ISO is a second, read-only drive of the same appliance: read through
+    // libguestfs, never mounted on the host.
+    let iso = config.virtio_win.as_deref().filter(|p| p.is_file());
+    let extra: Vec<&Path> = iso.into_iter().collect();
+    let mut gf = Guestfish::launch_with(image, format, config.dry_run, &extra)?;
     let inspection = inspect::inspect(&mut gf).map_err(|e| e.with_subject(subject.clone()))?;
-    let report = report_for(&subject, &inspection, &mut gf, config);
+    let report = if inspection.os == OsType::Windows && config.virtio_win.is_some() {
+        fix_windows(&subject, &inspection, &mut gf, config)
+    } else {
+        report_for(&subject, &inspection, &mut gf, config)
+    };
     gf.close()?;
     Ok(report)
+}
+
+/// A Windows guest with virtio-win given: drivers chosen and staged on the host, the system
+/// volume mounted (read-write unless a dry run), the Windows fix-ups planned and applied.
+fn fix_windows(
+    subject: &str,
+    inspection: &Inspection,
+    gf: &mut Guestfish,
+    config: &GuestConfig,
+) -> FixReport {
+    let mut report = FixReport {
+        image: subject.to_string(),
+        guest: Some(inspection.summary()),
+        network: Vec::new(),
+        outcome: Outcome::NothingToDo,
+        fixups: Vec::new(),
+    };
+    let staged = match stage_windows(inspection, gf, config) {
+        Ok(Ok(staged)) => staged,
+        Ok(Err(not_fixed)) => {
+            report.outcome = Outcome::NotFixed(not_fixed);
+            return report;
+        }
+        Err(e) => {
+            report.outcome = Outcome::Failed(e.to_string());
+            return report;
+        }
+    };
+    report.guest = Some(format!(
+        "{}, drivers for {}",
+        inspection.summary(),
+        staged.guest
+    ));
+    // The appliance's kernel may mount a hibernated NTFS read-write where ntfs-3g would not
+    // (ntfs3): ask ntfs-3g itself, and refuse what it refuses.
+    if !config.dry_run {
+        let probe = gf
+            .call(&["vfs-type", &inspection.root])
+            .map(|t| t.trim() == "ntfs")
+            .and_then(|ntfs| {
+                if ntfs {
+                    gf.call(&["ntfs-3g-probe", "true", &inspection.root])
+                        .map(|code| code.trim().parse::<i32>().unwrap_or(-1))
+                } else {
+                    Ok(0)
+                }
+            });
+        match probe {
+            Ok(0) => {}
+            Ok(code) => {
+                report.outcome =
+                    Outcome::NotFixed(format!("{}: {}", inspection.root, ntfs_probe_refusal(code)));
+                return report;
+            }
+            Err(e) => {
+                report.outcome = Outcome::Failed(e.to_string());
+                return report;
+            }
+        }
+    }
+    let mount = if config.dry_run { "mount-ro" } else { "mount" };
+    if let Err(e) = gf.call(&[mount, &inspection.root, "/"]) {
+        report.outcome = match ntfs_refusal(&e.to_string()) {
+            Some(why) => Outcome::NotFixed(format!("{}: {why}", inspection.root)),
+            None => Outcome::Failed(e.to_string()),
+        };
+        return report;
+    }
+    gf.forget_hives();
+    let staged = Arc::new(staged);
+    let mut all = win::all(staged.clone());
+    if config.skip.iter().any(|s| s == "windows-drivers") {
+        // The first-boot service installs what windows-drivers copies in: nothing, then.
+        let nothing = Arc::new(Staged {
+            drivers: Vec::new(),
+            ..(*staged).clone()
+        });
+        for fixup in all.iter_mut() {
+            if fixup.name() == "windows-firstboot" {
+                *fixup = Box::new(win::Firstboot::new(nothing.clone()));
+            }
+        }
+    }
+    let (fixups, outcome) = fix_guest(gf, inspection, config, &all);
+    report.fixups = fixups;
+    report.outcome = outcome;
+    report
+}
+
+const NTFS_HOW: &str = "start the VM in Azure, turn off hibernation and Fast Startup (`powercfg /h off`), shut it down fully (`shutdown /s /t 0`), then export it again";
+
+/// What `ntfs-3g-probe true DEVICE` (ntfs-3g's read-write mount check) answered, in words a
+/// user can act on: 14 hibernated (or shut down with Fast Startup), 15 not cleanly unmounted
+/// (ntfs-3g's `NTFS_VOLUME_HIBERNATED`, `NTFS_VOLUME_UNCLEAN_UNMOUNT`).
+pub fn ntfs_probe_refusal(code: i32) -> String {
+    match code {
+        14 => format!("Windows is hibernated (ntfs-3g refuses to mount it read-write); {NTFS_HOW}"),
+        15 => format!(
+            "the NTFS volume was not cleanly unmounted (ntfs-3g refuses to mount it read-write); {NTFS_HOW}"
+        ),
+        12 => "the NTFS volume is corrupt (ntfs-3g code 12): run `chkdsk /f` in the VM first".into(),
+        13 => "the NTFS volume is locked by another process (ntfs-3g code 13)".into(),
+        other => format!("ntfs-3g cannot mount the volume read-write (code {other})"),
+    }
+}
+
+/// Why ntfs-3g refused a read-write mount, in words a user can act on, if that is what
+/// happened: Windows hibernated (or shut down with Fast Startup), or its volume not cleanly
+/// unmounted. Forcing it (`remove_hiberfile`, `ntfsfix`) would throw away what Windows kept
+/// in memory, so the guest is reported instead.
+pub fn ntfs_refusal(message: &str) -> Option<String> {
+    let m = message.to_ascii_lowercase();
+    if m.contains("hibernat") {
+        Some(ntfs_probe_refusal(14))
+    } else if m.contains("unclean") || m.contains("metadata kept in windows cache") {
+        Some(ntfs_probe_refusal(15))
+    } else {
+        None
+    }
+}
+
+/// Lists virtio-win (tree or ISO), chooses the guest's directories and puts their files on the
+/// host. `Ok(Err(why))` when the guest cannot be fixed with this virtio-win.
+fn stage_windows(
+    inspection: &Inspection,
+    gf: &mut Guestfish,
+    config: &GuestConfig,
+) -> Result<std::result::Result<Staged, String>> {
+    let source = config.virtio_win.clone().expect("virtio-win is given");
+    let w = win::windows(inspection)?;
+    // The build number is in the SOFTWARE hive: mount the system volume read-only to read it.
+    gf.call(&["mount-ro", &inspection.root, "/"])?;
+    let build = gf
+        .registry_key(&w.software_hive, r"Microsoft\Windows NT\CurrentVersion")?
+        .and_then(|k| {
+            k.value("CurrentBuildNumber")
+                .and_then(|v| v.as_str().map(String::from))
+        })
+        .and_then(|b| b.trim().parse().ok());
+    gf.call(&["umount-all"])?;
+    gf.forget_hives();
+    let guest = GuestOs {
+        major: w.major,
+        minor: w.minor,
+        variant: w.variant,
+        build,
+        product: inspection.product.clone(),
+        arch: w.arch.clone(),
+    };
+    let iso_device = if source.is_file() {
+        let device = gf
+            .lines(&["list-devices"])?
+            .pop()
+            .ok_or_else(|| Error::new(ErrorKind::Guestfs, "no devices"))?;
+        gf.call(&["mount-ro", &device, "/"])?;
+        Some(device)
+    } else {
+        None
+    };
+    let files = match &iso_device {
+        Some(_) => gf.lines(&["find", "/"])?,
+        None => list_tree(&source)?,
+    };
+    let selection = virtio_win::choose(&files, &guest);
+    let release = guest
+        .release()
+        .map(|r| r.dir)
+        .unwrap_or("an unknown release");
+    let shown_guest = format!("{guest}, virtio-win {release}");
+    if selection.driver("viostor").is_none() && selection.driver("vioscsi").is_none() {
+        if iso_device.is_some() {
+            gf.call(&["umount-all"])?;
+        }
+        return Ok(Err(format!(
+            "{} has no viostor or vioscsi driver for {shown_guest} (architecture directory {}); without one the guest cannot boot from a virtio disk",
+            source.display(),
+            guest.arch_dir().unwrap_or("unknown")
+        )));
+    }
+    let scratch = gf.scratch_dir("virtio-win")?;
+    let fetch = |gf: &mut Guestfish, rel: &str| -> Result<StagedFile> {
+        let name = rel.rsplit('/').next().unwrap_or(rel).to_ascii_lowercase();
+        let local = match &iso_device {
+            Some(_) => {
+                let local = scratch.join(rel.replace('/', "_"));
+                gf.download(&format!("/{rel}"), &local)?;
+                local
+            }
+            None => source.join(rel),
+        };
+        Ok(StagedFile { name, local })
+    };
+    let mut drivers = Vec::new();
+    for dir in &selection.drivers {
+        let mut files = Vec::new();
+        for rel in &dir.files {
+            files.push(fetch(gf, rel)?);
+        }
+        drivers.push(StagedDriver {
+            dir: dir.clone(),
+            files,
+        });
+    }
+    let guest_agent = match &selection.guest_agent {
+        Some(rel) => Some(fetch(gf, rel)?),
+        None => None,
+    };
+    if iso_device.is_some() {
+        gf.call(&["umount-all"])?;
+    }
+    Ok(Ok(Staged {
+        source: source.display().to_string(),
+        guest: shown_guest,
+        drivers,
+        missing: selection.missing,
+        guest_agent,
+    }))
+}
+
+/// Every file under `root`, as `/`-separated paths relative to it.
+fn list_tree(root: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+            let rel = rel.join(entry.file_name());
+            let path = root.join(&rel);
+            if path.is_dir() {
+                stack.push(rel);
+            } else if path.is_file() {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn report_for(
@@ -85,14 +350,16 @@ fn report_for(
 ) -> FixReport {
     let guest_line = Some(inspection.summary());
     if inspection.os != OsType::Linux {
+        let why = if inspection.os == OsType::Windows {
+            "no virtio-win given: Windows guests need its viostor / vioscsi drivers to boot from a virtio disk; give the virtio-win ISO or its unpacked tree (`guest.windows.virtio_win`, `hyper2kvm fix --virtio-win PATH`)".to_string()
+        } else {
+            format!("{} guests are not fixed", inspection.os.as_str())
+        };
         return FixReport {
             image: subject.to_string(),
             guest: guest_line,
             network: Vec::new(),
-            outcome: Outcome::NotFixed(format!(
-                "{} guests are not fixed (virtio driver injection is future work)",
-                inspection.os.as_str()
-            )),
+            outcome: Outcome::NotFixed(why),
             fixups: Vec::new(),
         };
     }
@@ -283,13 +550,29 @@ mod tests {
         windows.distro = "windows".into();
         let report = report_for("win.qcow2", &windows, &mut guest, &GuestConfig::default());
         assert!(
-            matches!(report.outcome, Outcome::NotFixed(ref why) if why.starts_with("windows guests are not fixed")),
+            matches!(report.outcome, Outcome::NotFixed(ref why) if why.starts_with("no virtio-win given")),
             "{report}"
         );
         assert!(report.fixups.is_empty());
         assert!(!report.succeeded());
         assert_eq!(guest.files, before);
         assert!(guest.commands.is_empty());
+    }
+
+    #[test]
+    fn ntfs_refusals_say_what_to_do() {
+        assert!(ntfs_probe_refusal(14).starts_with("Windows is hibernated"));
+        assert!(ntfs_probe_refusal(14).contains("powercfg /h off"));
+        assert!(ntfs_probe_refusal(15).contains("not cleanly unmounted"));
+        assert!(ntfs_probe_refusal(99).contains("code 99"));
+        let mount_error =
+            "mount: /dev/sda2 on / (options: ''): Windows is hibernated, refused to mount.";
+        assert_eq!(ntfs_refusal(mount_error), Some(ntfs_probe_refusal(14)));
+        assert_eq!(
+            ntfs_refusal("The disk contains an unclean file system (0, 0). Metadata kept in Windows cache, refused to mount."),
+            Some(ntfs_probe_refusal(15))
+        );
+        assert_eq!(ntfs_refusal("mount: wrong fs type"), None);
     }
 
     #[test]

@@ -168,6 +168,14 @@ fn check_common(
             "domain.cpu_mode: empty; use host-passthrough, host-model or a CPU model name".into(),
         );
     }
+    if let Some(path) = file.guest.and_then(|g| g.windows.virtio_win.as_ref()) {
+        if !path.exists() {
+            return Err(format!(
+                "guest.windows.virtio_win: {} does not exist (give the virtio-win ISO or its unpacked tree)",
+                path.display()
+            ));
+        }
+    }
     if let Some(g) = file.guest {
         let names = hyper2kvm_guest::fixups::names();
         for name in &g.skip {

@@ -87,6 +87,16 @@ pub struct GuestSection {
     pub skip: Vec<String>,
     /// Fail the VM when the fix-ups cannot run (libguestfs missing) instead of carrying on.
     pub require: bool,
+    /// Windows guests.
+    pub windows: WindowsGuestSection,
+}
+
+/// `guest.windows:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsGuestSection {
+    /// virtio-win: the ISO or its unpacked tree. Without it Windows guests are not fixed.
+    pub virtio_win: Option<std::path::PathBuf>,
 }
 
 /// `azure:`.

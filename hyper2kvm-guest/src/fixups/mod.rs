@@ -48,6 +48,20 @@ pub enum Action {
         /// The command, for `/bin/sh -c`.
         command: String,
     },
+    /// Copy a host file into the guest, byte for byte (drivers, installers).
+    Upload {
+        /// The host file.
+        local: std::path::PathBuf,
+        /// Absolute path in the guest.
+        path: String,
+    },
+    /// Create registry keys and set values in a hive file of the guest.
+    Registry {
+        /// The hive's path in the guest (`/Windows/System32/config/SYSTEM`).
+        hive: String,
+        /// The keys and values.
+        edits: Vec<crate::registry::KeyEdit>,
+    },
 }
 
 /// What a fix-up would do to a guest.
@@ -117,9 +131,12 @@ pub fn all() -> Vec<Box<dyn FixUp>> {
     ]
 }
 
-/// The names of every fix-up, in the order they run.
+/// The names of every fix-up: Linux ones ([`all`]) and Windows ones
+/// ([`crate::windows::all`]), in the order they run.
 pub fn names() -> Vec<&'static str> {
-    all().iter().map(|f| f.name()).collect()
+    let mut names: Vec<&'static str> = all().iter().map(|f| f.name()).collect();
+    names.extend(crate::windows::names());
+    names
 }
 
 /// Carries out a plan's actions in order; stops at the first that fails.
@@ -131,6 +148,8 @@ pub fn apply(guest: &mut dyn GuestFs, plan: &Plan) -> Result<()> {
             Action::Run { command } => {
                 guest.run(command)?;
             }
+            Action::Upload { local, path } => guest.upload(local, path)?,
+            Action::Registry { hive, edits } => guest.registry_merge(hive, edits)?,
         }
     }
     Ok(())
@@ -185,6 +204,7 @@ pub(crate) mod testing {
                 firmware: vec![Firmware::Bios],
             },
             network: crate::network::NetworkInspection::default(),
+            windows: None,
         }
     }
 
