@@ -17,8 +17,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::config::{ListFormat, ListPlan, UsageError};
 use crate::list::{connect, print_stdout};
 use crate::progress::{clock, line_every, Rate, Ticker};
-use crate::tally::Tally;
 use crate::signal::run_interruptible;
+use crate::tally::Tally;
 use crate::units::human_bytes;
 
 /// Flags of a migration run that are not in the config file.

@@ -292,9 +292,12 @@ pub(crate) fn status_error(method: &str, status: StatusCode, shown: &str, body: 
         }
         _ => String::new(),
     };
-    let mut err = Error::new(kind, format!("{method} {shown}: HTTP {status}{detail}{grant}"))
-        .with_status(status.as_u16())
-        .with_summary(summary);
+    let mut err = Error::new(
+        kind,
+        format!("{method} {shown}: HTTP {status}{detail}{grant}"),
+    )
+    .with_status(status.as_u16())
+    .with_summary(summary);
     if let Some(b) = parsed {
         err = err.with_code(b.error.code);
     }
