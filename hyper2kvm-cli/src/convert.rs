@@ -58,6 +58,10 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         checkpoint_bytes: args.checkpoint_every,
         ..ConvertOptions::default()
     };
+    // The bar (or the plain lines) first: opening a URL may already wait on the server.
+    let label = args.dst.display().to_string();
+    let bar = Bar::new(&label, args.quiet);
+    let waits = crate::waiting::spawn(bar.wait_sink(&label));
     let reader: Arc<dyn DiskReader> = match url {
         Some(url) => {
             if !matches!(
@@ -75,8 +79,8 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         }
         None => open_disk(&args.src, input_format)?,
     };
-    let bar = Bar::new(&args.dst.display().to_string(), args.quiet);
     let result = until_interrupted(convert(reader, &args.dst, &opts, Some(bar.callback()))).await;
+    waits.abort();
     bar.finish();
     let stats = result?;
     if !args.quiet {

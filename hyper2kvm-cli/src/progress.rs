@@ -194,6 +194,40 @@ impl Bar {
         }
     }
 
+    /// Where long waits go (a `Retry-After`, a backoff): on the bar's message on a terminal,
+    /// else a plain line when the wait starts to show and every 10 s while it lasts.
+    pub fn wait_sink(&self, label: &str) -> crate::waiting::WaitSink {
+        match self {
+            Bar::Terminal(bar) => {
+                let (bar, label) = (bar.clone(), label.to_string());
+                Arc::new(move |status: Option<String>| match status {
+                    Some(text) => bar.set_message(format!("{label}: {text}")),
+                    None => bar.set_message(label.clone()),
+                })
+            }
+            Bar::Lines { .. } => {
+                let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+                Arc::new(move |status: Option<String>| {
+                    let mut last = last.lock().unwrap();
+                    match status {
+                        Some(text) => {
+                            let what = text.split(" (").next().unwrap_or("").to_string();
+                            let due = last.as_ref().is_none_or(|(seen, at)| {
+                                *seen != what || at.elapsed() >= Duration::from_secs(10)
+                            });
+                            if due {
+                                eprintln!("hyper2kvm: {text}");
+                                *last = Some((what, Instant::now()));
+                            }
+                        }
+                        None => *last = None,
+                    }
+                })
+            }
+            Bar::Quiet => Arc::new(|_| {}),
+        }
+    }
+
     /// Removes the bar from the screen, or stops the lines.
     pub fn finish(&self) {
         match self {

@@ -88,3 +88,27 @@ async fn converts_a_granted_disk_under_faults_without_showing_the_sas() {
     assert!(!stderr.contains("Zm9yZ2Vk"), "{stderr}");
     assert!(!again.exists());
 }
+
+/// A wait of more than 5 s (here the blob service's `Retry-After: 7`) shows while it lasts:
+/// piped, as a plain line naming what is waited for, without the SAS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_after_shows_while_it_lasts() {
+    let sim = sim(BlobFaults {
+        throttle_every: 25,
+        retry_after_secs: 7,
+        ..Default::default()
+    })
+    .await;
+    let sas = sim.grant_access(DISK_ID, Duration::from_secs(600)).unwrap();
+    let dir = Scratch::new("cli-sim-wait");
+    let out = dir.path("out.qcow2");
+    let run = hyper2kvm(vec!["convert".into(), sas, s(&out).into()]).await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert_no_secret(&run, &sim);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("hyper2kvm: waiting for "))
+        .unwrap_or_else(|| panic!("no wait line in:\n{stderr}"));
+    assert!(line.contains(" s)"), "{line}");
+}
