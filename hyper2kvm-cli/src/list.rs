@@ -97,6 +97,15 @@ async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
     Ok((vms, c.arm.requests_sent()))
 }
 
+/// The dry run's JSON: the plan with the versions every record carries.
+#[derive(Serialize)]
+struct Versioned<'a, T: Serialize> {
+    tool_version: &'a str,
+    schema_version: u32,
+    #[serde(flatten)]
+    plan: &'a T,
+}
+
 /// `--dry-run`: the migration plan for the selected VMs; only list requests are sent and no
 /// file is written.
 pub async fn dry_run(plan: ListPlan) -> anyhow::Result<()> {
@@ -105,7 +114,11 @@ pub async fn dry_run(plan: ListPlan) -> anyhow::Result<()> {
     let text = match plan.format {
         ListFormat::Table => render_plan(&migration),
         ListFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&migration)?;
+            let mut s = serde_json::to_string_pretty(&Versioned {
+                tool_version: migrate::TOOL_VERSION,
+                schema_version: migrate::SCHEMA_VERSION,
+                plan: &migration,
+            })?;
             s.push('\n');
             s
         }

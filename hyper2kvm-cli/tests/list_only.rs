@@ -458,6 +458,8 @@ async fn dry_run_plans_every_vm_and_changes_nothing() {
     .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["schema_version"], 2, "{plan}");
+    assert_eq!(plan["tool_version"], env!("CARGO_PKG_VERSION"));
     let vms = plan["vms"].as_array().unwrap();
     assert_eq!(vms.len(), 5);
     for vm in vms {
