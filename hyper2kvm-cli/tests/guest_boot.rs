@@ -678,56 +678,13 @@ fn matrix_images() -> PathBuf {
         .unwrap()
 }
 
-/// Runs `tests/guest/<script> DIR` once per version of the script (its hash names the cache
-/// folder) unless the folder already holds `files`.
+/// `tests/guest/<script> DIR`, run once per version of the script (see
+/// `support::cached_images`).
 fn cached_images(script: &str, files: &[&str]) -> Result<PathBuf, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/guest")
         .join(script);
-    let out = Command::new("sha256sum")
-        .arg(&script)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let hash: String = String::from_utf8_lossy(&out.stdout)
-        .chars()
-        .take(16)
-        .collect();
-    let cache = match std::env::var_os("H2K_GUEST_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?)
-            .join(".cache/hyper2kvm-guest-images"),
-    };
-    let dir = cache.join(&hash);
-    if files.iter().all(|f| dir.join(f).is_file()) {
-        return Ok(dir);
-    }
-    let tmp = cache.join(format!("{hash}.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&tmp)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}):\n{}{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    eprintln!(
-        "built {} images in {} s:\n{}",
-        script.display(),
-        started.elapsed().as_secs(),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
-    Ok(dir)
+    support::cached_images(&script, files)
 }
 
 fn sha256(path: &Path) -> String {

@@ -9,6 +9,9 @@
 //! `guest_boot.rs`; then a missing tool is a failure. Images are cached under
 //! `~/.cache/hyper2kvm-guest-images/<hash of build-windows.sh>/` (or `$H2K_GUEST_CACHE`).
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -16,6 +19,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use hyper2kvm_guest::registry::{parse_lsval, RegValue};
+use support::Scratch;
 
 fn enabled() -> bool {
     match std::env::var("H2K_BOOT_TEST").as_deref() {
@@ -40,36 +44,13 @@ fn enabled() -> bool {
     }
 }
 
-/// A scratch directory removed at the end (kept when `H2K_KEEP=1`, to look at).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("h2k-win-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::env::var("H2K_KEEP").as_deref() != Ok("1") {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// The phony disks, virtio-win tree and ISO, built once per version of the script.
 fn images() -> PathBuf {
     static IMAGES: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     IMAGES
         .get_or_init(|| {
-            cached_images(
-                "build-windows.sh",
+            support::cached_images(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build-windows.sh"),
                 &[
                     "win2019.raw",
                     "win2008r2.raw",
@@ -81,55 +62,6 @@ fn images() -> PathBuf {
         })
         .clone()
         .unwrap()
-}
-
-fn cached_images(script: &str, files: &[&str]) -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/guest")
-        .join(script);
-    let out = Command::new("sha256sum")
-        .arg(&script)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let hash: String = String::from_utf8_lossy(&out.stdout)
-        .chars()
-        .take(16)
-        .collect();
-    let cache = match std::env::var_os("H2K_GUEST_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?)
-            .join(".cache/hyper2kvm-guest-images"),
-    };
-    let dir = cache.join(&hash);
-    if files.iter().all(|f| dir.join(f).is_file()) {
-        return Ok(dir);
-    }
-    let tmp = cache.join(format!("{hash}.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(&tmp)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}):\n{}{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    eprintln!(
-        "built {} in {} s",
-        script.display(),
-        started.elapsed().as_secs()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
-    Ok(dir)
 }
 
 /// A private copy of a cached disk (sparse).

@@ -45,8 +45,61 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // `H2K_KEEP=1` keeps it, to look at what a guest test left.
+        if std::env::var("H2K_KEEP").as_deref() != Ok("1") {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
+}
+
+/// Runs `bash SCRIPT DIR` once per version of the script (the first 16 hex digits of its
+/// SHA-256 name the folder under `$H2K_GUEST_CACHE`, else `~/.cache/hyper2kvm-guest-images`)
+/// unless the folder already holds `files`; returns the folder. The guest tests' images.
+pub fn cached_images(script: &Path, files: &[&str]) -> Result<PathBuf, String> {
+    let out = Command::new("sha256sum")
+        .arg(script)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let hash: String = String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .take(16)
+        .collect();
+    let cache = match std::env::var_os("H2K_GUEST_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set")?)
+            .join(".cache/hyper2kvm-guest-images"),
+    };
+    let dir = cache.join(&hash);
+    if files.iter().all(|f| dir.join(f).is_file()) {
+        return Ok(dir);
+    }
+    let tmp = cache.join(format!("{hash}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(&tmp)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}):\n{}{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprintln!(
+        "built {} in {} s:\n{}",
+        script.display(),
+        started.elapsed().as_secs(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| e.to_string())?;
+    Ok(dir)
 }
 
 /// What to write into an extent of a test disk.
