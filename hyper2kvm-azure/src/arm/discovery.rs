@@ -205,10 +205,13 @@ pub fn join_subscription(
                 listed,
             ));
         }
+        // Every Azure VM has a NIC: an empty list (a VM described by
+        // `networkInterfaceConfigurations` instead) means "not said", not "none".
         let nics = props
             .network_profile
             .as_ref()
-            .map(|n| n.network_interfaces.len() as u32);
+            .map(|n| n.network_interfaces.len() as u32)
+            .filter(|&n| n > 0);
         let vm = Vm {
             id: model.id,
             name: model.name,
@@ -473,6 +476,18 @@ mod tests {
         assert!(!col.contains("extension"), "{col}");
         assert_eq!(by("ext").security.secure_boot, None);
         assert_eq!(by("ext").nics, None);
+        let empty = join_subscription(
+            "s",
+            parse(
+                r#"[{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/flex", "name": "flex",
+              "properties": {"networkProfile": {"networkInterfaces": [], "networkInterfaceConfigurations": [{"name": "nic"}]},
+                "storageProfile": {"osDisk": {"osType": "Linux", "name": "flex-os"}}}}]"#,
+            ),
+            Vec::new(),
+            Vec::new(),
+            &Selection::default(),
+        );
+        assert_eq!(empty[0].nics, None, "an empty NIC list is not 'no NIC'");
     }
 
     #[test]
