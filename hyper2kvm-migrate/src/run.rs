@@ -434,57 +434,28 @@ impl Migration {
             });
         }
         let owed = owes_start(previous.as_ref(), self.opts.plan.restart, vm);
-        let report = Arc::new(Mutex::new(VmReport {
-            tool_version: TOOL_VERSION.to_string(),
-            schema_version: SCHEMA_VERSION,
-            run_id: self.opts.plan.run_id.clone(),
-            vm_id: vm.id.clone(),
-            name: vm.name.clone(),
-            resource_group: vm.resource_group.clone(),
-            location: vm.location.clone(),
-            vm_size: vm.vm_size.clone(),
-            generation: vm.firmware.generation(),
-            os_type: vm.os_type.as_str().to_string(),
-            // A start an interrupted run still owes carries over, so that a run interrupted
-            // again still knows.
-            power_state_before: match previous.as_ref() {
-                Some(p) if owed => p.power_state_before.clone(),
-                _ => vm.power_state.to_string(),
-            },
-            action: vp.action.to_string(),
-            status: VmStatus::Running,
-            started_at: rfc3339(SystemTime::now()),
-            finished_at: None,
-            seconds: 0.0,
-            disks: vp.disks.iter().map(pending_disk).collect(),
-            domain_xml: None,
-            vcpus: None,
-            memory_mib: None,
-            secure_boot: None,
-            tpm: None,
-            nics: None,
-            // Snapshots an earlier run created and did not delete (it was killed): reused
-            // or deleted below. Also those not confirmed created: a run killed while it
-            // waited for the create leaves a snapshot that exists all the same.
-            resources: previous
-                .as_ref()
-                .map(|p| {
-                    p.resources
-                        .iter()
-                        .filter(|r| r.deleted_at.is_none() && !r.kept)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
-            power: match previous.as_ref() {
-                Some(p) if owed => p.power.clone(),
-                _ => Vec::new(),
-            },
-            guest: None,
-            warnings: locks.warnings.iter().cloned().chain(set_aside).collect(),
-            errors: Vec::new(),
-            cleanup_errors: Vec::new(),
-        }));
+        // The bare report, still running, with what an earlier run left to carry over.
+        let mut fresh = self.bare_report(vm, vp, VmStatus::Running);
+        fresh.finished_at = None;
+        // A start an interrupted run still owes carries over, so that a run interrupted
+        // again still knows.
+        if let Some(p) = previous.as_ref().filter(|_| owed) {
+            fresh.power_state_before = p.power_state_before.clone();
+            fresh.power = p.power.clone();
+        }
+        // Snapshots an earlier run created and did not delete (it was killed): reused or
+        // deleted below. Also those not confirmed created: a run killed while it waited for
+        // the create leaves a snapshot that exists all the same.
+        if let Some(p) = previous.as_ref() {
+            fresh.resources = p
+                .resources
+                .iter()
+                .filter(|r| r.deleted_at.is_none() && !r.kept)
+                .cloned()
+                .collect();
+        }
+        fresh.warnings = locks.warnings.iter().cloned().chain(set_aside).collect();
+        let report = Arc::new(Mutex::new(fresh));
         self.emit(RunEvent::VmStarted {
             vm: vm.name.clone(),
             action: vp.action.to_string(),
