@@ -180,14 +180,15 @@ for _ in $(seq 90); do
   [ -n "$addr" ] && break
   sleep 1
 done
-echo "H2K-CMDLINE: $(cat /proc/cmdline)" >/dev/ttyS0
-echo "H2K-IP: ${addr:-none}" >/dev/ttyS0
+# One write, before the serial getty starts: its hangup of ttyS0 once swallowed a line.
+printf 'H2K-CMDLINE: %s\nH2K-IP: %s\n' "$(cat /proc/cmdline)" "${addr:-none}" >/dev/ttyS0
 REPORT
 chmod 755 "$rootfs/usr/local/sbin/h2k-report"
 cat >"$rootfs/etc/systemd/system/h2k-report.service" <<'UNIT'
 [Unit]
 Description=hyper2kvm boot test: report address and command line on the serial console
 After=systemd-networkd.service
+Before=serial-getty@ttyS0.service
 
 [Service]
 Type=oneshot
