@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use hyper2kvm::config::{
     parse_size, AuthSetting, CompressionSetting, ConfigFile, DomainSection, DownloadSection,
-    ExportSection, GuestSection, ImageFormat,
+    ExportSection, GuestSection, ImageFormat, OutputSection, TargetSetting,
 };
-use hyper2kvm::migrate::PlanOptions;
+use hyper2kvm::migrate::{KubevirtOptions, PlanOptions, Target};
 use hyper2kvm_azure::{AuthMethod, RetryConfig, Selection};
 use hyper2kvm_core::libvirt::{CpuMode, NetworkAttachment};
 use hyper2kvm_core::{Compression, OutputFormat};
@@ -88,6 +88,8 @@ pub struct RunSettings {
     pub network: NetworkAttachment,
     /// `guest:`, when present.
     pub guest: Option<GuestConfig>,
+    /// `output.target` with `output.kubevirt`.
+    pub target: Target,
 }
 
 /// Reads and checks `path` ([`hyper2kvm::config::load`]); its mistakes are the user's.
@@ -184,6 +186,7 @@ pub fn list_plan(file: ConfigFile, flags: Overrides) -> ListPlan {
             &file.export,
             &file.domain,
             file.guest.as_ref(),
+            Some(&file.output),
             file.output.compress,
         ),
     }
@@ -194,6 +197,7 @@ pub(crate) fn run_settings(
     export: &ExportSection,
     domain: &DomainSection,
     guest: Option<&GuestSection>,
+    output: Option<&OutputSection>,
     compress: Option<CompressionSetting>,
 ) -> RunSettings {
     use std::time::Duration;
@@ -230,6 +234,16 @@ pub(crate) fn run_settings(
             dry_run: false,
             virtio_win: g.windows.virtio_win.clone(),
         }),
+        target: match output.and_then(|o| o.target) {
+            Some(TargetSetting::Kubevirt) => {
+                let k = output.and_then(|o| o.kubevirt.clone()).unwrap_or_default();
+                let mut options = KubevirtOptions::new(k.image_url_base);
+                options.namespace = k.namespace;
+                options.storage_class = k.storage_class;
+                Target::Kubevirt(options)
+            }
+            Some(TargetSetting::Libvirt) | None => Target::Libvirt,
+        },
     }
 }
 
@@ -284,6 +298,51 @@ mod tests {
         .unwrap_err();
         assert!(unknown.0.starts_with("c.yaml:5:"), "{}", unknown.0);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn kubevirt_target_is_read_and_checked() {
+        let base = "azure:\n  subscription: s\noutput:\n";
+        let plan = |text: &str| {
+            list_plan(
+                parse(&format!("{base}{text}"), "c.yaml").unwrap(),
+                Overrides::default(),
+            )
+        };
+        assert_eq!(plan("  dir: o\n").run.target, Target::Libvirt);
+        let mut want = KubevirtOptions::new(Some("https://img.example/out".into()));
+        want.namespace = Some("vms".into());
+        want.storage_class = Some("ceph".into());
+        assert_eq!(
+            plan("  target: kubevirt\n  kubevirt: { image_url_base: \"https://img.example/out\", namespace: vms, storage_class: ceph }\n").run.target,
+            Target::Kubevirt(want)
+        );
+        assert_eq!(
+            plan("  target: kubevirt\n").run.target,
+            Target::Kubevirt(KubevirtOptions::new(None))
+        );
+        for (text, says) in [
+            (
+                "  kubevirt: { namespace: vms }\n",
+                "output.target is not kubevirt",
+            ),
+            (
+                "  target: kubevirt\n  kubevirt: { image_url_base: \"ftp://x/\" }\n",
+                "output.kubevirt.image_url_base: \"ftp://x/\"",
+            ),
+            (
+                "  target: kubevirt\n  kubevirt: { image_url_base: \"https:///x\" }\n",
+                "with a host",
+            ),
+            (
+                "  target: kubevirt\n  kubevirt: { namespace: Prod_VMs }\n",
+                "output.kubevirt.namespace: \"Prod_VMs\"",
+            ),
+            ("  target: kubernetes\n", "c.yaml:4:"),
+        ] {
+            let err = parse(&format!("{base}{text}"), "c.yaml").unwrap_err();
+            assert!(err.0.contains(says), "{text}: {}", err.0);
+        }
     }
 
     #[test]

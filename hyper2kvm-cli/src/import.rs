@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use hyper2kvm::config::{DomainSection, DownloadSection, ExportSection, GuestSection};
 use hyper2kvm::core::{Cleanups, Firmware, Limits, OutputFormat};
 use hyper2kvm::local::Defaults;
-use hyper2kvm::migrate::{Interrupt, PlanOptions, RunOptions};
+use hyper2kvm::migrate::{Interrupt, PlanOptions, RunOptions, Target};
 use hyper2kvm_guest::fixups;
 
 use crate::args::{CompressArg, FormatArg};
@@ -122,7 +122,14 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
         Some(CompressArg::Deflate) => Some(hyper2kvm::config::CompressionSetting::Deflate),
         None => output.and_then(|o| o.compress),
     };
-    let r = run_settings(download, &ExportSection::default(), domain, guest, compress);
+    let r = run_settings(
+        download,
+        &ExportSection::default(),
+        domain,
+        guest,
+        output,
+        compress,
+    );
 
     let mut plan = PlanOptions::default();
     if let Some(layout) = output.and_then(|o| o.layout) {
@@ -153,7 +160,10 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
 
     if args.dry_run {
         let p = hyper2kvm::import::dry_run(&args.srcs, &defaults, &plan).await?;
-        print_stdout(&render_plan(&p), "writing the plan")?;
+        print_stdout(
+            &render_plan(&p, matches!(r.target, Target::Kubevirt(_))),
+            "writing the plan",
+        )?;
         eprintln!(
             "hyper2kvm: dry run: {} VMs, {} disks ({}), nothing written",
             p.vms.len(),
@@ -173,6 +183,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
     opts.limits = Limits::new(r.max_connections, r.bandwidth);
     opts.cpu = r.cpu.clone();
     opts.network = r.network.clone();
+    opts.target = r.target.clone();
     opts.guest = r.guest.clone().map(hyper2kvm::run::guest_hook);
 
     let cleanups = Cleanups::new();

@@ -112,7 +112,10 @@ pub async fn dry_run(plan: ListPlan) -> anyhow::Result<()> {
     let (vms, requests) = fleet(&plan).await?;
     let migration = migrate::plan(&vms, &plan.migration).map_err(|e| UsageError(e.0))?;
     let text = match plan.format {
-        ListFormat::Table => render_plan(&migration),
+        ListFormat::Table => render_plan(
+            &migration,
+            matches!(plan.run.target, migrate::Target::Kubevirt(_)),
+        ),
         ListFormat::Json => {
             let mut s = serde_json::to_string_pretty(&Versioned {
                 tool_version: migrate::TOOL_VERSION,
@@ -139,8 +142,9 @@ pub async fn dry_run(plan: ListPlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One block per VM: its action and each disk with its size and output.
-pub(crate) fn render_plan(plan: &migrate::Plan) -> String {
+/// One block per VM: its action, each disk with its size and output, and the VM's
+/// definition (the domain XML, or the KubeVirt manifests with `kubevirt`).
+pub(crate) fn render_plan(plan: &migrate::Plan, kubevirt: bool) -> String {
     let mut out = format!("run {}\n", plan.run_id);
     for vm in &plan.vms {
         out.push_str(&format!(
@@ -163,7 +167,14 @@ pub(crate) fn render_plan(plan: &migrate::Plan) -> String {
                 d.output.display()
             ));
         }
-        out.push_str(&format!("  domain {}\n", vm.domain_xml.display()));
+        if kubevirt {
+            out.push_str(&format!(
+                "  kubevirt {}\n",
+                vm.kubevirt_manifest().display()
+            ));
+        } else {
+            out.push_str(&format!("  domain {}\n", vm.domain_xml.display()));
+        }
     }
     out
 }

@@ -67,6 +67,7 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
     opts.keep_snapshots = r.keep_snapshots;
     opts.cpu = r.cpu.clone();
     opts.network = r.network.clone();
+    opts.target = r.target.clone();
     opts.guest = r.guest.clone().map(hyper2kvm::run::guest_hook);
     opts.allow_empty = flags.allow_empty;
     opts.verify_done_images = flags.verify_images;

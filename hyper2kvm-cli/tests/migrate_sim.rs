@@ -1854,3 +1854,112 @@ async fn records_match_the_documented_schema() {
         .iter()
         .any(|e| e["status"] == 409 && e["code"] == "OperationNotAllowed"));
 }
+
+/// `output.target: kubevirt`: per VM a `<vm>.kubevirt.yaml` instead of the domain XML, with a
+/// DataVolume per disk whose URL names that disk's image under the output directory and
+/// whose storage request holds its virtual size, and a VirtualMachine using them in boot
+/// order. (The manifests' schema is checked in core's `kubevirt_schema` test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubevirt_target_writes_datavolumes_and_a_virtualmachine_per_vm() {
+    let mut vms = small_fleet(&[("App_01", "deallocated", 3), ("db", "stopped", 1)]);
+    vms[1].generation = 1;
+    vms[1].os = "windows";
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migkubevirt");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    let base = "https://images.example:8443/fleet";
+    let text_cfg = format!(
+        "{}  target: kubevirt\n  kubevirt: {{ image_url_base: \"{base}/\", namespace: migrated }}\n",
+        config(&sim, &out, "")
+    );
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let result = run(&cfg, &[]).await;
+    assert_eq!(result.status.code(), Some(0), "{}", text(&result.stderr));
+    assert!(
+        !files_under(&out)
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "xml")),
+        "a domain XML was written for target kubevirt"
+    );
+    for vm in &vms {
+        let rep = report(&out, &vm.name);
+        assert!(rep.get("domain_xml").is_none(), "{rep}");
+        assert_images(&sim, &scratch, &rep);
+        let path = PathBuf::from(rep["kubevirt_manifest"].as_str().expect("a manifest"));
+        assert_eq!(
+            path,
+            out.join(&vm.name)
+                .join(format!("{}.kubevirt.yaml", vm.name))
+        );
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let docs: Vec<Value> = yaml
+            .split("---\n")
+            .skip(1)
+            .map(|d| serde_saphyr::from_str(d).unwrap())
+            .collect();
+        let disks = rep["disks"].as_array().unwrap();
+        assert_eq!(docs.len(), disks.len() + 1, "{yaml}");
+        let machine = docs.last().unwrap();
+        assert_eq!(machine["kind"], "VirtualMachine");
+        assert_eq!(machine["metadata"]["namespace"], "migrated");
+        assert_eq!(
+            machine["metadata"]["annotations"]["hyper2kvm.io/source-name"],
+            vm.name
+        );
+        let name = machine["metadata"]["name"].as_str().unwrap();
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "{name}"
+        );
+        let template = &machine["spec"]["template"]["spec"];
+        let bootloader = &template["domain"]["firmware"]["bootloader"];
+        assert_eq!(
+            bootloader.get("efi").is_some(),
+            vm.generation == 2,
+            "{bootloader}"
+        );
+        assert_eq!(
+            template["domain"]["features"].get("hyperv").is_some(),
+            vm.os == "windows"
+        );
+        let (_, vcpus, mib) = SIZES.iter().find(|s| s.0 == vm.size).unwrap();
+        assert_eq!(template["domain"]["cpu"]["cores"], *vcpus);
+        assert_eq!(template["domain"]["memory"]["guest"], format!("{mib}Mi"));
+        // Disks in report order (OS first), each volume on its own DataVolume.
+        for (i, (disk, dv)) in disks.iter().zip(&docs).enumerate() {
+            assert_eq!(dv["kind"], "DataVolume");
+            let volume = &template["volumes"][i];
+            assert_eq!(volume["dataVolume"]["name"], dv["metadata"]["name"]);
+            assert_eq!(
+                template["domain"]["devices"]["disks"][i]["name"],
+                volume["name"]
+            );
+            assert_eq!(
+                template["domain"]["devices"]["disks"][i]
+                    .get("bootOrder")
+                    .is_some(),
+                i == 0
+            );
+            let url = dv["spec"]["source"]["http"]["url"].as_str().unwrap();
+            let relative = url.strip_prefix(&format!("{base}/")).expect(url);
+            assert_eq!(
+                out.join(relative),
+                PathBuf::from(disk["output"].as_str().unwrap())
+            );
+            let request = dv["spec"]["storage"]["resources"]["requests"]["storage"]
+                .as_str()
+                .unwrap();
+            let mib_requested: u64 = match request.strip_suffix("Gi") {
+                Some(gib) => gib.parse::<u64>().unwrap() * 1024,
+                None => request.strip_suffix("Mi").unwrap().parse().unwrap(),
+            };
+            assert!(
+                mib_requested * MIB >= disk["virtual_size"].as_u64().unwrap(),
+                "{dv}"
+            );
+        }
+    }
+    assert_eq!(sim.counters().open_grants(), 0);
+}

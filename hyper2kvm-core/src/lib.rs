@@ -47,6 +47,7 @@ pub mod error;
 pub mod fsafe;
 pub mod hardware;
 pub mod journal;
+pub mod kubevirt;
 pub mod libvirt;
 pub mod limits;
 pub mod lock;

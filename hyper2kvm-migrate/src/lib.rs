@@ -54,7 +54,9 @@ mod vm;
 
 pub use hyper2kvm_core::{Error, ErrorKind, Result};
 pub use interrupt::Interrupt;
-pub use options::{EventFn, GuestHook, GuestOutcome, RunEvent, RunOptions};
+pub use options::{
+    EventFn, GuestHook, GuestOutcome, KubevirtOptions, RunEvent, RunOptions, Target,
+};
 pub use plan::{
     plan, snapshot_name, DiskChoice, DiskPlan, Layout, Plan, PlanError, PlanOptions, Role,
     RunningVmPolicy, VmAction, VmPlan,

@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub cpu: CpuMode,
     /// Where the domain's NIC goes (the libvirt network `default`).
     pub network: NetworkAttachment,
+    /// What each VM is written for: a libvirt domain (default) or KubeVirt manifests.
+    pub target: Target,
     /// Guest fix-ups for OS disks, if wanted (none).
     pub guest: Option<GuestHook>,
     /// A selection of no VM is an error of kind `InvalidArgument` unless this is set (no):
@@ -70,9 +72,45 @@ impl Default for RunOptions {
             keep_snapshots: false,
             cpu: CpuMode::HostPassthrough,
             network: NetworkAttachment::Network("default".into()),
+            target: Target::Libvirt,
             guest: None,
             allow_empty: false,
             verify_done_images: false,
+        }
+    }
+}
+
+/// What a migrated VM is written for, besides its images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// A libvirt domain XML, `<vm>.xml`.
+    Libvirt,
+    /// KubeVirt manifests, `<vm>.kubevirt.yaml`: a CDI DataVolume per disk and a
+    /// VirtualMachine (see [`hyper2kvm_core::kubevirt`]).
+    Kubevirt(KubevirtOptions),
+}
+
+/// How the KubeVirt manifests get their images and where they go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct KubevirtOptions {
+    /// The URL the output directory is served under: each DataVolume imports
+    /// `<base>/<path of the image under the output directory>` over HTTP. Without it, the
+    /// DataVolumes wait for `virtctl image-upload`.
+    pub image_url_base: Option<String>,
+    /// The namespace of every object (the one `kubectl` uses when absent).
+    pub namespace: Option<String>,
+    /// The DataVolumes' storage class (the cluster's default when absent).
+    pub storage_class: Option<String>,
+}
+
+impl KubevirtOptions {
+    /// Options with an HTTP URL base, or none for uploads.
+    pub fn new(image_url_base: Option<String>) -> Self {
+        KubevirtOptions {
+            image_url_base,
+            ..KubevirtOptions::default()
         }
     }
 }

@@ -482,6 +482,9 @@ pub struct VmReport {
     /// The libvirt domain XML, once written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_xml: Option<PathBuf>,
+    /// The KubeVirt manifests (`output.target: kubevirt`), once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubevirt_manifest: Option<PathBuf>,
     /// vCPUs of the domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,

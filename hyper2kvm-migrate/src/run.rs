@@ -323,6 +323,7 @@ impl Migration {
             seconds: 0.0,
             disks: vp.disks.iter().map(pending_disk).collect(),
             domain_xml: None,
+            kubevirt_manifest: None,
             vcpus: None,
             memory_mib: None,
             secure_boot: None,

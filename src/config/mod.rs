@@ -114,7 +114,12 @@ fn check(file: &ConfigFile) -> Result<(), String> {
             ));
         }
     }
-    check_common(&file.download, &file.domain, file.guest.as_ref())?;
+    check_common(
+        &file.download,
+        &file.domain,
+        &file.output,
+        file.guest.as_ref(),
+    )?;
     Ok(())
 }
 
@@ -131,8 +136,13 @@ pub fn load_import(path: &Path) -> Result<ImportConfig, ConfigError> {
             .unwrap_or_else(|| name.clone());
         ConfigError(format!("{at}: {}", first_line(&e.to_string())))
     })?;
-    check_common(&file.download, &file.domain, file.guest.as_ref())
-        .map_err(|m| ConfigError(format!("{name}: {m}")))?;
+    check_common(
+        &file.download,
+        &file.domain,
+        &file.output,
+        file.guest.as_ref(),
+    )
+    .map_err(|m| ConfigError(format!("{name}: {m}")))?;
     Ok(file)
 }
 
@@ -140,8 +150,10 @@ pub fn load_import(path: &Path) -> Result<ImportConfig, ConfigError> {
 fn check_common(
     download: &DownloadSection,
     domain: &DomainSection,
+    output: &OutputSection,
     guest: Option<&GuestSection>,
 ) -> Result<(), String> {
+    check_output(output)?;
     let file = Sections {
         download,
         domain,
@@ -185,6 +197,41 @@ fn check_common(
                     names.join(", ")
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// `output.target` and `output.kubevirt`.
+fn check_output(output: &OutputSection) -> Result<(), String> {
+    let Some(k) = &output.kubevirt else {
+        return Ok(());
+    };
+    if output.target != Some(TargetSetting::Kubevirt) {
+        return Err("output.kubevirt is set, but output.target is not kubevirt".into());
+    }
+    if let Some(base) = &k.image_url_base {
+        let rest = base
+            .strip_prefix("https://")
+            .or_else(|| base.strip_prefix("http://"));
+        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+            return Err(format!(
+                "output.kubevirt.image_url_base: {base:?} is not an http:// or https:// URL with a host"
+            ));
+        }
+    }
+    if let Some(ns) = &k.namespace {
+        let label = !ns.is_empty()
+            && ns.len() <= 63
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if !label {
+            return Err(format!(
+                "output.kubevirt.namespace: {ns:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
+            ));
         }
     }
     Ok(())

@@ -297,6 +297,33 @@ pub struct OutputSection {
     pub layout: Option<Layout>,
     /// `table` or `json` for `--list-only` and `--dry-run` (the `--output` flag wins).
     pub list_format: Option<ListFormat>,
+    /// `libvirt` (default: a domain XML per VM) or `kubevirt` (KubeVirt manifests).
+    pub target: Option<TargetSetting>,
+    /// The KubeVirt manifests' settings, with `target: kubevirt`.
+    pub kubevirt: Option<KubevirtSection>,
+}
+
+/// `output.target`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetSetting {
+    /// A libvirt domain XML per VM.
+    Libvirt,
+    /// A CDI DataVolume per disk and a KubeVirt VirtualMachine per VM.
+    Kubevirt,
+}
+
+/// `output.kubevirt:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubevirtSection {
+    /// The `http://` or `https://` URL the output directory is served under; the
+    /// DataVolumes import from it. Without it they wait for `virtctl image-upload`.
+    pub image_url_base: Option<String>,
+    /// The namespace of every object.
+    pub namespace: Option<String>,
+    /// The DataVolumes' storage class.
+    pub storage_class: Option<String>,
 }
 
 /// `output.list_format`.
