@@ -63,7 +63,7 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
                 "plan needs the configuration: hyper2kvm -c config.yaml plan --shards N --output plan.json".into(),
             )))
         }
-        (Some(Command::Plan(_)), Some(_)) => {
+        (Some(Command::Plan(_)), Some(_))
             if cli.list_only
                 || cli.dry_run
                 || cli.output.is_some()
@@ -71,13 +71,13 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
                 || cli.quiet
                 || cli.allow_empty
                 || cli.verify_images
-                || cli.lock_wait.is_some()
-            {
-                return Err(ModeError::Arguments(UsageError(
-                    "plan takes only -c CONFIG and --arm-endpoint before it; its own options (--shards, --output FILE) after it".into(),
-                )));
-            }
+                || cli.lock_wait.is_some() =>
+        {
+            return Err(ModeError::Arguments(UsageError(
+                "plan takes only -c CONFIG and --arm-endpoint before it; its own options (--shards, --output FILE) after it".into(),
+            )));
         }
+        (Some(Command::Plan(_)), Some(_)) => {}
         (Some(_), Some(_)) => {
             return Err(ModeError::Arguments(UsageError(
                 "-c CONFIG goes with a migration run, --list-only, --dry-run or `plan`, not with another subcommand".into(),

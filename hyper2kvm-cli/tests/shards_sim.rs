@@ -793,6 +793,9 @@ async fn hashed_shards_without_a_plan_cover_every_vm_once() {
     );
 }
 
+/// Arguments, environment, and what stderr must say.
+type Case = (Vec<String>, Vec<(&'static str, &'static str)>, String);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn shard_mistakes_name_the_file_or_variable_and_exit_2() {
     let sim = start(&FLEET[..3]).await;
@@ -812,7 +815,7 @@ async fn shard_mistakes_name_the_file_or_variable_and_exit_2() {
             s.into(),
         ]
     };
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, String)> = vec![
+    let cases: Vec<Case> = vec![
         (
             shard("3"),
             vec![],
