@@ -16,7 +16,7 @@
 //!   a stable hash (FNV-1a of the lower-cased id), so independent discoveries agree.
 //! * **Which shard am I** ([`ShardArg`]): a number, `I/N`, or `auto`, read from
 //!   `JOB_COMPLETION_INDEX` (a Kubernetes Indexed Job) or `SLURM_ARRAY_TASK_ID` (a Slurm job
-//!   array, minus `SLURM_ARRAY_TASK_MIN` when set) and checked against the plan's count.
+//!   array, `--array=0-(N-1)`) and checked against the plan's count.
 //!
 //! Nothing here names a platform: VM and disk ids are whatever the source says.
 
@@ -732,13 +732,10 @@ fn index_from_env(env: &impl Fn(&str) -> Option<String>) -> Result<u32, ShardErr
     if let Some(i) = read("JOB_COMPLETION_INDEX")? {
         return Ok(i);
     }
+    // Taken as it is, not minus SLURM_ARRAY_TASK_MIN: a failed task run again alone
+    // (`sbatch --array=1`) has MIN 1 and must still be shard 1. Arrays are `--array=0-(N-1)`.
     if let Some(i) = read("SLURM_ARRAY_TASK_ID")? {
-        // `--array=1-3` numbers tasks from 1: the first task is shard 0.
-        let min = read("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-        return i.checked_sub(min).ok_or(ShardError::NotANumber {
-            var: "SLURM_ARRAY_TASK_ID",
-            value: format!("{i} (below SLURM_ARRAY_TASK_MIN={min})"),
-        });
+        return Ok(i);
     }
     Err(ShardError::NoIndexVariable)
 }
@@ -897,14 +894,16 @@ mod tests {
         }
         let k8s = |v: &str| (v == "JOB_COMPLETION_INDEX").then(|| "1".to_string());
         assert_eq!(parse("auto").resolve(Some((plan, 3)), k8s).unwrap(), (1, 3));
+        // A task run again alone (`sbatch --array=1`) has SLURM_ARRAY_TASK_MIN=1: still
+        // shard 1.
         let slurm = |v: &str| match v {
-            "SLURM_ARRAY_TASK_ID" => Some("3".to_string()),
+            "SLURM_ARRAY_TASK_ID" => Some("1".to_string()),
             "SLURM_ARRAY_TASK_MIN" => Some("1".to_string()),
             _ => None,
         };
         assert_eq!(
             parse("auto").resolve(Some((plan, 3)), slurm).unwrap(),
-            (2, 3)
+            (1, 3)
         );
         let garbage = |v: &str| (v == "JOB_COMPLETION_INDEX").then(|| "two".to_string());
         let err = parse("auto").resolve(Some((plan, 3)), garbage).unwrap_err();
