@@ -23,7 +23,6 @@ const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed; 2 usage or configuration
     name = "hyper2kvm",
     version,
     propagate_version = true,
-    args_conflicts_with_subcommands = true,
     after_long_help = EXIT_CODES
 )]
 pub struct Cli {
@@ -63,6 +62,24 @@ pub struct Cli {
     /// The ARM base URL, e.g. a simulator's (overrides azure.arm_endpoint).
     #[arg(long, value_name = "URL", requires = "config")]
     pub arm_endpoint: Option<String>,
+    /// With -c and --shard, a migration run: the frozen plan (`hyper2kvm plan`) whose shard
+    /// to migrate; each of its VMs is looked up again before anything is done.
+    #[arg(long, value_name = "FILE", requires = "config", requires = "shard")]
+    pub plan: Option<PathBuf>,
+    /// With -c, a migration run: migrate one shard. I: shard I of --plan; I/N: the VMs
+    /// whose id hashes to I of N (no plan); auto: I from JOB_COMPLETION_INDEX (Kubernetes
+    /// Indexed Job) or SLURM_ARRAY_TASK_ID (Slurm job array). See docs/fleet.md.
+    #[arg(
+        long,
+        value_name = "I|I/N|auto",
+        requires = "config",
+        conflicts_with_all = ["list_only", "dry_run"]
+    )]
+    pub shard: Option<String>,
+    /// With -c, a migration run: wait up to SECS for a VM another worker is migrating (its
+    /// lock held) before skipping it as locked [default: 0, skip at once].
+    #[arg(long, value_name = "SECS", requires = "config")]
+    pub lock_wait: Option<u64>,
     /// More log output on stderr: -v info (retries, waits, steps), -vv debug, -vvv trace.
     /// RUST_LOG, when set, decides instead (e.g. RUST_LOG=hyper2kvm_azure=debug).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
@@ -104,12 +121,42 @@ pub enum Command {
     Fix(crate::fix::FixArgs),
     /// Serve a simulated Azure (ARM compute subset) from a scenario file.
     Sim(SimArgs),
+    /// With -c: discover the selected VMs once and write a frozen plan, split into shards
+    /// balanced by bytes (`hyper2kvm -c config.yaml plan --shards 3 --output plan.json`).
+    Plan(PlanArgs),
+    /// Print where a fleet stands from its output directory: VMs done, failed, in
+    /// progress, not started; bytes and time per shard; what is left to clean up.
+    Report(ReportArgs),
     /// Print a shell completion script, e.g. `hyper2kvm completions bash >
     /// /etc/bash_completion.d/hyper2kvm`.
     Completions(CompletionsArgs),
     /// Print the man page (roff), e.g. `hyper2kvm man | man -l -`; or write every page to a
     /// folder.
     Man(ManArgs),
+}
+
+/// `hyper2kvm -c config.yaml plan --shards N --output plan.json`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// How many shards (workers) to split the VMs into.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub shards: u32,
+    /// The plan file to write (atomically: a temporary file beside it, then a rename).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+/// `hyper2kvm report DIR [--plan plan.json] [--output table|json]`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The output directory (`output.dir`) the runs wrote to.
+    pub dir: PathBuf,
+    /// The frozen plan the shards follow: its VMs without a folder are `not_started`.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// A table, or JSON (schema in docs/records.md).
+    #[arg(short = 'o', long, value_enum, value_name = "FORMAT", default_value_t = OutputArg::Table)]
+    pub output: OutputArg,
 }
 
 /// `hyper2kvm completions SHELL`.

@@ -88,7 +88,7 @@ pub async fn connect(plan: &ListPlan) -> anyhow::Result<Connection> {
 }
 
 /// Discovers the selected VMs. Returns the VMs and the requests it took.
-async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
+pub(crate) async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
     let c = connect(plan).await?;
     let vms = discover(&c.arm, &plan.subscriptions, &plan.selection).await?;
     if let Some(sim) = c.sim {

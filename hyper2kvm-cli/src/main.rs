@@ -13,7 +13,9 @@ mod list;
 mod logging;
 mod man;
 mod migrate;
+mod plan;
 mod progress;
+mod report;
 mod signal;
 mod sim;
 mod tally;
@@ -39,10 +41,12 @@ enum Mode {
     List(Box<config::ListPlan>),
     DryRun(Box<config::ListPlan>),
     Migrate(Box<config::ListPlan>, migrate::Flags),
+    Plan(Box<config::ListPlan>, args::PlanArgs),
+    Report(args::ReportArgs),
 }
 
 /// Why no mode: a mistake the user must fix (exit code 2).
-enum ModeError {
+pub(crate) enum ModeError {
     /// In the arguments: the usage is shown with it.
     Arguments(UsageError),
     /// In the config file: the usage would not help, the message says where.
@@ -51,7 +55,47 @@ enum ModeError {
 
 /// Turns the parsed flags (and the config file they name) into one mode.
 fn mode(cli: Cli) -> Result<Mode, ModeError> {
+    // `-c` goes with a migration, --list-only, --dry-run, and `plan`; every other
+    // subcommand has its own options (`import -c` is import's).
+    match (&cli.command, &cli.config) {
+        (Some(Command::Plan(_)), None) => {
+            return Err(ModeError::Arguments(UsageError(
+                "plan needs the configuration: hyper2kvm -c config.yaml plan --shards N --output plan.json".into(),
+            )))
+        }
+        (Some(Command::Plan(_)), Some(_))
+            if cli.list_only
+                || cli.dry_run
+                || cli.output.is_some()
+                || cli.shard.is_some()
+                || cli.quiet
+                || cli.allow_empty
+                || cli.verify_images
+                || cli.lock_wait.is_some() =>
+        {
+            return Err(ModeError::Arguments(UsageError(
+                "plan takes only -c CONFIG and --arm-endpoint before it; its own options (--shards, --output FILE) after it".into(),
+            )));
+        }
+        (Some(Command::Plan(_)), Some(_)) => {}
+        (Some(_), Some(_)) => {
+            return Err(ModeError::Arguments(UsageError(
+                "-c CONFIG goes with a migration run, --list-only, --dry-run or `plan`, not with another subcommand".into(),
+            )))
+        }
+        _ => {}
+    }
     match (cli.command, cli.config) {
+        (Some(Command::Plan(a)), Some(path)) => {
+            let file = config::load(&path).map_err(ModeError::Config)?;
+            let overrides = config::Overrides {
+                arm_endpoint: cli.arm_endpoint,
+                output: None,
+            };
+            Ok(Mode::Plan(Box::new(config::list_plan(file, overrides)), a))
+        }
+        (Some(Command::Plan(_)), None) => unreachable!("checked above"),
+        (Some(Command::Report(a)), _) => Ok(Mode::Report(a)),
         (Some(Command::Convert(a)), _) => Ok(Mode::Convert(a)),
         (Some(Command::Sim(a)), _) => Ok(Mode::Sim(a)),
         (Some(Command::Fix(a)), _) => Ok(Mode::Fix(a)),
@@ -68,6 +112,14 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
                 output: cli.output,
             };
             let plan = Box::new(config::list_plan(file, overrides));
+            let shard = match &cli.shard {
+                Some(arg) => Some(plan::shard_filter(
+                    arg,
+                    cli.plan.as_deref(),
+                    &plan.migration,
+                )?),
+                None => None,
+            };
             Ok(if cli.dry_run {
                 Mode::DryRun(plan)
             } else if cli.list_only {
@@ -79,6 +131,8 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
                         quiet: cli.quiet,
                         allow_empty: cli.allow_empty,
                         verify_images: cli.verify_images,
+                        shard,
+                        lock_wait: std::time::Duration::from_secs(cli.lock_wait.unwrap_or(0)),
                     },
                 )
             })
@@ -121,6 +175,8 @@ fn main() -> ExitCode {
             Mode::List(plan) => list::run(*plan).await.map(|()| 0),
             Mode::DryRun(plan) => list::dry_run(*plan).await.map(|()| 0),
             Mode::Migrate(plan, flags) => migrate::run(*plan, flags).await,
+            Mode::Plan(plan, args) => plan::run(*plan, args).await.map(|()| 0),
+            Mode::Report(args) => report::run(args).map(|()| 0),
             Mode::Completions(args) => {
                 list::print_stdout(&completions::script(args.shell), "writing the script")
                     .map(|()| 0)

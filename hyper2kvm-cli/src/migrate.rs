@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hyper2kvm::azure::{AzureSource, ExportOptions};
 use hyper2kvm::core::{redact, Cleanups, ErrorKind, Limits};
 use hyper2kvm::migrate::{
-    DiskStatus, EventFn, Interrupt, RunEvent, RunOptions, RunSummary, Source, VmStatus,
+    DiskStatus, EventFn, Interrupt, RunEvent, RunOptions, RunSummary, ShardFilter, Source, VmStatus,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -29,6 +29,10 @@ pub struct Flags {
     pub allow_empty: bool,
     /// Hash images earlier runs finished in full.
     pub verify_images: bool,
+    /// Only this shard of the VMs.
+    pub shard: Option<ShardFilter>,
+    /// How long to wait for a VM another worker holds.
+    pub lock_wait: Duration,
 }
 
 /// Runs the migration the plan describes and returns the exit code.
@@ -71,6 +75,8 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
     opts.guest = r.guest.clone().map(hyper2kvm::run::guest_hook);
     opts.allow_empty = flags.allow_empty;
     opts.verify_done_images = flags.verify_images;
+    opts.shard = flags.shard;
+    opts.lock_wait = flags.lock_wait;
     let display = Display::new(quiet);
     let ticker = crate::waiting::spawn(display.wait_sink());
     // The library call is the run: discovery through the source, then the migration. Its
@@ -171,6 +177,27 @@ pub(crate) fn summary_lines(summary: &RunSummary) -> Vec<String> {
         summary.summary.display(),
         if written { "" } else { " (NOT WRITTEN)" },
     ));
+    if let Some(shard) = &summary.shard {
+        lines.push(format!(
+            "hyper2kvm: shard {} of 0–{}{}",
+            shard.index,
+            shard.count.saturating_sub(1),
+            shard
+                .plan
+                .as_ref()
+                .map(|p| format!(" of plan {}", p.display()))
+                .unwrap_or_else(|| " by VM id hash".into())
+        ));
+    }
+    for d in &summary.plan_deviations {
+        lines.push(format!(
+            "hyper2kvm: {}: {}/{}: {}",
+            if d.migrated { "note" } else { "not migrated" },
+            d.resource_group,
+            d.name,
+            d.detail
+        ));
+    }
     for c in &summary.cleanup_errors {
         lines.push(format!("hyper2kvm: cleanup left to do: {}", c.line()));
     }

@@ -22,6 +22,10 @@ the VMs come from. It depends on `hyper2kvm-core` alone and runs over core's sou
   Errors in them are structured (kind, status, code, resource, message); what could not be
   cleaned up is listed with the command to do it by hand. A full or read-only output
   directory is survived as far as possible (a reserve for the records) and reported.
+* **Shards** ([`shard`]): a frozen plan (`plan.json`) assigns the VMs to shards balanced by
+  bytes; a run migrates one shard, re-reading each VM's state first, into an output
+  directory shared with the other shards (the per-VM locks keep two workers off one VM).
+  [`fleet`] reads that directory back: what is done, failed, in progress, not started.
 * **Interruption** ([`Interrupt`]): a signal stops the work, but the run still waits for
   its cleanups and writes records that say `interrupted` and what was undone.
 * **Errors**: a run fails as a whole only when it cannot start (a plan that cannot work, an
@@ -41,6 +45,7 @@ the VMs come from. It depends on `hyper2kvm-core` alone and runs over core's sou
 
 mod checksum;
 mod domain;
+pub mod fleet;
 mod guards;
 pub mod interrupt;
 pub mod options;
@@ -48,10 +53,12 @@ pub mod plan;
 mod records;
 pub mod report;
 pub mod run;
+pub mod shard;
 pub mod source;
 mod time;
 mod vm;
 
+pub use fleet::{FleetReport, VmState};
 pub use hyper2kvm_core::{Error, ErrorKind, Result};
 pub use interrupt::Interrupt;
 pub use options::{
@@ -67,5 +74,8 @@ pub use report::{
     VmSummary, SCHEMA_VERSION, TOOL_VERSION,
 };
 pub use run::Migration;
+pub use shard::{
+    FrozenPlan, PlanDeviation, ShardArg, ShardError, ShardFilter, ShardRecord, ShardWork,
+};
 pub use source::Source;
 pub use time::{new_run_id, rfc3339};

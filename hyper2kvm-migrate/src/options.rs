@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper2kvm_core::libvirt::{CpuMode, NetworkAttachment};
 use hyper2kvm_core::pipeline::REMOTE_CONCURRENCY;
@@ -10,6 +11,7 @@ use hyper2kvm_core::{BoxFuture, ConvertOptions, Limits};
 
 use crate::plan::PlanOptions;
 use crate::report::{DiskReport, VmStatus};
+use crate::shard::ShardFilter;
 
 /// What the guest fix-ups of an OS disk produced.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +58,12 @@ pub struct RunOptions {
     /// Hash an image an earlier run finished in full and compare it with its report's
     /// SHA-256, instead of the cheap check (size and format header) (no).
     pub verify_done_images: bool,
+    /// Migrate only one shard of the discovery: of a frozen plan, or by a hash of the VM
+    /// ids (none: every VM). See [`shard`](crate::shard).
+    pub shard: Option<ShardFilter>,
+    /// How long to wait for a VM another run holds before skipping it as `locked` (0: skip
+    /// at once). Checked every few seconds.
+    pub lock_wait: Duration,
 }
 
 impl Default for RunOptions {
@@ -76,6 +84,8 @@ impl Default for RunOptions {
             guest: None,
             allow_empty: false,
             verify_done_images: false,
+            shard: None,
+            lock_wait: Duration::ZERO,
         }
     }
 }

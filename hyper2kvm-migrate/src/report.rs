@@ -14,6 +14,7 @@ use hyper2kvm_core::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Role;
+use crate::shard::{PlanDeviation, ShardRecord};
 
 /// The version of the tool that wrote a record (the workspace's version).
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -614,6 +615,12 @@ pub struct RunSummary {
     /// Records that could not be written (the output directory became read-only or full).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub records_not_written: Vec<UnwrittenRecord>,
+    /// The shard this run migrated, when it migrated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRecord>,
+    /// Planned VMs of the shard that were gone or changed when the run looked again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan_deviations: Vec<PlanDeviation>,
     /// 0 all done, 3 partial, 1 failed, 130 interrupted.
     pub exit_code: u8,
 }
@@ -629,7 +636,11 @@ impl RunSummary {
             return;
         }
         let mut code = RunSummary::exit_code_for(&self.vms);
-        if code == 0 && (!self.cleanup_errors.is_empty() || !self.records_not_written.is_empty()) {
+        if code == 0
+            && (!self.cleanup_errors.is_empty()
+                || !self.records_not_written.is_empty()
+                || self.plan_deviations.iter().any(|d| !d.migrated))
+        {
             code = 3;
         }
         self.exit_code = code;

@@ -22,7 +22,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
 use hyper2kvm_core::{Cleanups, Error, ErrorKind, LockFile, PowerState, Result, Vm};
@@ -37,6 +37,7 @@ use crate::report::{
     CleanupRecord, DiskReport, DiskStatus, ErrorRecord, PowerAction, RunStatus, RunSummary,
     VmReport, VmStatus, VmSummary, SCHEMA_VERSION, TOOL_VERSION,
 };
+use crate::shard::{PlanDeviation, ShardRecord};
 use crate::source::Source;
 use crate::time::rfc3339;
 use crate::vm::VmRun;
@@ -119,7 +120,17 @@ impl Migration {
                 ))
             }
         };
-        self.run(&vms).await
+        match &self.opts.shard {
+            None => self.run(&vms).await,
+            Some(filter) => {
+                let work = filter.select(vms);
+                for d in &work.deviations {
+                    tracing::warn!("{}/{}: {}", d.resource_group, d.name, d.detail);
+                }
+                self.run_inner(&work.vms, Some(filter.record()), work.deviations)
+                    .await
+            }
+        }
     }
 
     /// Migrates `vms` (as discovered) and returns the summary, also written to
@@ -128,9 +139,20 @@ impl Migration {
     /// Records that cannot be written (a read-only or full output directory) are listed in
     /// the summary's `records_not_written`, and the exit code is then not 0.
     pub async fn run(&self, vms: &[Vm]) -> Result<RunSummary> {
+        self.run_inner(vms, None, Vec::new()).await
+    }
+
+    /// [`run`](Self::run), recording the shard and what changed since its plan. A shard
+    /// may be empty (more shards than VMs, or every VM gone): that is not an error.
+    async fn run_inner(
+        &self,
+        vms: &[Vm],
+        shard: Option<ShardRecord>,
+        plan_deviations: Vec<PlanDeviation>,
+    ) -> Result<RunSummary> {
         let started_at = SystemTime::now();
         let started = Instant::now();
-        if vms.is_empty() && !self.opts.allow_empty {
+        if vms.is_empty() && !self.opts.allow_empty && shard.is_none() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "the selection matched no VM, so nothing would be migrated; check the selection, or allow an empty run (--allow-empty)",
@@ -270,6 +292,8 @@ impl Migration {
             vms: lines,
             cleanup_errors,
             records_not_written: Vec::new(),
+            shard,
+            plan_deviations,
             exit_code: 0,
         };
         summary.records_not_written = records.unwritten();
@@ -389,6 +413,52 @@ impl Migration {
         })
     }
 
+    /// [`lock_vm`](Self::lock_vm), waiting up to `lock_wait` for a VM another run holds
+    /// (a retried worker while the first still runs): tried again every few seconds, and
+    /// said once a minute. The holder's heartbeat makes a dead holder's lock stale, so the
+    /// wait ends when it finishes, dies, or the time is up.
+    async fn lock_vm_waiting(
+        &self,
+        vm: &Vm,
+        vp: &VmPlan,
+    ) -> std::result::Result<VmLocks, (VmStatus, ErrorRecord)> {
+        let deadline = Instant::now() + self.opts.lock_wait;
+        let mut said: Option<Instant> = None;
+        loop {
+            match self.lock_vm(vm, vp) {
+                Err((VmStatus::Locked, why)) if Instant::now() < deadline => {
+                    if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        self.emit(RunEvent::Step {
+                            vm: vm.name.clone(),
+                            message: format!(
+                                "waiting up to {} s: {}",
+                                self.opts.lock_wait.as_secs(),
+                                why.message.trim_start_matches("skipped, ")
+                            ),
+                        });
+                        said = Some(Instant::now());
+                    }
+                    let pause = LOCK_RETRY_EVERY.min(deadline - Instant::now());
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = self.interrupt.interrupted() => {
+                            return Err((VmStatus::Locked, why));
+                        }
+                    }
+                }
+                Err((VmStatus::Locked, why)) if !self.opts.lock_wait.is_zero() => {
+                    let message = format!(
+                        "{} (waited {} s)",
+                        why.message,
+                        self.opts.lock_wait.as_secs()
+                    );
+                    return Err((VmStatus::Locked, ErrorRecord { message, ..why }));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The report of a VM another run holds: nothing of its folder is read or written.
     fn locked_report(&self, vm: &Vm, vp: &VmPlan, status: VmStatus, why: ErrorRecord) -> VmOutcome {
         self.emit(RunEvent::Step {
@@ -413,7 +483,7 @@ impl Migration {
     async fn migrate_vm(&self, vm: &Vm, vp: &VmPlan, disk_slots: &Semaphore) -> VmOutcome {
         let started = Instant::now();
         // Nothing of the VM is read or written before its locks are held.
-        let locks = match self.lock_vm(vm, vp) {
+        let locks = match self.lock_vm_waiting(vm, vp).await {
             Ok(l) => l,
             Err((status, why)) => return self.locked_report(vm, vp, status, why),
         };
@@ -518,6 +588,9 @@ impl Migration {
         }
     }
 }
+
+/// How often a run waiting for a VM's lock tries again.
+const LOCK_RETRY_EVERY: Duration = Duration::from_secs(2);
 
 /// The locks a VM's migration holds; released when dropped (also when the run is
 /// cancelled).
