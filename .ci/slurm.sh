@@ -21,8 +21,10 @@ slurm_start() {
   munged --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.socket" \
     --pid-file="$dir/munge/munged.pid" --log-file="$dir/log/munged.log" \
     --seed-file="$dir/munge/munge.seed" --force
-  local cpus
+  local cpus mem
   cpus=$(nproc)
+  # The node's memory in MiB, less a margin, so that tasks asking for --mem fit.
+  mem=$(awk '/^MemTotal:/ { print int($2 / 1024 * 0.9) }' /proc/meminfo)
   cat >"$dir/slurm.conf" <<CONF
 ClusterName=hyper2kvm-ci
 SlurmctldHost=$node(127.0.0.1)
@@ -48,7 +50,7 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=ci Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
   export SLURM_CONF="$dir/slurm.conf"

@@ -285,6 +285,92 @@ fn assert_documented(section: &str, objects: &[&Value]) {
     }
 }
 
+/// After every shard of `plan` ran once into `out`: each VM was migrated by its own shard and
+/// by no other, the simulator served each disk once and has nothing left open, every image
+/// equals its disk, and `hyper2kvm report` agrees. Returns the runs and the fleet report.
+async fn assert_every_vm_migrated_once(
+    sim: &SimHandle,
+    scratch: &Scratch,
+    out: &Path,
+    plan_path: &Path,
+    plan: &Value,
+) -> (Vec<Value>, Value) {
+    let shards = planned_shards(plan);
+    // Each VM was migrated by its own shard, and by no other.
+    let runs = summaries(out);
+    assert_eq!(runs.len(), 3);
+    let mut migrated_by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in &runs {
+        let shard = r["shard"]["index"].as_u64().unwrap();
+        assert_eq!(r["shard"]["count"], 3);
+        assert_eq!(r["shard"]["plan_id"], plan["plan_id"]);
+        for v in r["vms"].as_array().unwrap() {
+            assert_eq!(v["status"], "completed", "{v:#}");
+            migrated_by
+                .entry(v["name"].as_str().unwrap().to_string())
+                .or_default()
+                .push(shard);
+        }
+    }
+    let expected: BTreeMap<String, Vec<u64>> =
+        shards.iter().map(|(k, &v)| (k.clone(), vec![v])).collect();
+    assert_eq!(migrated_by, expected);
+
+    // Exactly once, as the simulator saw it: one grant per disk, one snapshot per disk of
+    // a VM that was not deallocated, every byte served once.
+    let c = sim.counters();
+    let disks: usize = FLEET.iter().map(|v| v.2.len()).sum();
+    let snapshotted: usize = FLEET
+        .iter()
+        .filter(|v| v.1 != "deallocated")
+        .map(|v| v.2.len())
+        .sum();
+    assert_eq!(c.grants(), disks as u64);
+    assert_eq!(c.snapshots_created(), snapshotted as u64);
+    assert_eq!(c.open_grants(), 0);
+    assert_eq!(c.snapshots_alive(), 0);
+    for (name, ..) in FLEET {
+        let rep = read_json(&out.join(name).join("report.json"));
+        assert_eq!(rep["status"], "completed");
+        assert_images(sim, scratch, &rep);
+    }
+
+    // The report agrees with the simulator.
+    let fleet = fleet_report(out, Some(plan_path)).await;
+    let t = &fleet["totals"];
+    assert_eq!(t["vms"], FLEET.len());
+    assert_eq!(t["completed"], FLEET.len());
+    assert_eq!(t["not_started"], 0);
+    assert_eq!(t["in_progress"], 0);
+    assert_eq!(t["disks_done"], disks);
+    assert_eq!(
+        t["bytes_downloaded"].as_u64().unwrap(),
+        c.bytes_served() - FOOTER * c.grants()
+    );
+    assert_eq!(t["grants_left"].as_u64().unwrap(), c.open_grants());
+    assert_eq!(t["snapshots_left"].as_u64().unwrap(), c.snapshots_alive());
+    let per_shard: Vec<(u64, u64, u64)> = fleet["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["shard"].as_u64().unwrap(),
+                s["runs"].as_u64().unwrap(),
+                s["completed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let planned_per_shard = |i: u64| shards.values().filter(|&&s| s == i).count() as u64;
+    assert_eq!(
+        per_shard,
+        (0..3)
+            .map(|i| (i, 1, planned_per_shard(i)))
+            .collect::<Vec<_>>()
+    );
+    (runs, fleet)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_shards_of_one_plan_migrate_every_vm_exactly_once() {
     let sim = start(FLEET).await;
@@ -352,78 +438,8 @@ async fn three_shards_of_one_plan_migrate_every_vm_exactly_once() {
         assert_eq!(status.code(), Some(0), "shard {i}: {err}");
     }
 
-    // Each VM was migrated by its own shard, and by no other.
-    let runs = summaries(&out);
-    assert_eq!(runs.len(), 3);
-    let mut migrated_by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for r in &runs {
-        let shard = r["shard"]["index"].as_u64().unwrap();
-        assert_eq!(r["shard"]["count"], 3);
-        assert_eq!(r["shard"]["plan_id"], plan["plan_id"]);
-        for v in r["vms"].as_array().unwrap() {
-            assert_eq!(v["status"], "completed", "{v:#}");
-            migrated_by
-                .entry(v["name"].as_str().unwrap().to_string())
-                .or_default()
-                .push(shard);
-        }
-    }
-    let expected: BTreeMap<String, Vec<u64>> =
-        shards.iter().map(|(k, &v)| (k.clone(), vec![v])).collect();
-    assert_eq!(migrated_by, expected);
-
-    // Exactly once, as the simulator saw it: one grant per disk, one snapshot per disk of
-    // a VM that was not deallocated, every byte served once.
-    let c = sim.counters();
-    let disks: usize = FLEET.iter().map(|v| v.2.len()).sum();
-    let snapshotted: usize = FLEET
-        .iter()
-        .filter(|v| v.1 != "deallocated")
-        .map(|v| v.2.len())
-        .sum();
-    assert_eq!(c.grants(), disks as u64);
-    assert_eq!(c.snapshots_created(), snapshotted as u64);
-    assert_eq!(c.open_grants(), 0);
-    assert_eq!(c.snapshots_alive(), 0);
-    for (name, ..) in FLEET {
-        let rep = read_json(&out.join(name).join("report.json"));
-        assert_eq!(rep["status"], "completed");
-        assert_images(&sim, &scratch, &rep);
-    }
-
-    // The report agrees with the simulator.
-    let fleet = fleet_report(&out, Some(&plan_path)).await;
-    let t = &fleet["totals"];
-    assert_eq!(t["vms"], FLEET.len());
-    assert_eq!(t["completed"], FLEET.len());
-    assert_eq!(t["not_started"], 0);
-    assert_eq!(t["in_progress"], 0);
-    assert_eq!(t["disks_done"], disks);
-    assert_eq!(
-        t["bytes_downloaded"].as_u64().unwrap(),
-        c.bytes_served() - FOOTER * c.grants()
-    );
-    assert_eq!(t["grants_left"].as_u64().unwrap(), c.open_grants());
-    assert_eq!(t["snapshots_left"].as_u64().unwrap(), c.snapshots_alive());
-    let per_shard: Vec<(u64, u64, u64)> = fleet["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["shard"].as_u64().unwrap(),
-                s["runs"].as_u64().unwrap(),
-                s["completed"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let planned_per_shard = |i: u64| shards.values().filter(|&&s| s == i).count() as u64;
-    assert_eq!(
-        per_shard,
-        (0..3)
-            .map(|i| (i, 1, planned_per_shard(i)))
-            .collect::<Vec<_>>()
-    );
+    let (runs, fleet) =
+        assert_every_vm_migrated_once(&sim, &scratch, &out, &plan_path, &plan).await;
     // No lock, partial image or temporary file is left.
     for f in files_under(&out) {
         let n = f.file_name().unwrap().to_string_lossy().into_owned();
@@ -897,4 +913,169 @@ async fn shard_mistakes_name_the_file_or_variable_and_exit_2() {
     );
     // Nothing was touched in Azure by any of them.
     assert_eq!(sim.counters().grants(), 0);
+}
+
+/// The repository's own files: `deploy/…`, the Dockerfile.
+fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+fn yaml(path: &str) -> Value {
+    serde_saphyr::from_str(&repo_file(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The container's arguments of a Job in `deploy/kubernetes/`.
+fn job_args(job: &Value) -> Vec<String> {
+    job["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The Kubernetes manifests' commands, run as Kubernetes would run them: the plan Job once,
+/// then the Indexed Job's command once per index with `JOB_COMPLETION_INDEX` set, all at
+/// once (parallelism = completions), with the pods' paths (`/config/config.yaml`,
+/// `/data/…`) mapped to a scratch folder. Also holds the files to each other: the
+/// ConfigMap's config reads, the shard count agrees, the pods' user is the image's.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_jobs_commands_migrate_every_vm_once_as_an_indexed_job() {
+    let plan_job = yaml("deploy/kubernetes/plan-job.yaml");
+    let migrate_job = yaml("deploy/kubernetes/migrate-job.yaml");
+    let configmap = yaml("deploy/kubernetes/configmap.yaml");
+    let config_text = configmap["data"]["config.yaml"].as_str().unwrap();
+    hyper2kvm::config::parse(config_text, "configmap.yaml: config.yaml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config_text.contains("dir: /data/out"), "{config_text}");
+
+    let spec = &migrate_job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let completions = spec["completions"].as_u64().unwrap();
+    assert_eq!(spec["parallelism"].as_u64(), Some(completions));
+    let plan_args = job_args(&plan_job);
+    let shards_arg = plan_args.iter().position(|a| a == "--shards").unwrap() + 1;
+    assert_eq!(plan_args[shards_arg], completions.to_string());
+    // The pods run as the image's user.
+    let dockerfile = repo_file("Dockerfile");
+    let image_user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .unwrap()
+        .trim()
+        .to_string();
+    for job in [&plan_job, &migrate_job] {
+        let ctx = &job["spec"]["template"]["spec"]["securityContext"];
+        assert_eq!(ctx["runAsUser"].to_string(), image_user);
+    }
+    // The image holds this package's binary under the name the entry point runs.
+    let bin = Path::new(BIN).file_name().unwrap().to_string_lossy();
+    assert!(dockerfile.contains("cargo build --release --locked -p hyper2kvm-cli"));
+    assert!(dockerfile.contains(&format!(
+        "COPY --from=build /src/target/release/{bin} /usr/local/bin/{bin}"
+    )));
+    assert!(dockerfile.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")));
+
+    let sim = start(FLEET).await;
+    let scratch = Scratch::new("kubejobs");
+    let data = scratch.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &data.join("out"), "")).unwrap();
+    let pod_paths = |args: Vec<String>| -> Vec<String> {
+        args.into_iter()
+            .map(|a| match a.strip_prefix("/data/") {
+                Some(rest) => s(&data.join(rest)).to_string(),
+                None if a == "/config/config.yaml" => s(&cfg).to_string(),
+                None => a,
+            })
+            .collect()
+    };
+    let plan_args = pod_paths(plan_args);
+    let plan_refs: Vec<&str> = plan_args.iter().map(String::as_str).collect();
+    let o = run(&plan_refs, &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let plan_path = data.join("plan.json");
+    let plan = read_json(&plan_path);
+
+    let migrate_args = pod_paths(job_args(&migrate_job));
+    let refs: Vec<&str> = migrate_args.iter().map(String::as_str).collect();
+    let pods: Vec<(u64, Child)> = (0..completions)
+        .map(|i| {
+            let index = i.to_string();
+            let log = scratch.path(&format!("pod{i}"));
+            (
+                i,
+                spawn(&refs, &[("JOB_COMPLETION_INDEX", index.as_str())], &log),
+            )
+        })
+        .collect();
+    for (i, pod) in pods {
+        let status = wait_child(pod).await;
+        let err = std::fs::read_to_string(scratch.path(&format!("pod{i}.stderr"))).unwrap();
+        assert_eq!(status.code(), Some(0), "pod {i}: {err}");
+    }
+    assert_every_vm_migrated_once(&sim, &scratch, &data.join("out"), &plan_path, &plan).await;
+}
+
+/// `deploy/slurm/hyper2kvm.sbatch` under a real Slurm (`.ci/run` starts a one-node cluster
+/// with `.ci/slurm.sh` and sets `H2K_SLURM_TEST=1`): a 3-task array with `--wait`, each task
+/// a shard of one plan, into one output directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_under_slurm_migrate_every_vm_once() {
+    if std::env::var_os("H2K_SLURM_TEST").is_none() {
+        eprintln!("skipped: set H2K_SLURM_TEST=1 with a Slurm cluster up (.ci/slurm.sh)");
+        return;
+    }
+    let sim = start(FLEET).await;
+    let scratch = Scratch::new("slurm3");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let plan_path = scratch.path("plan.json");
+    let plan = make_plan(&cfg, 3, &plan_path).await;
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/hyper2kvm.sbatch");
+    let mut sbatch = Command::new("sbatch");
+    sbatch
+        .args([
+            "--wait",
+            "--array=0-2",
+            "--chdir",
+            s(scratch.path(".").as_path()),
+        ])
+        .arg(&script)
+        .env("H2K_BIN", BIN)
+        .env("H2K_CONFIG", &cfg)
+        .env("H2K_PLAN", &plan_path)
+        .stdin(Stdio::null());
+    for v in SCHEDULER_VARS {
+        sbatch.env_remove(v);
+    }
+    let o = tokio::task::spawn_blocking(move || sbatch.output().unwrap())
+        .await
+        .unwrap();
+    let logs: String = files_under(&scratch.path("."))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".log"))
+        .map(|p| {
+            format!(
+                "--- {}\n{}",
+                p.display(),
+                std::fs::read_to_string(&p).unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "sbatch: {}{}\n{logs}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    // One log per array task, each a shard of this plan.
+    let task_logs = logs.matches("--- ").count();
+    assert_eq!(task_logs, 3, "{logs}");
+    assert_every_vm_migrated_once(&sim, &scratch, &out, &plan_path, &plan).await;
 }
