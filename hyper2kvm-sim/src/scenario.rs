@@ -65,6 +65,8 @@ pub struct Settings {
     pub page_list_size: usize,
     /// Faults of the blob data plane and of grants.
     pub blob_faults: BlobFaults,
+    /// Azure's limits on incremental snapshots.
+    pub incremental: crate::live::IncrementalLimits,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             operations: OperationSettings::default(),
             page_list_size: 200,
             blob_faults: BlobFaults::default(),
+            incremental: crate::live::IncrementalLimits::default(),
         }
     }
 }
