@@ -4,6 +4,8 @@
 //! Azure's limits (7 incremental snapshots per disk per 5 minutes, 5 open SAS per snapshot
 //! family, no diff across a recreated disk or the 4 TiB boundary).
 
+#![allow(clippy::single_range_in_vec_init)] // a list of one range is what is meant
+
 use std::ops::Range;
 
 use hyper2kvm_sim::{IncrementalLimits, Scenario, SimHandle, Simulator};
