@@ -6,6 +6,9 @@
 
 #![allow(clippy::single_range_in_vec_init)] // a list of one range is what is meant
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +18,11 @@ use hyper2kvm_azure::{
     RetryConfig, Selection, SplitMix64,
 };
 use hyper2kvm_core::{
-    ChangedRanges, Cleanups, Delta, IncrementalCopies, PointInTimeCopies, Vm, VmSource,
+    apply_delta, convert, ChangedRanges, Cleanups, ConvertOptions, Delta, IncrementalCopies,
+    PointInTimeCopies, Vm, VmSource,
 };
 use hyper2kvm_sim::{IncrementalLimits, Route, Scenario, SimHandle, Simulator};
+use support::{assert_image_matches, Scratch};
 
 const SUB: &str = "00000000-0000-0000-0000-0000000000aa";
 const MIB: u64 = 1 << 20;
@@ -226,4 +231,95 @@ async fn the_limit_on_incremental_snapshots_is_waited_out() {
     }
     assert!(sim.counters().throttled(Route::Snapshot) >= 2);
     assert_eq!(sim.counters().snapshots_alive(), 3);
+}
+
+/// The warm path at library level: a full copy of the first incremental snapshot, then three
+/// deltas (writes inside and outside written extents, trims, a write into a trimmed range)
+/// applied in place; after each, the image equals the disk as it is now (qemu-img check and
+/// compare), only the changed bytes were read, and the base snapshot is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_copy_then_three_deltas_equal_the_disk_now() {
+    let (sim, source, cleanups, vm) = setup().await;
+    let disk = &vm.disks[0];
+    let name = disk.name.clone();
+    let dir = Scratch::new("warm-deltas");
+    let img = dir.path("disk.qcow2");
+
+    let mut base = source.copy_id(&vm, disk, "gen-0");
+    source
+        .create_incremental(&vm, disk, &base, &labels())
+        .await
+        .unwrap();
+    let full = source
+        .export_disk(&vm, &source.as_disk(disk, &base))
+        .await
+        .unwrap();
+    convert(
+        full.reader().clone(),
+        &img,
+        &ConvertOptions::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    full.close().await.unwrap();
+
+    let rounds: [&[(&str, u64, u64)]; 3] = [
+        &[
+            ("w", MIB + 4096, 8192),
+            ("w", 12 * MIB, 3 * MIB),
+            ("t", 9 * MIB, MIB),
+        ],
+        &[
+            ("t", 0, 2 * MIB),
+            ("w", 15 * MIB, 512),
+            ("w", 9 * MIB + 512, 1024),
+        ],
+        &[
+            ("w", 0, 64 * 1024),
+            ("t", 12 * MIB + 4096, 4096),
+            ("w", 3 * MIB, 2 * MIB),
+        ],
+    ];
+    for (n, changes) in rounds.iter().enumerate() {
+        for (i, &(op, at, len)) in changes.iter().enumerate() {
+            match op {
+                "w" => sim.write_disk(&name, at, len, 100 + (n * 10 + i) as u64),
+                _ => sim.trim_disk(&name, at, len),
+            }
+            .unwrap();
+        }
+        let next = source.copy_id(&vm, disk, &format!("gen-{}", n + 1));
+        source
+            .create_incremental(&vm, disk, &next, &labels())
+            .await
+            .unwrap();
+        let (newer, delta) = source
+            .export_delta(&vm, &source.as_disk(disk, &next), &base)
+            .await
+            .unwrap();
+        let Delta::Changed(changed) = delta else {
+            panic!("{delta:?}")
+        };
+        let stats = apply_delta(newer.reader().clone(), &img, &changed, 4, 4 * MIB)
+            .await
+            .unwrap();
+        newer.close().await.unwrap();
+        assert_eq!(stats.bytes_written, changed.written_bytes());
+        assert_eq!(stats.bytes_cleared, changed.cleared_bytes());
+        assert!(stats.bytes_written < 8 * MIB, "only the delta: {stats:?}");
+        source.delete(&base).await.unwrap();
+        base = next;
+
+        let reference = dir.path(&format!("ref-{n}.raw"));
+        sim.disk_now(&name)
+            .unwrap()
+            .write_raw_reference(&reference)
+            .unwrap();
+        assert_image_matches(&img, "qcow2", &reference);
+    }
+    source.delete(&base).await.unwrap();
+    assert!(cleanups.wait_all().await.is_empty());
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 0));
 }

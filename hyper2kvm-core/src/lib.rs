@@ -43,6 +43,7 @@ println!("{} of {} bytes held data", stats.bytes_read - stats.zero_bytes, stats.
 
 pub mod buffers;
 pub mod copies;
+pub mod delta;
 pub mod error;
 pub mod fsafe;
 pub mod hardware;
@@ -71,6 +72,7 @@ pub mod zero;
 mod testutil;
 
 pub use copies::PointInTimeCopies;
+pub use delta::{apply_delta, DeltaStats};
 pub use error::{Error, ErrorKind, Result};
 pub use hardware::{Hardware, HardwareCatalog};
 pub use incremental::{ChangedRanges, CopyInfo, Delta, IncrementalCopies};
