@@ -1013,10 +1013,7 @@ impl Shared {
     /// The fleet's disk with this lower-cased id.
     fn fleet_disk_by_id(&self, key: &str) -> Option<&SimDisk> {
         self.fleet
-            .vms
-            .iter()
-            .flat_map(|vm| vm.disks.iter().map(move |d| (vm.subscription.as_str(), d)))
-            .chain(self.fleet.unattached.iter().map(|(s, d)| (s.as_str(), d)))
+            .disks()
             .find(|(sub, d)| {
                 arm_json::disk_id(sub, &d.resource_group, &d.name).eq_ignore_ascii_case(key)
             })

@@ -248,13 +248,7 @@ impl SimHandle {
 
     /// The disk named `name` (case-insensitive), attached or not, with what it holds.
     pub fn disk(&self, name: &str) -> Option<&SimDisk> {
-        let fleet = &self.shared.fleet;
-        fleet
-            .vms
-            .iter()
-            .flat_map(|vm| vm.disks.iter())
-            .chain(fleet.unattached.iter().map(|(_, d)| d))
-            .find(|d| d.name.eq_ignore_ascii_case(name))
+        self.shared.fleet.disk_by_name(name).map(|(_, d, _)| d)
     }
 
     /// The disk named `name` as it is now: after [`write_disk`](Self::write_disk),
@@ -262,17 +256,8 @@ impl SimHandle {
     /// [`resize_disk`](Self::resize_disk). Its [`SimDisk::write_raw_reference`] is what a
     /// copy of the disk made now must equal.
     pub fn disk_now(&self, name: &str) -> Option<SimDisk> {
-        let fleet = &self.shared.fleet;
-        let (sub, disk) = fleet
-            .vms
-            .iter()
-            .flat_map(|vm| vm.disks.iter().map(move |d| (vm.subscription.as_str(), d)))
-            .chain(fleet.unattached.iter().map(|(s, d)| (s.as_str(), d)))
-            .find(|(_, d)| d.name.eq_ignore_ascii_case(name))?;
-        let live = self.shared.live_disk(
-            &arm_json::disk_id(sub, &disk.resource_group, &disk.name),
-            disk,
-        );
+        let (_, disk, id) = self.shared.fleet.disk_by_name(name)?;
+        let live = self.shared.live_disk(&id, disk);
         Some(SimDisk {
             content: live.content,
             size_bytes: live.size,

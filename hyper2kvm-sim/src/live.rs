@@ -125,15 +125,10 @@ impl Shared {
 
     /// Changes the disk `name` (case-insensitive).
     pub(crate) fn mutate(&self, name: &str, m: Mutation) -> Result<(), Error> {
-        let (sub, disk) = self
+        let (_, disk, id) = self
             .fleet
-            .vms
-            .iter()
-            .flat_map(|vm| vm.disks.iter().map(move |d| (vm.subscription.as_str(), d)))
-            .chain(self.fleet.unattached.iter().map(|(s, d)| (s.as_str(), d)))
-            .find(|(_, d)| d.name.eq_ignore_ascii_case(name))
+            .disk_by_name(name)
             .ok_or_else(|| Error::new(ErrorKind::UnknownDisk, format!("no disk named {name}")))?;
-        let id = crate::arm_json::disk_id(sub, &disk.resource_group, &disk.name);
         let mut state = self.export.lock().unwrap_or_else(|e| e.into_inner());
         let live = state
             .live

@@ -498,6 +498,27 @@ impl Fleet {
             .map(|&i| &self.vms[i])
     }
 
+    /// Every managed disk, attached or not, with its subscription.
+    pub fn disks(&self) -> impl Iterator<Item = (&str, &SimDisk)> {
+        self.vms
+            .iter()
+            .flat_map(|vm| vm.disks.iter().map(move |d| (vm.subscription.as_str(), d)))
+            .chain(self.unattached.iter().map(|(s, d)| (s.as_str(), d)))
+    }
+
+    /// The disk named `name` (case-insensitive), with its subscription and ARM id.
+    pub(crate) fn disk_by_name(&self, name: &str) -> Option<(&str, &SimDisk, String)> {
+        self.disks()
+            .find(|(_, d)| d.name.eq_ignore_ascii_case(name))
+            .map(|(s, d)| {
+                (
+                    s,
+                    d,
+                    crate::arm_json::disk_id(s, &d.resource_group, &d.name),
+                )
+            })
+    }
+
     /// Total number of managed disks, attached or not.
     pub fn disk_count(&self) -> usize {
         self.vms.iter().map(|vm| vm.disks.len()).sum::<usize>() + self.unattached.len()
