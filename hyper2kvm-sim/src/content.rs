@@ -621,4 +621,48 @@ mod tests {
         assert_eq!(buf, [0, 0, 0, 0, 7, 7, 7, 7]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of one range are what is meant
+    fn changes_layer_over_the_base_and_diff_against_an_older_state() {
+        let (base, _) = DiskContent::build(
+            &ContentSpec {
+                seed: 4,
+                extents: vec![ExtentSpec {
+                    offset: 0,
+                    length: 8192,
+                }],
+                ..Default::default()
+            },
+            Some(1 << 20),
+        )
+        .unwrap();
+        let a = base.write(4096..12288, 9);
+        let b = a.trim(0..1024).write(512..1024, 10);
+        assert_eq!(b.extents(), [512..12288]);
+        let mut buf = vec![0xffu8; 12288];
+        b.read_at(0, &mut buf).unwrap();
+        assert!(buf[..512].iter().all(|&x| x == 0), "trimmed");
+        let mut want = vec![0u8; 512];
+        generate(10, 512, &mut want);
+        assert_eq!(&buf[512..1024], &want[..], "the later write wins");
+        let mut old = vec![0u8; 3072];
+        base.read_at(1024, &mut old).unwrap();
+        assert_eq!(&buf[1024..4096], &old[..], "untouched bytes are the base's");
+        // The older state is a prefix: what changed since, merged.
+        assert_eq!(b.changed_since(&a), Some(vec![0..1024]));
+        assert_eq!(b.changed_since(&base), Some(vec![0..1024, 4096..12288]));
+        assert_eq!(a.changed_since(&b), None, "newer than self");
+        assert_eq!(b.changed_since(&DiskContent::empty()), None, "another base");
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of one range are what is meant
+    fn subtract_and_intersect() {
+        let a = [0..10, 20..30];
+        assert_eq!(subtract(&a, &[5..25]), [0..5, 25..30]);
+        assert_eq!(intersect(&a, &[5..25]), [5..10, 20..25]);
+        assert_eq!(subtract(&a, &[]), a);
+        assert!(intersect(&a, &[10..20]).is_empty());
+    }
 }
