@@ -31,16 +31,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::header::REFCOUNT_ORDER;
-use super::table::{compressed_span, l1_entry, l2_standard};
+use super::table::{compressed_span, l1_entry, l2_standard, COMPRESSED, OFFSET_MASK};
 use super::types::{Geometry, GuestOffset, HostOffset};
 use crate::error::{Error, ErrorKind, Result};
 
-/// Bit 62 of an L2 entry: the cluster is compressed.
-const COMPRESSED: u64 = 1 << 62;
 /// Bit 0 of a standard L2 entry: the cluster reads as zeros.
 const ZERO: u64 = 1;
-/// Bits 9-55 of L1 and standard L2 entries: a cluster-aligned host offset.
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Incompatible feature bit 3 (compression type) is the only one we accept.
 const KNOWN_INCOMPATIBLE: u64 = 1 << 3;
 
