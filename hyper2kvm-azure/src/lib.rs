@@ -70,7 +70,7 @@ pub mod selection;
 pub mod snapshots;
 pub mod source;
 
-pub use arm::{discover, ArmClient, ArmClientBuilder, LroOptions, VmSize};
+pub use arm::{discover, ArmClient, ArmClientBuilder, LroOptions, SnapshotInfo, VmSize};
 pub use blob::{BlobOptions, PageBlobReader, Regrant};
 pub use credential::{ArmCredential, AuthMethod};
 pub use error::{Error, ErrorKind, Result};

@@ -94,6 +94,20 @@ impl AzureSource {
     }
 
     async fn export(&self, disk: &Disk) -> hyper2kvm_core::Result<ExportedDisk> {
+        let (reader, revoke) = self.open_reader(disk).await?;
+        Ok(ExportedDisk::new(
+            Arc::new(reader),
+            self.cleanups.clone(),
+            move || revoke.run(),
+        ))
+    }
+
+    /// Grants read access to `disk` and opens it, with the revoke the caller must run (a
+    /// failure before that revokes in the background).
+    pub(crate) async fn open_reader(
+        &self,
+        disk: &Disk,
+    ) -> hyper2kvm_core::Result<(PageBlobReader, Revoke)> {
         let revoke = Revoke {
             arm: self.arm.clone(),
             id: disk.id.clone(),
@@ -125,13 +139,17 @@ impl AzureSource {
         let reader = PageBlobReader::open(self.http.clone(), sas, opts)
             .await
             .map_err(hyper2kvm_core::Error::from)?;
-        // From here the ExportedDisk owns the revoke.
-        let revoke = guard.disarm();
-        Ok(ExportedDisk::new(
-            Arc::new(reader),
-            self.cleanups.clone(),
-            move || revoke.run(),
-        ))
+        Ok((reader, guard.disarm()))
+    }
+
+    /// The export options (grant duration, LRO polling).
+    pub(crate) fn export_options(&self) -> &ExportOptions {
+        &self.export
+    }
+
+    /// The run's cleanups, for revokes that must run whatever happens.
+    pub(crate) fn cleanups(&self) -> &Cleanups {
+        &self.cleanups
     }
 }
 
@@ -161,14 +179,14 @@ impl VmSource for AzureSource {
 
 /// `endGetAccess` for one disk. It has one owner at a time (the guard, then the
 /// `ExportedDisk`), and `run` consumes it, so it runs at most once.
-struct Revoke {
-    arm: ArmClient,
-    id: String,
-    lro: LroOptions,
+pub(crate) struct Revoke {
+    pub(crate) arm: ArmClient,
+    pub(crate) id: String,
+    pub(crate) lro: LroOptions,
 }
 
 impl Revoke {
-    fn run(self) -> BoxFuture<'static, hyper2kvm_core::Result<()>> {
+    pub(crate) fn run(self) -> BoxFuture<'static, hyper2kvm_core::Result<()>> {
         Box::pin(async move {
             self.arm
                 .end_get_access(&self.id, &self.lro)
@@ -192,13 +210,15 @@ pub(crate) fn revoke_failed(id: &str, e: crate::Error) -> hyper2kvm_core::Error 
 
 /// Revokes in the background if dropped before [`disarm`](RevokeGuard::disarm): the export
 /// failed or was cancelled between the grant and the reader.
-struct RevokeGuard {
-    revoke: Option<Revoke>,
-    cleanups: Cleanups,
+/// Revokes in the background when dropped armed: a failure or a dropped future between a
+/// grant and its owner still revokes.
+pub(crate) struct RevokeGuard {
+    pub(crate) revoke: Option<Revoke>,
+    pub(crate) cleanups: Cleanups,
 }
 
 impl RevokeGuard {
-    fn disarm(mut self) -> Revoke {
+    pub(crate) fn disarm(mut self) -> Revoke {
         self.revoke.take().expect("disarmed once")
     }
 }

@@ -43,9 +43,11 @@ println!("{} of {} bytes held data", stats.bytes_read - stats.zero_bytes, stats.
 
 pub mod buffers;
 pub mod copies;
+pub mod delta;
 pub mod error;
 pub mod fsafe;
 pub mod hardware;
+pub mod incremental;
 pub mod journal;
 pub mod kubevirt;
 pub mod libvirt;
@@ -71,8 +73,10 @@ pub mod zero;
 mod testutil;
 
 pub use copies::PointInTimeCopies;
+pub use delta::{apply_delta, DeltaStats};
 pub use error::{Error, ErrorKind, Result};
 pub use hardware::{Hardware, HardwareCatalog};
+pub use incremental::{ChangedRanges, CopyInfo, Delta, IncrementalCopies};
 pub use limits::Limits;
 pub use lock::{LockFile, LockInfo};
 pub use model::{Disk, DiskRole, Firmware, OsType, PowerState, Security, Vm};

@@ -13,7 +13,7 @@ pub fn disk_id(subscription: &str, resource_group: &str, name: &str) -> String {
 }
 
 /// A deterministic GUID-shaped id from a name, for `vmId` and `uniqueId`.
-fn fake_guid(seed: &str) -> String {
+pub(crate) fn fake_guid(seed: &str) -> String {
     // FNV-1a, twice with different offsets, is plenty for stable fake ids.
     let fnv = |basis: u64| {
         seed.bytes()
@@ -221,7 +221,7 @@ pub fn disk(subscription: &str, disk: &SimDisk, owner: Option<&SimVm>) -> Value 
         "timeCreated": "2025-01-15T10:00:00.0000000+00:00",
         "provisioningState": "Succeeded",
         "diskState": state,
-        "uniqueId": fake_guid(&id),
+        "uniqueId": crate::live::unique_id(&id, 0),
         "tier": "P10"
     });
     if owner.is_some_and(|vm| vm.disk_encryption) {

@@ -24,7 +24,9 @@ use base64::Engine;
 use hyper2kvm_core::vhd::{VhdFooter, FOOTER_LEN};
 use md5::{Digest, Md5};
 
-use crate::content::DiskContent;
+use std::ops::Range;
+
+use crate::content::{intersect, subtract, DiskContent};
 use crate::counters::Route;
 use crate::scenario::DiskFault;
 use crate::server::Shared;
@@ -41,6 +43,8 @@ struct Blob {
     size: u64,
     /// `read_fails`: ranged GETs of the disk's bytes answer 404.
     unreadable: bool,
+    /// An incremental snapshot's family (its disk's `uniqueId`).
+    family: Option<String>,
 }
 
 impl Blob {
@@ -130,6 +134,7 @@ fn authorize(
         content: grant.content.clone(),
         size: grant.size,
         unreadable: grant.fault == Some(DiskFault::ReadFails),
+        family: grant.family.clone(),
     })
 }
 
@@ -247,14 +252,162 @@ pub(crate) async fn serve(
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.len()));
             resp
         }
-        Route::BlobPageList => page_list(&st, &blob, &q, &headers),
+        Route::BlobPageList => match headers.get("x-ms-previous-snapshot-url") {
+            Some(prev) => match diff_ranges(&st, &blob, prev, &headers) {
+                Ok(ranges) => page_list(&st, &blob, ranges, &q, &headers),
+                Err(r) => *r,
+            },
+            None => {
+                // The written extents, then the footer's page, which Azure reports as
+                // written too.
+                let footer = blob.size..blob.len();
+                let ranges = blob
+                    .content
+                    .extents()
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(footer))
+                    .map(|r| (r, Page::Written))
+                    .collect();
+                page_list(&st, &blob, ranges, &q, &headers)
+            }
+        },
         _ => get_data(st, blob, n, &headers).await,
     }
+}
+
+/// A range of a page list: written (`<PageRange>`) or, in a diff, cleared (`<ClearRange>`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Page {
+    Written,
+    Cleared,
+}
+
+/// The ranges that changed between the snapshot whose SAS is `prev` and `blob`, sorted:
+/// written ones, and cleared (trimmed) ones. Azure's rules: both are incremental snapshots
+/// of one disk (`409 PreviousSnapshotOperationNotSupported` otherwise, and across the 4 TiB
+/// boundary), the previous one exists and is readable (`409 PreviousSnapshotNotFound`) and
+/// is the older (`400 PreviousSnapshotCannotBeNewer`); `x-ms-version` is 2019-07-07 or later.
+#[allow(clippy::result_large_err)]
+fn diff_ranges(
+    st: &Shared,
+    blob: &Blob,
+    prev: &HeaderValue,
+    headers: &HeaderMap,
+) -> Result<Vec<(Range<u64>, Page)>, Box<Response>> {
+    let err = |status, code: &str, msg: &str| Err(Box::new(storage_error(status, code, msg)));
+    let version = headers
+        .get("x-ms-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if version < "2019-07-07" {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "InvalidHeaderValue",
+            "x-ms-previous-snapshot-url requires x-ms-version 2019-07-07 or later.",
+        );
+    }
+    let Some(older) = prev.to_str().ok().and_then(|url| granted_blob(st, url)) else {
+        return err(
+            StatusCode::CONFLICT,
+            "PreviousSnapshotNotFound",
+            "The previous snapshot is not found (deleted, or its SAS is revoked, expired or wrong).",
+        );
+    };
+    let not_supported = |why: &str| {
+        err(
+            StatusCode::CONFLICT,
+            "PreviousSnapshotOperationNotSupported",
+            &format!("The page ranges cannot be diffed: {why}."),
+        )
+    };
+    match (&blob.family, &older.family) {
+        (Some(a), Some(b)) if a == b => {}
+        (Some(_), Some(_)) => return not_supported("the snapshots are of different disks"),
+        _ => return not_supported("both must be incremental snapshots"),
+    }
+    const TIB4: u64 = 4 << 40;
+    if (blob.size > TIB4) != (older.size > TIB4) {
+        return not_supported("the disk was resized across 4 TiB between the snapshots");
+    }
+    let Some(changed) = blob.content.changed_since(&older.content) else {
+        if older.content.changed_since(&blob.content).is_some() {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "PreviousSnapshotCannotBeNewer",
+                "The previous snapshot is newer than the target.",
+            );
+        }
+        return not_supported("the snapshots are of different disks");
+    };
+    let mut changed = changed;
+    if blob.size != older.size {
+        // The footer moved: the blob's tail is new.
+        changed.push(older.size.min(blob.size)..blob.len());
+    }
+    let written = blob
+        .content
+        .extents()
+        .iter()
+        .cloned()
+        .chain(std::iter::once(blob.size..blob.len()))
+        .collect::<Vec<_>>();
+    let mut out: Vec<_> = intersect(&changed, &written)
+        .into_iter()
+        .map(|r| (r, Page::Written))
+        .chain(
+            subtract(&changed, &written)
+                .into_iter()
+                .map(|r| (r, Page::Cleared)),
+        )
+        .collect();
+    out.sort_by_key(|(r, _)| r.start);
+    Ok(out)
+}
+
+/// The blob an open grant's SAS URL (`http://HOST/mdsim/{container}/abcd?…sig=…`) serves.
+fn granted_blob(st: &Shared, url: &str) -> Option<Blob> {
+    let (path, query) = url.split_once("://")?.1.split_once('?')?;
+    let container = path.split('/').nth(2)?;
+    let sig = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sig="))
+        .and_then(percent_decode)?;
+    let state = st.export.lock().unwrap_or_else(|e| e.into_inner());
+    let g = state.grants.get(container)?;
+    (g.sig == sig && SystemTime::now() < g.expires).then(|| Blob {
+        content: g.content.clone(),
+        size: g.size,
+        unreadable: false,
+        family: g.family.clone(),
+    })
+}
+
+/// `%XX` decoded (a SAS query value); `None` if malformed.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn page_list(
     st: &Shared,
     blob: &Blob,
+    ranges: Vec<(Range<u64>, Page)>,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Response {
@@ -296,18 +449,10 @@ fn page_list(
         .unwrap_or(usize::MAX)
         .min(st.page_list_size.load(Ordering::Relaxed))
         .max(1);
-    // The written extents, then the footer's page, which Azure reports as written too.
-    let footer = blob.size..blob.len();
-    let all = blob
-        .content
-        .extents()
-        .iter()
-        .cloned()
-        .chain(std::iter::once(footer));
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>");
     let mut count = 0;
     let mut next = None;
-    for r in all {
+    for (r, page_kind) in ranges {
         let (s, e) = (r.start.max(from), r.end.min(to));
         if s >= e {
             continue;
@@ -316,8 +461,12 @@ fn page_list(
             next = Some(s);
             break;
         }
+        let tag = match page_kind {
+            Page::Written => "PageRange",
+            Page::Cleared => "ClearRange",
+        };
         xml.push_str(&format!(
-            "<PageRange><Start>{s}</Start><End>{}</End></PageRange>",
+            "<{tag}><Start>{s}</Start><End>{}</End></{tag}>",
             e - 1
         ));
         count += 1;

@@ -11,6 +11,13 @@
 //! * **zeros** (1 of 8): written but all zero, which a converter must still drop.
 //!
 //! Bytes outside the extents read as zeros, as in an Azure page blob.
+//!
+//! A running VM's disk changes: [`DiskContent::write`] and [`DiskContent::trim`] return a new
+//! content with one more [`Change`] on top of the same base (the old value, held by a
+//! snapshot, is untouched). Written bytes are generated from the change's own seed. Two
+//! contents of one disk know what changed between them ([`DiskContent::changed_since`]):
+//! the ranges of the changes the newer one has on top of the older one's, which is what
+//! Get Page Ranges with `x-ms-previous-snapshot-url` reports.
 
 use std::fs::File;
 use std::ops::Range;
@@ -71,9 +78,23 @@ fn default_extent() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskContent {
     seed: u64,
-    /// Sorted, merged, 512-aligned written ranges.
-    extents: Arc<Vec<Range<u64>>>,
+    /// The base's sorted, merged, 512-aligned written ranges.
+    base: Arc<Vec<Range<u64>>>,
     file: Option<FileBacking>,
+    /// Writes and trims since the base, oldest first.
+    changes: Arc<Vec<Change>>,
+    /// What is written now (the base with the changes applied): sorted, merged.
+    extents: Arc<Vec<Range<u64>>>,
+}
+
+/// One change to a running VM's disk: 512-aligned bytes written or trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The bytes changed.
+    pub range: Range<u64>,
+    /// `Some(seed)`: written with bytes generated from `seed`; `None`: trimmed (read as
+    /// zeros, no longer reported as written).
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,11 +113,72 @@ impl Eq for FileBacking {}
 impl DiskContent {
     /// An empty disk: nothing written.
     pub fn empty() -> Self {
+        DiskContent::with_base(0, Vec::new(), None)
+    }
+
+    fn with_base(seed: u64, base: Vec<Range<u64>>, file: Option<FileBacking>) -> Self {
+        let base = Arc::new(base);
         DiskContent {
-            seed: 0,
-            extents: Arc::new(Vec::new()),
-            file: None,
+            seed,
+            extents: base.clone(),
+            base,
+            file,
+            changes: Arc::new(Vec::new()),
         }
+    }
+
+    /// This content with `range` written (bytes generated from `seed`). `range` must be
+    /// 512-aligned.
+    pub fn write(&self, range: Range<u64>, seed: u64) -> Self {
+        self.change(Change {
+            range,
+            seed: Some(seed),
+        })
+    }
+
+    /// This content with `range` trimmed: zeros, and no longer written. `range` must be
+    /// 512-aligned.
+    pub fn trim(&self, range: Range<u64>) -> Self {
+        self.change(Change { range, seed: None })
+    }
+
+    fn change(&self, change: Change) -> Self {
+        let mut extents = if change.seed.is_some() {
+            let mut all = self.extents.to_vec();
+            all.push(change.range.clone());
+            merge(all)
+        } else {
+            subtract(&self.extents, std::slice::from_ref(&change.range))
+        };
+        extents.retain(|r| r.start < r.end);
+        let mut changes = self.changes.to_vec();
+        changes.push(change);
+        DiskContent {
+            seed: self.seed,
+            base: self.base.clone(),
+            file: self.file.clone(),
+            changes: Arc::new(changes),
+            extents: Arc::new(extents),
+        }
+    }
+
+    /// The changes on top of the base, oldest first.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// The ranges (sorted, merged) that changed from `older` to this content, or `None` when
+    /// `older` is not an earlier state of the same disk (another base, or changes this one
+    /// does not have).
+    pub fn changed_since(&self, older: &DiskContent) -> Option<Vec<Range<u64>>> {
+        let same_base = Arc::ptr_eq(&self.base, &older.base) && self.file == older.file;
+        let n = older.changes.len();
+        if !same_base || n > self.changes.len() || self.changes[..n] != older.changes[..] {
+            return None;
+        }
+        Some(merge(
+            self.changes[n..].iter().map(|c| c.range.clone()).collect(),
+        ))
     }
 
     /// Builds the content of a disk of `size` bytes. For a file, `size` is `None` and the
@@ -132,11 +214,7 @@ impl DiskContent {
             extents.extend(scatter(spec.seed, size, s).map_err(bad)?);
         }
         Ok((
-            DiskContent {
-                seed: spec.seed,
-                extents: Arc::new(merge(extents)),
-                file: None,
-            },
+            DiskContent::with_base(spec.seed, merge(extents), None),
             size,
         ))
     }
@@ -160,14 +238,26 @@ impl DiskContent {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         buf.fill(0);
         let end = offset + buf.len() as u64;
-        let first = self.extents.partition_point(|r| r.end <= offset);
-        for r in self.extents[first..].iter().take_while(|r| r.start < end) {
+        let first = self.base.partition_point(|r| r.end <= offset);
+        for r in self.base[first..].iter().take_while(|r| r.start < end) {
             let s = r.start.max(offset);
             let e = r.end.min(end);
             let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
             match &self.file {
                 Some(f) => f.file.read_exact_at(dst, s)?,
                 None => generate(self.seed, s, dst),
+            }
+        }
+        // Later changes win over earlier ones and over the base.
+        for c in self.changes.iter() {
+            let (s, e) = (c.range.start.max(offset), c.range.end.min(end));
+            if s >= e {
+                continue;
+            }
+            let dst = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            match c.seed {
+                Some(seed) => generate(seed, s, dst),
+                None => dst.fill(0),
             }
         }
         Ok(())
@@ -291,7 +381,43 @@ fn scatter(seed: u64, size: u64, s: ScatterSpec) -> Result<Vec<Range<u64>>, Stri
     Ok(out)
 }
 
-fn merge(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+/// `ranges` without `holes` (both sorted and merged).
+pub(crate) fn subtract(ranges: &[Range<u64>], holes: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for r in ranges {
+        let mut at = r.start;
+        for h in holes.iter().filter(|h| h.start < r.end && h.end > r.start) {
+            if h.start > at {
+                out.push(at..h.start);
+            }
+            at = at.max(h.end);
+        }
+        if at < r.end {
+            out.push(at..r.end);
+        }
+    }
+    out
+}
+
+/// `a ∩ b` (both sorted and merged).
+pub(crate) fn intersect(a: &[Range<u64>], b: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (s, e) = (a[i].start.max(b[j].start), a[i].end.min(b[j].end));
+        if s < e {
+            out.push(s..e);
+        }
+        if a[i].end < b[j].end {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+pub(crate) fn merge(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
     ranges.sort_by_key(|r| r.start);
     let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
     for r in ranges {
@@ -342,15 +468,12 @@ fn open_file(path: &Path) -> Result<(DiskContent, u64), Error> {
         ));
     }
     let extents = data_extents(&file, size).map_err(io)?;
+    let backing = FileBacking {
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+    };
     Ok((
-        DiskContent {
-            seed: 0,
-            extents: Arc::new(merge(extents)),
-            file: Some(FileBacking {
-                path: path.to_path_buf(),
-                file: Arc::new(file),
-            }),
-        },
+        DiskContent::with_base(0, merge(extents), Some(backing)),
         size,
     ))
 }
@@ -497,5 +620,49 @@ mod tests {
         c.read_at((2 << 20) - 4, &mut buf).unwrap();
         assert_eq!(buf, [0, 0, 0, 0, 7, 7, 7, 7]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of one range are what is meant
+    fn changes_layer_over_the_base_and_diff_against_an_older_state() {
+        let (base, _) = DiskContent::build(
+            &ContentSpec {
+                seed: 4,
+                extents: vec![ExtentSpec {
+                    offset: 0,
+                    length: 8192,
+                }],
+                ..Default::default()
+            },
+            Some(1 << 20),
+        )
+        .unwrap();
+        let a = base.write(4096..12288, 9);
+        let b = a.trim(0..1024).write(512..1024, 10);
+        assert_eq!(b.extents(), [512..12288]);
+        let mut buf = vec![0xffu8; 12288];
+        b.read_at(0, &mut buf).unwrap();
+        assert!(buf[..512].iter().all(|&x| x == 0), "trimmed");
+        let mut want = vec![0u8; 512];
+        generate(10, 512, &mut want);
+        assert_eq!(&buf[512..1024], &want[..], "the later write wins");
+        let mut old = vec![0u8; 3072];
+        base.read_at(1024, &mut old).unwrap();
+        assert_eq!(&buf[1024..4096], &old[..], "untouched bytes are the base's");
+        // The older state is a prefix: what changed since, merged.
+        assert_eq!(b.changed_since(&a), Some(vec![0..1024]));
+        assert_eq!(b.changed_since(&base), Some(vec![0..1024, 4096..12288]));
+        assert_eq!(a.changed_since(&b), None, "newer than self");
+        assert_eq!(b.changed_since(&DiskContent::empty()), None, "another base");
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of one range are what is meant
+    fn subtract_and_intersect() {
+        let a = [0..10, 20..30];
+        assert_eq!(subtract(&a, &[5..25]), [0..5, 25..30]);
+        assert_eq!(intersect(&a, &[5..25]), [5..10, 20..25]);
+        assert_eq!(subtract(&a, &[]), a);
+        assert!(intersect(&a, &[10..20]).is_empty());
     }
 }

@@ -11,6 +11,10 @@ pub enum ErrorKind {
     InconsistentScenario,
     /// Reading the scenario file or binding the listening socket failed.
     Io,
+    /// A disk to change (write, trim, recreate, resize) does not exist.
+    UnknownDisk,
+    /// A change does not fit the disk (unaligned, out of bounds, shrinking).
+    InvalidChange,
 }
 
 /// An error of the simulator, one line when displayed.

@@ -49,13 +49,17 @@ pub(crate) struct Grant {
     pub size: u64,
     /// The source disk's fault (the blob plane acts on `read_fails`).
     pub fault: Option<DiskFault>,
+    /// For an incremental snapshot, its family: the source disk's `uniqueId`.
+    pub family: Option<String>,
 }
 
-/// What a grant serves: a disk's or snapshot's content, size and fault.
+/// What a grant serves: a disk's or snapshot's content, size and fault, and the snapshot
+/// family of an incremental snapshot.
 pub(crate) struct BlobSource {
     pub content: DiskContent,
     pub size: u64,
     pub fault: Option<DiskFault>,
+    pub family: Option<String>,
 }
 
 /// A snapshot, holding its source's content at creation time (the content is immutable, so
@@ -72,6 +76,11 @@ pub(crate) struct Snapshot {
     pub os: Option<(String, u8)>,
     /// The fault of the disk it was taken from.
     pub fault: Option<DiskFault>,
+    /// `properties.incremental`.
+    pub incremental: bool,
+    /// The `uniqueId` of the disk it was taken from (`creationData.sourceUniqueId`); for
+    /// an incremental snapshot, its family.
+    pub source_unique_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +99,8 @@ pub(crate) struct ExportState {
     operations: HashMap<String, Operation>,
     /// Power states changed by power operations, by lower-cased VM id.
     pub power: HashMap<String, String>,
+    /// Disks as they are now, when they changed or were snapshotted incrementally.
+    pub live: crate::live::LiveDisks,
     next: u64,
     rng: u64,
     /// Every signature handed out, so tests can look for leaks.
@@ -162,6 +173,7 @@ impl ExportState {
                 content: source.content,
                 size: source.size,
                 fault: source.fault,
+                family: source.family,
             },
         );
         st.counters.open_grants.fetch_add(1, Ordering::SeqCst);
@@ -343,7 +355,28 @@ enum Target {
     Snapshot(Snapshot),
 }
 
-fn find_disk(st: &Shared, sub: &str, rg: &str, name: &str) -> Option<(SimDisk, Option<SimVm>)> {
+/// The disk as it is now (after writes, trims, recreation and resizing), the VM it is
+/// attached to, and its `uniqueId`.
+fn find_disk(
+    st: &Shared,
+    sub: &str,
+    rg: &str,
+    name: &str,
+) -> Option<(SimDisk, Option<SimVm>, String)> {
+    let (mut disk, vm) = find_fleet_disk(st, sub, rg, name)?;
+    let id = arm_json::disk_id(sub, &disk.resource_group, &disk.name);
+    let live = st.live_disk(&id, &disk);
+    disk.content = live.content;
+    disk.size_bytes = live.size;
+    Some((disk, vm, crate::live::unique_id(&id, live.incarnation)))
+}
+
+fn find_fleet_disk(
+    st: &Shared,
+    sub: &str,
+    rg: &str,
+    name: &str,
+) -> Option<(SimDisk, Option<SimVm>)> {
     let attached = st.fleet.vms.iter().find_map(|vm| {
         vm.disks
             .iter()
@@ -408,7 +441,7 @@ pub(crate) async fn access(
     }
     let (target, id, location) = if kind.eq_ignore_ascii_case("disks") {
         match find_disk(&st, &sub, &rg, &name) {
-            Some((d, vm)) => {
+            Some((d, vm, _)) => {
                 let id = arm_json::disk_id(&sub, &d.resource_group, &d.name);
                 let loc = vm
                     .as_ref()
@@ -490,7 +523,7 @@ pub(crate) async fn access(
             &format!("The operation 'beginGetAccess' on '{name}' conflicts with another operation in progress (injected by the simulator)."),
         );
     }
-    let (content, size) = match target {
+    let (content, size, family) = match target {
         Target::Disk(d, vm) => {
             if let Some(vm) = vm {
                 let power = st.power_state(&vm);
@@ -503,9 +536,30 @@ pub(crate) async fn access(
                     );
                 }
             }
-            (d.content, d.size_bytes)
+            (d.content, d.size_bytes, None)
         }
-        Target::Snapshot(s) => (s.content, s.size),
+        Target::Snapshot(s) => {
+            let family = s.incremental.then(|| s.source_unique_id.clone());
+            if let Some(f) = &family {
+                // Azure: SAS URIs for at most 5 snapshots of one snapshot family at a time.
+                let limit = st.incremental_limits().open_grants_per_family as usize;
+                let state = st.export.lock().unwrap_or_else(|e| e.into_inner());
+                let open = state
+                    .grants
+                    .values()
+                    .filter(|g| g.family.as_ref() == Some(f) && g.resource != key)
+                    .count();
+                if open >= limit {
+                    st.counters.grant_conflicts.fetch_add(1, Ordering::SeqCst);
+                    return arm_error(
+                        StatusCode::CONFLICT,
+                        "OperationNotAllowed",
+                        &format!("Cannot grant access to snapshot '{name}': {open} incremental snapshots of the same disk already have an active SAS (at most {limit}). Revoke access to one of them (endGetAccess) first."),
+                    );
+                }
+            }
+            (s.content, s.size, family)
+        }
     };
     let sas = st.export.lock().unwrap_or_else(|e| e.into_inner()).grant(
         &st,
@@ -515,6 +569,7 @@ pub(crate) async fn access(
             content,
             size,
             fault,
+            family,
         },
         Duration::from_secs(request.duration_in_seconds),
     );
@@ -534,11 +589,11 @@ fn snapshot_json(s: &Snapshot, granted: bool) -> Value {
         "creationData": {
             "createOption": "Copy",
             "sourceResourceId": s.source_id,
-            "sourceUniqueId": format!("{:x}", s.source_id.len() as u64 * 0x9e37_79b9),
+            "sourceUniqueId": s.source_unique_id,
         },
         "diskSizeGB": s.size >> 30,
         "diskSizeBytes": s.size,
-        "incremental": false,
+        "incremental": s.incremental,
         "encryption": { "type": "EncryptionAtRestWithPlatformKey" },
         "networkAccessPolicy": "AllowAll",
         "publicNetworkAccess": "Enabled",
@@ -654,19 +709,70 @@ pub(crate) async fn snapshot(
                     "The location property is required for this definition.",
                 );
             };
-            let Some((size, content, os, fault)) = st.source_of(source) else {
+            let incremental = match request["properties"].get("incremental") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return arm_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidParameter",
+                        "properties.incremental must be a boolean.",
+                    )
+                }
+            };
+            let Some(src) = st.source_of(source) else {
                 return arm_error(
                     StatusCode::NOT_FOUND,
                     "ResourceNotFound",
                     &format!("The source resource '{source}' was not found."),
                 );
             };
+            let Source {
+                size,
+                content,
+                os,
+                fault,
+                unique_id,
+                disk_key,
+            } = src;
             if fault == Some(DiskFault::SnapshotFails) {
                 return arm_error(
                     StatusCode::CONFLICT,
                     "OperationNotAllowed",
                     &format!("Snapshot {name} of '{source}' cannot be created: the source disk is in a state that does not allow snapshots (injected by the simulator: fault snapshot_fails)."),
                 );
+            }
+            if incremental {
+                let Some(disk_key) = &disk_key else {
+                    return arm_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidParameter",
+                        "The simulator creates incremental snapshots of managed disks only.",
+                    );
+                };
+                let limits = st.incremental_limits();
+                let Some(fleet_disk) = st.fleet_disk_by_id(disk_key) else {
+                    return not_found("disks", &rg, source);
+                };
+                let mut state = st.export.lock().unwrap_or_else(|e| e.into_inner());
+                let live = state
+                    .live
+                    .entry(disk_key.clone())
+                    .or_insert_with(|| crate::live::LiveDisk::of(fleet_disk));
+                if let Err(wait) = live.take_incremental(limits) {
+                    drop(state);
+                    st.counters.record_throttled(Route::Snapshot);
+                    let mut resp = arm_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "TooManyRequests",
+                        &format!("At most {} incremental snapshots of disk '{source}' can be created in {} seconds; try again later.", limits.per_window, limits.window_secs),
+                    );
+                    resp.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+                    );
+                    return resp;
+                }
             }
             let snap = Snapshot {
                 id: id.clone(),
@@ -678,6 +784,8 @@ pub(crate) async fn snapshot(
                 content,
                 os,
                 fault,
+                incremental,
+                source_unique_id: unique_id,
             };
             let body = snapshot_json(&snap, false);
             let mut state = st.export.lock().unwrap_or_else(|e| e.into_inner());
@@ -817,8 +925,18 @@ pub(crate) async fn vm_sizes(
     Json(json!({ "value": value })).into_response()
 }
 
-/// A snapshot source's size, content, OS type and generation (OS disks only), and fault.
-type Source = (u64, DiskContent, Option<(String, u8)>, Option<DiskFault>);
+/// What a snapshot or grant is made from: a disk as it is now, or a snapshot.
+struct Source {
+    size: u64,
+    content: DiskContent,
+    /// OS type and generation (OS disks only).
+    os: Option<(String, u8)>,
+    fault: Option<DiskFault>,
+    /// The disk's `uniqueId` (a snapshot's `sourceUniqueId`).
+    unique_id: String,
+    /// The lower-cased id of a disk; `None` for a snapshot.
+    disk_key: Option<String>,
+}
 
 impl Shared {
     /// The size, content and OS of the disk or snapshot with this id.
@@ -830,16 +948,32 @@ impl Shared {
         }
         let (sub, rg, kind, name) = (parts[1], parts[3], parts[6], parts[7]);
         if kind.eq_ignore_ascii_case("disks") {
-            let (d, vm) = find_disk(self, sub, rg, name)?;
+            let (d, vm, unique_id) = find_disk(self, sub, rg, name)?;
             let os = match (d.lun, vm) {
                 (None, Some(vm)) => Some((vm.os_type.clone(), vm.generation)),
                 _ => None,
             };
-            Some((d.size_bytes, d.content, os, d.fault))
+            Some(Source {
+                size: d.size_bytes,
+                content: d.content,
+                os,
+                fault: d.fault,
+                unique_id,
+                disk_key: Some(
+                    arm_json::disk_id(sub, &d.resource_group, &d.name).to_ascii_lowercase(),
+                ),
+            })
         } else if kind.eq_ignore_ascii_case("snapshots") {
             let state = self.export.lock().unwrap_or_else(|e| e.into_inner());
             let s = state.snapshots.get(&id.to_ascii_lowercase())?;
-            Some((s.size, s.content.clone(), s.os.clone(), s.fault))
+            Some(Source {
+                size: s.size,
+                content: s.content.clone(),
+                os: s.os.clone(),
+                fault: s.fault,
+                unique_id: s.source_unique_id.clone(),
+                disk_key: None,
+            })
         } else {
             None
         }
@@ -859,12 +993,31 @@ impl Shared {
     /// The content, size and fault of a disk or snapshot that may be granted, for
     /// [`SimHandle::grant_access`](crate::SimHandle::grant_access).
     pub(crate) fn source_for_grant(&self, id: &str) -> Option<BlobSource> {
-        self.source_of(id)
-            .map(|(size, content, _, fault)| BlobSource {
-                content,
-                size,
-                fault,
+        let key = id.to_ascii_lowercase();
+        let family = {
+            let state = self.export.lock().unwrap_or_else(|e| e.into_inner());
+            state
+                .snapshots
+                .get(&key)
+                .filter(|s| s.incremental)
+                .map(|s| s.source_unique_id.clone())
+        };
+        self.source_of(id).map(|s| BlobSource {
+            content: s.content,
+            size: s.size,
+            fault: s.fault,
+            family,
+        })
+    }
+
+    /// The fleet's disk with this lower-cased id.
+    fn fleet_disk_by_id(&self, key: &str) -> Option<&SimDisk> {
+        self.fleet
+            .disks()
+            .find(|(sub, d)| {
+                arm_json::disk_id(sub, &d.resource_group, &d.name).eq_ignore_ascii_case(key)
             })
+            .map(|(_, d)| d)
     }
 
     fn take_grant_conflict(&self) -> bool {

@@ -22,6 +22,20 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   (`202` + `Location` + `Azure-AsyncOperation` + `Retry-After`, polled
   [`OperationSettings::polls`] times, or `200` at once) and Azure's rules: no grant on the
   disk of a VM that is not deallocated (`409`), no delete of a snapshot with an open grant.
+* **Warm migration**: `PUT …/snapshots/{s}` with
+  `properties.incremental: true` makes an incremental snapshot; its `creationData` carries
+  the disk's `sourceUniqueId`, which changes when the disk is recreated. Get Page Ranges with
+  `x-ms-previous-snapshot-url` (the older snapshot's SAS URL; `x-ms-version` 2019-07-07 or
+  later) lists the `<PageRange>`s written and `<ClearRange>`s trimmed between two incremental
+  snapshots of one disk, paged like any page list. A running VM's disk is changed between
+  snapshots with [`SimHandle::write_disk`], [`SimHandle::trim_disk`],
+  [`SimHandle::recreate_disk`], [`SimHandle::resize_disk`], or over HTTP with
+  `POST /_sim/disks/{name}/{write|trim|recreate|resize}`. Azure's limits hold
+  ([`IncrementalLimits`]): 7 incremental snapshots per disk per 5 minutes (`429` +
+  `Retry-After`), 5 open SAS per snapshot family (`409`), no diff across a recreated disk,
+  from a full snapshot or across the 4 TiB boundary (`409
+  PreviousSnapshotOperationNotSupported`), nor from a revoked or deleted one (`409
+  PreviousSnapshotNotFound`).
 * **Page blobs**: a grant's SAS URL (`http://HOST/mdsim/{container}/abcd?sv=…&sr=b&sig=…&se=…&sp=r`)
   serves the disk plus a fixed-VHD footer: `HEAD`, ranged `GET` (`206`, `Content-Range`,
   `Content-MD5` for ranges up to 4 MiB, `400` above) and `GET ?comp=pagelist` paged by
@@ -66,6 +80,7 @@ mod content;
 mod counters;
 mod error;
 mod export;
+mod live;
 mod scenario;
 mod server;
 
@@ -74,9 +89,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-pub use content::{ContentSpec, DiskContent, ExtentSpec, ScatterSpec};
+pub use content::{Change, ContentSpec, DiskContent, ExtentSpec, ScatterSpec};
 pub use counters::{Counters, Route};
 pub use error::{Error, ErrorKind};
+pub use live::IncrementalLimits;
 pub use scenario::{
     BlobFaults, DiskFault, DiskSpec, Failures, Fleet, GenerateSpec, OperationSettings,
     ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm, SubscriptionSpec, Throttle, VmSpec,
@@ -115,6 +131,7 @@ impl Simulator {
             page_list_size: AtomicUsize::new(scenario.settings.page_list_size.max(1)),
             blob_faults: RwLock::new(scenario.settings.blob_faults),
             operations: RwLock::new(scenario.settings.operations),
+            incremental: RwLock::new(scenario.settings.incremental),
             export: Mutex::new(ExportState::default()),
         });
         let app = server::router(shared.clone());
@@ -231,13 +248,61 @@ impl SimHandle {
 
     /// The disk named `name` (case-insensitive), attached or not, with what it holds.
     pub fn disk(&self, name: &str) -> Option<&SimDisk> {
-        let fleet = &self.shared.fleet;
-        fleet
-            .vms
-            .iter()
-            .flat_map(|vm| vm.disks.iter())
-            .chain(fleet.unattached.iter().map(|(_, d)| d))
-            .find(|d| d.name.eq_ignore_ascii_case(name))
+        self.shared.fleet.disk_by_name(name).map(|(_, d, _)| d)
+    }
+
+    /// The disk named `name` as it is now: after [`write_disk`](Self::write_disk),
+    /// [`trim_disk`](Self::trim_disk), [`recreate_disk`](Self::recreate_disk) and
+    /// [`resize_disk`](Self::resize_disk). Its [`SimDisk::write_raw_reference`] is what a
+    /// copy of the disk made now must equal.
+    pub fn disk_now(&self, name: &str) -> Option<SimDisk> {
+        let (_, disk, id) = self.shared.fleet.disk_by_name(name)?;
+        let live = self.shared.live_disk(&id, disk);
+        Some(SimDisk {
+            content: live.content,
+            size_bytes: live.size,
+            ..disk.clone()
+        })
+    }
+
+    /// Writes `length` bytes at `offset` of the disk `name` (a running VM writing), with
+    /// bytes generated from `seed`. Both are multiples of 512 inside the disk.
+    pub fn write_disk(&self, name: &str, offset: u64, length: u64, seed: u64) -> Result<(), Error> {
+        self.shared.mutate(
+            name,
+            live::Mutation::Write {
+                range: offset..offset.saturating_add(length),
+                seed,
+            },
+        )
+    }
+
+    /// Trims `length` bytes at `offset` of the disk `name` (discard: zeros, not written).
+    pub fn trim_disk(&self, name: &str, offset: u64, length: u64) -> Result<(), Error> {
+        self.shared.mutate(
+            name,
+            live::Mutation::Trim(offset..offset.saturating_add(length)),
+        )
+    }
+
+    /// Deletes the disk `name` and creates it again, empty, with a new `uniqueId`: its
+    /// earlier incremental snapshots are of another disk now.
+    pub fn recreate_disk(&self, name: &str) -> Result<(), Error> {
+        self.shared.mutate(name, live::Mutation::Recreate)
+    }
+
+    /// Grows the disk `name` to `size_bytes` (a multiple of 1 MiB).
+    pub fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<(), Error> {
+        self.shared.mutate(name, live::Mutation::Resize(size_bytes))
+    }
+
+    /// Changes the limits on incremental snapshots.
+    pub fn set_incremental_limits(&self, limits: IncrementalLimits) {
+        *self
+            .shared
+            .incremental
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
     /// Grants read access to the disk or snapshot `resource_id` as `beginGetAccess` would

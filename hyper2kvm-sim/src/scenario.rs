@@ -65,6 +65,8 @@ pub struct Settings {
     pub page_list_size: usize,
     /// Faults of the blob data plane and of grants.
     pub blob_faults: BlobFaults,
+    /// Azure's limits on incremental snapshots.
+    pub incremental: crate::live::IncrementalLimits,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             operations: OperationSettings::default(),
             page_list_size: 200,
             blob_faults: BlobFaults::default(),
+            incremental: crate::live::IncrementalLimits::default(),
         }
     }
 }
@@ -493,6 +496,27 @@ impl Fleet {
         self.by_name
             .get(&key(subscription, resource_group, name))
             .map(|&i| &self.vms[i])
+    }
+
+    /// Every managed disk, attached or not, with its subscription.
+    pub fn disks(&self) -> impl Iterator<Item = (&str, &SimDisk)> {
+        self.vms
+            .iter()
+            .flat_map(|vm| vm.disks.iter().map(move |d| (vm.subscription.as_str(), d)))
+            .chain(self.unattached.iter().map(|(s, d)| (s.as_str(), d)))
+    }
+
+    /// The disk named `name` (case-insensitive), with its subscription and ARM id.
+    pub(crate) fn disk_by_name(&self, name: &str) -> Option<(&str, &SimDisk, String)> {
+        self.disks()
+            .find(|(_, d)| d.name.eq_ignore_ascii_case(name))
+            .map(|(s, d)| {
+                (
+                    s,
+                    d,
+                    crate::arm_json::disk_id(s, &d.resource_group, &d.name),
+                )
+            })
     }
 
     /// Total number of managed disks, attached or not.

@@ -35,6 +35,7 @@ pub(crate) struct Shared {
     pub page_list_size: AtomicUsize,
     pub blob_faults: RwLock<BlobFaults>,
     pub operations: RwLock<OperationSettings>,
+    pub incremental: RwLock<crate::live::IncrementalLimits>,
     pub export: Mutex<ExportState>,
 }
 
@@ -45,6 +46,24 @@ impl Shared {
 
     pub fn operations(&self) -> OperationSettings {
         *self.operations.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn incremental_limits(&self) -> crate::live::IncrementalLimits {
+        *self.incremental.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A disk's ARM JSON as it is now: recreated (a new `uniqueId`) or resized.
+    fn disk_json(&self, sub: &str, disk: &SimDisk, vm: Option<&SimVm>) -> Value {
+        let mut body = arm_json::disk(sub, disk, vm.map(|v| self.current(v)).as_deref());
+        let id = arm_json::disk_id(sub, &disk.resource_group, &disk.name).to_ascii_lowercase();
+        let state = self.export.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = state.live.get(&id) {
+            let p = &mut body["properties"];
+            p["uniqueId"] = json!(crate::live::unique_id(&id, live.incarnation));
+            p["diskSizeBytes"] = json!(live.size);
+            p["diskSizeGB"] = json!(live.size >> 30);
+        }
+        body
     }
 
     /// The VM as it is now: with the power state power operations gave it.
@@ -102,6 +121,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/{account}/{container}/{blob}",
             get(crate::blob::serve).head(crate::blob::serve),
+        )
+        .route(
+            "/_sim/disks/{name}/{action}",
+            post(crate::live::control),
         )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -379,7 +402,7 @@ async fn list_disks(
     }
     let disks = disks_of(&st, &sub, None);
     page(&st, &q, &headers, &uri, &disks, |(s, d, vm)| {
-        arm_json::disk(s, d, vm.map(|v| st.current(v)).as_deref())
+        st.disk_json(s, d, *vm)
     })
 }
 
@@ -398,7 +421,7 @@ async fn list_disks_in_group(
     }
     let disks = disks_of(&st, &sub, Some(&rg));
     page(&st, &q, &headers, &uri, &disks, |(s, d, vm)| {
-        arm_json::disk(s, d, vm.map(|v| st.current(v)).as_deref())
+        st.disk_json(s, d, *vm)
     })
 }
 
@@ -418,9 +441,7 @@ async fn get_disk(
         .into_iter()
         .find(|(_, d, _)| d.name.eq_ignore_ascii_case(&name));
     match found {
-        Some((s, d, vm)) => {
-            Json(arm_json::disk(s, d, vm.map(|v| st.current(v)).as_deref())).into_response()
-        }
+        Some((s, d, vm)) => Json(st.disk_json(s, d, vm)).into_response(),
         None => not_found_resource("disks", &rg, &name),
     }
 }

@@ -13,4 +13,4 @@ pub mod permissions;
 pub use client::{ArmClient, ArmClientBuilder, PUBLIC_ARM_ENDPOINT};
 pub use discovery::{discover, join_subscription};
 pub use export::LroOptions;
-pub use ops::VmSize;
+pub use ops::{SnapshotInfo, VmSize};

@@ -14,6 +14,10 @@
 //!   reader has a way to get one (single-flight: one re-grant however many reads saw the
 //!   403); a SAS the user gave cannot be renewed, so its `403` is retried a few times, then
 //!   reported.
+//! * For warm migration, `Get Page Ranges` with `x-ms-previous-snapshot-url` (the SAS URL of
+//!   an older incremental snapshot of the same disk) says what changed since it: pages
+//!   written (`PageRange`) and cleared (`ClearRange`) ([`PageBlobReader::changed_since`]).
+//!   That URL is a secret like any SAS: it only travels in the header.
 //! * No conditional headers (`If-Match`, …) are ever sent: `md-*` export hosts reject them.
 
 use std::ops::Range;
@@ -24,7 +28,7 @@ use std::time::Duration;
 use super::md5x::{self, Md5Pool};
 use base64::Engine;
 use hyper2kvm_core::vhd::{DiskType, VhdFooter, FOOTER_LEN};
-use hyper2kvm_core::{BoxFuture, DiskReader};
+use hyper2kvm_core::{BoxFuture, ChangedRanges, Delta, DiskReader};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
 
@@ -184,6 +188,41 @@ impl PageBlobReader {
     /// The written ranges of the disk, from `Get Page Ranges`, merged and sorted.
     pub async fn page_ranges(&self) -> Result<Vec<Range<u64>>> {
         self.inner.page_ranges().await
+    }
+
+    /// What changed in this blob (an incremental snapshot) since the older incremental
+    /// snapshot of the same disk whose SAS URL is `previous`: Get Page Ranges with
+    /// `x-ms-previous-snapshot-url`, every `NextMarker` page, clipped to the disk and merged.
+    ///
+    /// When Azure cannot diff the two (`409 PreviousSnapshotNotFound`: the older one is gone
+    /// or its SAS revoked; `409 PreviousSnapshotOperationNotSupported`: not incremental, of
+    /// another disk or across the 4 TiB boundary) the answer is [`Delta::BaseUnusable`] with
+    /// the reason, so the caller copies the blob in full.
+    ///
+    /// <https://learn.microsoft.com/rest/api/storageservices/get-page-ranges>
+    pub async fn changed_since(&self, previous: &SasUrl) -> Result<Delta> {
+        let mut marker: Option<String> = None;
+        let (mut written, mut cleared) = (Vec::new(), Vec::new());
+        loop {
+            let list = match self
+                .inner
+                .page_list_page(marker.as_deref(), Some(previous))
+                .await?
+            {
+                Ok(list) => list,
+                Err(why) => return Ok(Delta::BaseUnusable(why)),
+            };
+            written.extend(list.ranges);
+            cleared.extend(list.cleared);
+            match list.next_marker {
+                Some(m) => marker = Some(m),
+                None => break,
+            }
+        }
+        Ok(Delta::Changed(ChangedRanges {
+            written: clip_merge(written, self.inner.size),
+            cleared: clip_merge(cleared, self.inner.size),
+        }))
     }
 }
 
@@ -443,30 +482,33 @@ impl Inner {
         let mut marker: Option<String> = None;
         let mut ranges = Vec::new();
         loop {
-            let list = self.page_list_page(marker.as_deref()).await?;
+            let list = self
+                .page_list_page(marker.as_deref(), None)
+                .await?
+                .map_err(|why| Error::new(ErrorKind::InvalidResponse, why))?;
             ranges.extend(list.ranges);
             match list.next_marker {
                 Some(m) => marker = Some(m),
                 None => break,
             }
         }
-        ranges.retain(|r| r.start < self.size);
-        for r in &mut ranges {
-            r.end = r.end.min(self.size);
-        }
-        ranges.sort_by_key(|r| r.start);
-        let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        Ok(merged)
+        Ok(clip_merge(ranges, self.size))
     }
 
-    async fn page_list_page(&self, marker: Option<&str>) -> Result<super::pagelist::PageList> {
-        let headers = [("x-ms-range", format!("bytes=0-{}", self.size.max(1) - 1))];
+    /// One page of Get Page Ranges, of a diff against `previous` if given. The inner `Err`
+    /// says why Azure cannot diff against `previous`.
+    async fn page_list_page(
+        &self,
+        marker: Option<&str>,
+        previous: Option<&SasUrl>,
+    ) -> Result<std::result::Result<super::pagelist::PageList, String>> {
+        let mut headers = vec![("x-ms-range", format!("bytes=0-{}", self.size.max(1) - 1))];
+        if let Some(p) = previous {
+            headers.push((
+                "x-ms-previous-snapshot-url",
+                p.expose().as_str().to_string(),
+            ));
+        }
         let mut failures = 0;
         loop {
             let (generation, mut url) = self.current();
@@ -487,7 +529,7 @@ impl Inner {
                             .map_err(|_| ())
                             .and_then(|t| parse_page_list(t).map_err(|_| ()))
                         {
-                            Ok(list) => return Ok(list),
+                            Ok(list) => return Ok(Ok(list)),
                             Err(()) => Failure::Retry(Error::new(
                                 ErrorKind::InvalidResponse,
                                 format!(
@@ -505,12 +547,50 @@ impl Inner {
                         .with_source(e.without_url()),
                     ),
                 }
+            } else if let Some(why) = previous.and_then(|_| base_unusable(&resp)) {
+                return Ok(Err(format!("{}: {why}", self.name)));
             } else {
                 self.failed("Get Page Ranges", resp.status())
             };
             self.recover(&mut failures, failure, generation).await?;
         }
     }
+}
+
+/// Why Azure cannot diff against the previous snapshot, from a diff's error answer.
+fn base_unusable(resp: &Response) -> Option<String> {
+    if resp.status() != StatusCode::CONFLICT {
+        return None;
+    }
+    let code = resp.headers().get("x-ms-error-code")?.to_str().ok()?;
+    match code {
+        "PreviousSnapshotNotFound" => Some(
+            "the base snapshot is gone or no longer readable (PreviousSnapshotNotFound)".into(),
+        ),
+        "PreviousSnapshotOperationNotSupported" => Some(
+            "Azure cannot diff against the base snapshot: not incremental, of another disk, or \
+             the disk was resized across 4 TiB (PreviousSnapshotOperationNotSupported)"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// `ranges` inside `0..size`, sorted and merged.
+fn clip_merge(mut ranges: Vec<Range<u64>>, size: u64) -> Vec<Range<u64>> {
+    ranges.retain(|r| r.start < size);
+    for r in &mut ranges {
+        r.end = r.end.min(size);
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 impl DiskReader for PageBlobReader {

@@ -1,11 +1,13 @@
 //! qcow2 version 3, as specified by qemu's `docs/interop/qcow2.rst`.
 //!
-//! Only a writer lives here: [`Qcow2Writer`] turns chunks of guest data into an image in one
-//! pass, with data written once and never moved. `qemu-img check` and `qemu-img compare` are
+//! A writer, [`Qcow2Writer`], turns chunks of guest data into an image in one pass, with
+//! data written once and never moved; a patcher, [`Qcow2Patcher`], updates such an image in
+//! place (warm migration's deltas). `qemu-img check` and `qemu-img compare` are
 //! the oracle the tests hold it to.
 
 pub mod compress;
 pub mod header;
+pub mod patch;
 pub mod refcount;
 pub mod table;
 pub mod types;
@@ -14,6 +16,7 @@ pub mod writer;
 use std::fmt;
 use std::str::FromStr;
 
+pub use patch::Qcow2Patcher;
 pub use types::{Geometry, GuestOffset, HostOffset};
 pub use writer::Qcow2Writer;
 

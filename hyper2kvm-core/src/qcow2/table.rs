@@ -3,11 +3,11 @@
 use super::types::{Geometry, HostOffset};
 
 /// Bit 63 of an L1 or standard L2 entry: the cluster's refcount is exactly one.
-const COPIED: u64 = 1 << 63;
+pub(crate) const COPIED: u64 = 1 << 63;
 /// Bit 62 of an L2 entry: the cluster is compressed.
-const COMPRESSED: u64 = 1 << 62;
+pub(crate) const COMPRESSED: u64 = 1 << 62;
 /// Bits 9-55 of L1 and standard L2 entries hold a cluster-aligned host offset.
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
 /// An L1 entry pointing at an L2 table whose only reference is this entry.
 pub fn l1_entry(l2_table: HostOffset) -> u64 {
