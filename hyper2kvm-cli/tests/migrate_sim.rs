@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use hyper2kvm_sim::{Route, Scenario, SimHandle, Simulator};
 use serde_json::Value;
-use support::{assert_image_matches, s, Scratch};
+use support::{
+    assert_image_matches, files_under, read_json, s, text, wait_child, wait_for, Scratch,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hyper2kvm");
 const SUB: &str = "00000000-0000-0000-0000-0000000e2e00";
@@ -189,49 +191,6 @@ fn spawn(cfg: &Path, dir: &Scratch) -> Child {
         .stdin(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// Waits (off the runtime) for `cond`, checking every 20 ms; panics after `limit`, which
-/// is only a guard against a hang, never what a test measures.
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_child(mut child: Child) -> std::process::ExitStatus {
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn read_json(path: &Path) -> Value {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Images under their final name (complete) below `dir`.
