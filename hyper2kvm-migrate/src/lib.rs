@@ -57,12 +57,14 @@ pub mod shard;
 pub mod source;
 mod time;
 mod vm;
+pub mod warm;
 
 pub use fleet::{FleetReport, VmState};
 pub use hyper2kvm_core::{Error, ErrorKind, Result};
 pub use interrupt::Interrupt;
 pub use options::{
-    EventFn, GuestHook, GuestOutcome, KubevirtOptions, RunEvent, RunOptions, Target,
+    EventFn, GuestHook, GuestOutcome, KubevirtOptions, RunEvent, RunOptions, SyncOptions, Target,
+    WarmMode,
 };
 pub use plan::{
     plan, snapshot_name, DiskChoice, DiskPlan, Layout, Plan, PlanError, PlanOptions, Role,
@@ -71,7 +73,7 @@ pub use plan::{
 pub use report::{
     CleanupAction, CleanupRecord, DiskReport, DiskStatus, ErrorRecord, PowerAction, PowerRecord,
     ResourceKind, ResourceRecord, RunStatus, RunSummary, UnwrittenRecord, VmReport, VmStatus,
-    VmSummary, SCHEMA_VERSION, TOOL_VERSION,
+    VmSummary, WarmCopy, WarmDisk, WarmRecord, SCHEMA_VERSION, TOOL_VERSION,
 };
 pub use run::Migration;
 pub use shard::{
