@@ -35,7 +35,7 @@ use std::time::{Instant, SystemTime};
 use futures_util::future::join_all;
 use hyper2kvm_core::journal::journal_path;
 use hyper2kvm_core::{
-    apply_delta, convert, ConvertOptions, Delta, Error, ErrorKind, ExportedDisk, IncrementalCopies,
+    apply_delta, convert, ConvertOptions, Delta, DiskReader, Error, ErrorKind, IncrementalCopies,
     OutputFormat,
 };
 use tokio::sync::Semaphore;
@@ -378,7 +378,9 @@ impl VmRun<'_> {
         if let (Some(why), Some(_)) = (&full_because, &w.base) {
             self.warn(format!("{}: copied in full again: {why}", d.name));
         }
-        let outcome = self.apply_exported(&exported, &w.image, changes).await;
+        // The reader alone crosses the awaits: the export is not `Sync`.
+        let reader = exported.reader().clone();
+        let outcome = self.apply_exported(reader, &w.image, changes).await;
         let revoked = exported.close().await;
         if let Err(e) = revoked {
             record_cleanup_failure(self.report, CleanupAction::RevokeAccess, &pending.id, &e);
@@ -388,12 +390,12 @@ impl VmRun<'_> {
 
     async fn apply_exported(
         &self,
-        exported: &ExportedDisk,
+        reader: Arc<dyn DiskReader>,
         image: &std::path::Path,
         changes: Option<hyper2kvm_core::ChangedRanges>,
     ) -> hyper2kvm_core::Result<Applied> {
-        let reader = self.m.opts.limits.wrap(exported.reader().clone());
-        let concurrency = usize::from(self.m.opts.convert.concurrency.max(1));
+        let reader = self.m.opts.limits.wrap(reader);
+        let concurrency = self.m.opts.convert.concurrency.max(1);
         let chunk = u64::from(self.m.opts.convert.chunk_size);
         match changes {
             Some(c) => {
