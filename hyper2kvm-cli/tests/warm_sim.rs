@@ -117,6 +117,63 @@ async fn sync(cfg: &Path, extra: &[&str]) {
     );
 }
 
+/// `docs/records.md`'s table `section`: each field's name and whether it is optional.
+fn documented(section: &str) -> Vec<(String, bool)> {
+    let doc = include_str!("../../docs/records.md");
+    let mut current = String::new();
+    let mut out = Vec::new();
+    for line in doc.lines() {
+        if let Some(h) = line.strip_prefix("### ") {
+            current = h.replace('`', "");
+            continue;
+        }
+        if current != section {
+            continue;
+        }
+        if let Some(row) = line.strip_prefix("| `") {
+            let name = row.split('`').next().unwrap().to_string();
+            let optional = line
+                .split('|')
+                .nth(2)
+                .is_some_and(|t| t.contains("optional"));
+            out.push((name, optional));
+        }
+    }
+    assert!(!out.is_empty(), "no table {section}");
+    out
+}
+
+/// The object `v` has every field `section` documents as required, and no other field.
+fn assert_documented(v: &Value, section: &str) {
+    let fields = documented(section);
+    let obj = v.as_object().unwrap_or_else(|| panic!("{section}: {v:#}"));
+    for k in obj.keys() {
+        assert!(
+            fields.iter().any(|(n, _)| n == k),
+            "{section}: `{k}` is not documented"
+        );
+    }
+    for (n, optional) in &fields {
+        assert!(
+            *optional || obj.contains_key(n),
+            "{section}: `{n}` is missing"
+        );
+    }
+}
+
+/// `report.json`'s `warm` section as `docs/records.md` documents it.
+fn assert_warm_documented(rep: &Value) {
+    assert_documented(&rep["warm"], "report.json: warm");
+    for d in rep["warm"]["disks"].as_array().unwrap() {
+        assert_documented(d, "report.json: warm.disks[]");
+        for c in ["base", "pending"] {
+            if !d[c].is_null() {
+                assert_documented(&d[c], "report.json: warm.disks[].base");
+            }
+        }
+    }
+}
+
 /// A full sync, three deltas with writes and trims between them (each applied in place and
 /// equal to the disks then, reading only what changed), then a cutover with `deallocate`:
 /// the final images equal the disks, and no grant nor snapshot is left.
@@ -132,6 +189,7 @@ async fn full_sync_three_deltas_then_cutover_equal_the_disks() {
     let rep = report(&out);
     assert_eq!(rep["action"], "sync", "{rep:#}");
     assert_eq!(rep["status"], "completed", "{rep:#}");
+    assert_warm_documented(&rep);
     for name in [OS, DATA] {
         let w = warm_disk(&rep, name);
         assert_eq!(w["generation"], 1, "{w:#}");
@@ -288,6 +346,7 @@ async fn a_sync_killed_during_a_delta_is_finished_by_the_next() {
     child.kill().unwrap();
     child.wait().unwrap();
     let killed = report(&out);
+    assert_warm_documented(&killed);
     let pending: Vec<String> = [OS, DATA]
         .iter()
         .map(|d| {
@@ -395,4 +454,123 @@ async fn cutover_needs_a_sync_and_a_stopping_policy() {
     // The chain is kept for a cutover with another policy.
     assert_eq!(sim.counters().snapshots_alive(), 2);
     assert!(working(&out, OS).exists());
+}
+
+/// The base snapshot deleted behind our back between two syncs: the next sync copies that
+/// disk in full again, says why, and the image equals the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_deleted_behind_our_back_is_copied_in_full_again() {
+    let sim = start().await;
+    let scratch = Scratch::new("warm-based");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    sync(&cfg, &[]).await;
+    let base = warm_disk(&report(&out), OS)["base"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("{}{base}?api-version=2025-01-02", sim.base_url());
+    // The workspace's client (its TLS provider installed), as the binary builds it.
+    let http =
+        hyper2kvm_azure::build_http_client(&hyper2kvm_azure::HttpOptions::default()).unwrap();
+    let status = http.delete(&url).send().await.unwrap().status();
+    assert!(status.is_success(), "{status}");
+    let started = Instant::now();
+    while sim.counters().snapshots_alive() != 1 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sim.write_disk(OS, 5 * MIB, MIB, 55).unwrap();
+    sync(&cfg, &[]).await;
+    let rep = report(&out);
+    assert_eq!(warm_disk(&rep, OS)["full_copies"], 2, "{rep:#}");
+    assert_eq!(warm_disk(&rep, DATA)["full_copies"], 1, "{rep:#}");
+    let warned = rep["warnings"].as_array().unwrap().iter().any(|w| {
+        let w = w.as_str().unwrap();
+        w.contains(OS) && w.contains("copied in full again")
+    });
+    assert!(warned, "{rep:#}");
+    for d in [OS, DATA] {
+        assert_equals_now(&sim, &scratch, &working(&out, d), d);
+    }
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));
+}
+
+/// Ctrl-C (SIGINT) during a delta: the sync revokes its grants, records `interrupted` with
+/// the pending copy, exits 130, and keeps the chain; the next sync finishes it. No SAS
+/// signature reaches the outputs or the records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_sync_revokes_its_grants_and_the_next_finishes_it() {
+    let sim = start().await;
+    let scratch = Scratch::new("warm-int");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "download: { bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
+        ),
+    )
+    .unwrap();
+    sync(&cfg, &[]).await;
+    sim.write_disk(OS, 4 * MIB, 6 * MIB, 61).unwrap();
+    sim.write_disk(DATA, 10 * MIB, 6 * MIB, 62).unwrap();
+    let child = Command::new(BIN)
+        .args(["-c", s(&cfg), "sync"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while ![OS, DATA]
+        .iter()
+        .all(|d| warm_disk(&report(&out), d)["pending"]["created"] == true)
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let rep = report(&out);
+    assert_eq!(rep["status"], "interrupted", "{rep:#}");
+    assert!(warm_disk(&rep, OS)["pending"]["id"].is_string(), "{rep:#}");
+    assert_eq!(sim.counters().open_grants(), 0);
+    assert_eq!(sim.counters().snapshots_alive(), 4, "the chain is kept");
+
+    let again = run(&cfg, &["sync"]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    for d in [OS, DATA] {
+        assert_equals_now(&sim, &scratch, &working(&out, d), d);
+    }
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));
+    // No signature anywhere.
+    let sigs = sim.signatures();
+    assert!(!sigs.is_empty());
+    let mut texts = vec![
+        text(&o.stdout),
+        text(&o.stderr),
+        text(&again.stdout),
+        text(&again.stderr),
+    ];
+    for e in std::fs::read_dir(out.join("app")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            texts.push(text(&std::fs::read(&p).unwrap()));
+        }
+    }
+    for t in &texts {
+        for sig in &sigs {
+            assert!(!t.contains(sig.as_str()), "a SAS signature leaked");
+        }
+    }
 }
