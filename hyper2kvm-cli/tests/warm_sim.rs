@@ -574,3 +574,63 @@ async fn an_interrupted_sync_revokes_its_grants_and_the_next_finishes_it() {
         }
     }
 }
+
+/// A cutover killed with SIGKILL during its last delta (the VM already deallocated): run
+/// again, it applies that delta, publishes the images (equal to the disks), writes the
+/// domain and deletes the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cutover_killed_during_its_last_delta_is_finished_by_the_next() {
+    let sim = start().await;
+    let scratch = Scratch::new("warm-cutkill");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "  running_vm: deallocate\ndownload: { bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
+        ),
+    )
+    .unwrap();
+    sync(&cfg, &[]).await;
+    sim.write_disk(OS, 4 * MIB, 6 * MIB, 71).unwrap();
+    sim.write_disk(DATA, 10 * MIB, 6 * MIB, 72).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["-c", s(&cfg), "cutover"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while ![OS, DATA]
+        .iter()
+        .all(|d| warm_disk(&report(&out), d)["pending"]["created"] == true)
+    {
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = report(&out);
+    assert!(
+        killed["warm"]["cutover_started_at"].is_string(),
+        "{killed:#}"
+    );
+    assert!(killed.get("domain_xml").is_none(), "not published yet");
+
+    let o = run(&cfg, &["cutover"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let rep = report(&out);
+    assert_eq!(rep["status"], "completed", "{rep:#}");
+    for d in rep["disks"].as_array().unwrap() {
+        let name = d["name"].as_str().unwrap();
+        let output = PathBuf::from(d["output"].as_str().unwrap());
+        assert_equals_now(&sim, &scratch, &output, name);
+    }
+    assert!(PathBuf::from(rep["domain_xml"].as_str().unwrap()).exists());
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 0));
+}
