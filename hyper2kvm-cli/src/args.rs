@@ -133,7 +133,32 @@ pub enum Command {
     /// Print the man page (roff), e.g. `hyper2kvm man | man -l -`; or write every page to a
     /// folder.
     Man(ManArgs),
+    /// Warm migration, step 1: copy running VMs' disks into working images (`<image>.warm`),
+    /// in full the first time, then only what changed; run it as often as wanted.
+    Sync(SyncArgs),
+    /// Warm migration, step 2: stop each synced VM (running_vm: stop or deallocate), apply
+    /// the last delta, then publish the images with fix-ups and the domain.
+    Cutover(CutoverArgs),
 }
+
+/// `hyper2kvm -c config.yaml sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// At most this many rounds in this invocation.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub rounds: u32,
+    /// Stop before --rounds once a round's delta (bytes read and cleared, per VM) is at most
+    /// SIZE (e.g. 64M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub until_delta: Option<u64>,
+    /// Seconds between rounds.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub interval: u64,
+}
+
+/// `hyper2kvm -c config.yaml cutover`: the policy and restart come from the config file.
+#[derive(Debug, Args)]
+pub struct CutoverArgs {}
 
 /// `hyper2kvm -c config.yaml plan --shards N --output plan.json`.
 #[derive(Debug, Args)]

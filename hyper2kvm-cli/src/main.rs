@@ -25,6 +25,7 @@ mod waiting;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use hyper2kvm::migrate::{SyncOptions, WarmMode};
 use hyper2kvm_core::{redact, ErrorKind};
 
 use crate::args::{Cli, Command};
@@ -78,6 +79,17 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
             )));
         }
         (Some(Command::Plan(_)), Some(_)) => {}
+        (Some(Command::Sync(_) | Command::Cutover(_)), None) => {
+            return Err(ModeError::Arguments(UsageError(
+                "sync and cutover need the configuration: hyper2kvm -c config.yaml sync (or cutover)".into(),
+            )))
+        }
+        (Some(Command::Sync(_) | Command::Cutover(_)), Some(_)) if cli.list_only || cli.dry_run => {
+            return Err(ModeError::Arguments(UsageError(
+                "sync and cutover do not go with --list-only or --dry-run".into(),
+            )))
+        }
+        (Some(Command::Sync(_) | Command::Cutover(_)), Some(_)) => {}
         (Some(_), Some(_)) => {
             return Err(ModeError::Arguments(UsageError(
                 "-c CONFIG goes with a migration run, --list-only, --dry-run or `plan`, not with another subcommand".into(),
@@ -85,16 +97,42 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
         }
         _ => {}
     }
+    let cli_rest = RunFlags {
+        arm_endpoint: cli.arm_endpoint,
+        output: cli.output,
+        shard: cli.shard,
+        plan: cli.plan,
+        dry_run: cli.dry_run,
+        list_only: cli.list_only,
+        quiet: cli.quiet,
+        allow_empty: cli.allow_empty,
+        verify_images: cli.verify_images,
+        lock_wait: cli.lock_wait,
+    };
     match (cli.command, cli.config) {
         (Some(Command::Plan(a)), Some(path)) => {
             let file = config::load(&path).map_err(ModeError::Config)?;
             let overrides = config::Overrides {
-                arm_endpoint: cli.arm_endpoint,
+                arm_endpoint: cli_rest.arm_endpoint,
                 output: None,
             };
             Ok(Mode::Plan(Box::new(config::list_plan(file, overrides)), a))
         }
         (Some(Command::Plan(_)), None) => unreachable!("checked above"),
+        (Some(c @ (Command::Sync(_) | Command::Cutover(_))), Some(path)) => {
+            let warm = match c {
+                Command::Sync(a) => {
+                    let mut o = SyncOptions::default();
+                    o.rounds = a.rounds;
+                    o.until_delta = a.until_delta;
+                    o.interval = std::time::Duration::from_secs(a.interval);
+                    WarmMode::Sync(o)
+                }
+                _ => WarmMode::Cutover,
+            };
+            migrate_mode(cli_rest, path, Some(warm))
+        }
+        (Some(Command::Sync(_) | Command::Cutover(_)), None) => unreachable!("checked above"),
         (Some(Command::Report(a)), _) => Ok(Mode::Report(a)),
         (Some(Command::Convert(a)), _) => Ok(Mode::Convert(a)),
         (Some(Command::Sim(a)), _) => Ok(Mode::Sim(a)),
@@ -105,39 +143,61 @@ fn mode(cli: Cli) -> Result<Mode, ModeError> {
         (None, None) => Err(ModeError::Arguments(UsageError(
             "nothing to do: give -c CONFIG --list-only, or a subcommand (see --help)".into(),
         ))),
-        (None, Some(path)) => {
-            let file = config::load(&path).map_err(ModeError::Config)?;
-            let overrides = config::Overrides {
-                arm_endpoint: cli.arm_endpoint,
-                output: cli.output,
-            };
-            let plan = Box::new(config::list_plan(file, overrides));
-            let shard = match &cli.shard {
-                Some(arg) => Some(plan::shard_filter(
-                    arg,
-                    cli.plan.as_deref(),
-                    &plan.migration,
-                )?),
-                None => None,
-            };
-            Ok(if cli.dry_run {
-                Mode::DryRun(plan)
-            } else if cli.list_only {
-                Mode::List(plan)
-            } else {
-                Mode::Migrate(
-                    plan,
-                    migrate::Flags {
-                        quiet: cli.quiet,
-                        allow_empty: cli.allow_empty,
-                        verify_images: cli.verify_images,
-                        shard,
-                        lock_wait: std::time::Duration::from_secs(cli.lock_wait.unwrap_or(0)),
-                    },
-                )
-            })
-        }
+        (None, Some(path)) => migrate_mode(cli_rest, path, None),
     }
+}
+
+/// The top-level flags a migration, `sync` or `cutover` reads.
+struct RunFlags {
+    arm_endpoint: Option<String>,
+    output: Option<args::OutputArg>,
+    shard: Option<String>,
+    plan: Option<std::path::PathBuf>,
+    dry_run: bool,
+    list_only: bool,
+    quiet: bool,
+    allow_empty: bool,
+    verify_images: bool,
+    lock_wait: Option<u64>,
+}
+
+/// A migration run (or `--dry-run`, `--list-only`), or with `warm` a `sync` or `cutover`.
+fn migrate_mode(
+    cli: RunFlags,
+    path: std::path::PathBuf,
+    warm: Option<WarmMode>,
+) -> Result<Mode, ModeError> {
+    let file = config::load(&path).map_err(ModeError::Config)?;
+    let overrides = config::Overrides {
+        arm_endpoint: cli.arm_endpoint,
+        output: cli.output,
+    };
+    let plan = Box::new(config::list_plan(file, overrides));
+    let shard = match &cli.shard {
+        Some(arg) => Some(plan::shard_filter(
+            arg,
+            cli.plan.as_deref(),
+            &plan.migration,
+        )?),
+        None => None,
+    };
+    Ok(if cli.dry_run {
+        Mode::DryRun(plan)
+    } else if cli.list_only {
+        Mode::List(plan)
+    } else {
+        Mode::Migrate(
+            plan,
+            migrate::Flags {
+                quiet: cli.quiet,
+                allow_empty: cli.allow_empty,
+                verify_images: cli.verify_images,
+                shard,
+                lock_wait: std::time::Duration::from_secs(cli.lock_wait.unwrap_or(0)),
+                warm,
+            },
+        )
+    })
 }
 
 fn main() -> ExitCode {

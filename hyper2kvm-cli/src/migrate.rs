@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use hyper2kvm::azure::{AzureSource, ExportOptions};
 use hyper2kvm::core::{redact, Cleanups, ErrorKind, Limits};
 use hyper2kvm::migrate::{
-    DiskStatus, EventFn, Interrupt, RunEvent, RunOptions, RunSummary, ShardFilter, Source, VmStatus,
+    DiskStatus, EventFn, Interrupt, RunEvent, RunOptions, RunSummary, ShardFilter, Source,
+    VmStatus, WarmMode,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -33,6 +34,8 @@ pub struct Flags {
     pub shard: Option<ShardFilter>,
     /// How long to wait for a VM another worker holds.
     pub lock_wait: Duration,
+    /// `sync` or `cutover` instead of a migration.
+    pub warm: Option<WarmMode>,
 }
 
 /// Runs the migration the plan describes and returns the exit code.
@@ -59,7 +62,8 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
         cleanups.clone(),
     );
     // Azure is every kind of source the engine reads through.
-    let source = Source::full(Arc::new(azure));
+    let azure = Arc::new(azure);
+    let source = Source::full(azure.clone()).with_incremental(azure);
     let mut opts = RunOptions::default();
     opts.plan = plan.migration.clone();
     opts.convert.compression = r.compression;
@@ -77,6 +81,7 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
     opts.verify_done_images = flags.verify_images;
     opts.shard = flags.shard;
     opts.lock_wait = flags.lock_wait;
+    opts.warm = flags.warm;
     let display = Display::new(quiet);
     let ticker = crate::waiting::spawn(display.wait_sink());
     // The library call is the run: discovery through the source, then the migration. Its

@@ -17,6 +17,10 @@ the VMs come from. It depends on `hyper2kvm-core` alone and runs over core's sou
   killed run's successor finds them again; guards that delete snapshots, revoke grants (the
   [`ExportedDisk`] cleanup) and start stopped VMs on success, failure and cancellation;
   SHA-256 of every image; the [`GuestHook`] on OS disks; a libvirt domain per VM.
+* **Warm migration** ([`warm`], [`WarmMode`]): `sync` rounds apply incremental copies
+  (core's [`IncrementalCopies`], [`Source::with_incremental`]) to working images
+  `<image>.warm`, the chain's state in `report.json`'s `warm` section; `cutover` stops the
+  VM, applies the last delta and publishes the images as a migration would.
 * **Reports** ([`report`]): `report.json` per VM, written as the VM goes, and
   `run-<id>.json` for the run; their JSON shapes are documented in `docs/records.md`.
   Errors in them are structured (kind, status, code, resource, message); what could not be
@@ -39,6 +43,7 @@ the VMs come from. It depends on `hyper2kvm-core` alone and runs over core's sou
 [`PowerControl`]: hyper2kvm_core::PowerControl
 [`PointInTimeCopies`]: hyper2kvm_core::PointInTimeCopies
 [`HardwareCatalog`]: hyper2kvm_core::HardwareCatalog
+[`IncrementalCopies`]: hyper2kvm_core::IncrementalCopies
 [`ExportedDisk`]: hyper2kvm_core::ExportedDisk
 */
 #![deny(missing_docs)]
@@ -57,12 +62,14 @@ pub mod shard;
 pub mod source;
 mod time;
 mod vm;
+pub mod warm;
 
 pub use fleet::{FleetReport, VmState};
 pub use hyper2kvm_core::{Error, ErrorKind, Result};
 pub use interrupt::Interrupt;
 pub use options::{
-    EventFn, GuestHook, GuestOutcome, KubevirtOptions, RunEvent, RunOptions, Target,
+    EventFn, GuestHook, GuestOutcome, KubevirtOptions, RunEvent, RunOptions, SyncOptions, Target,
+    WarmMode,
 };
 pub use plan::{
     plan, snapshot_name, DiskChoice, DiskPlan, Layout, Plan, PlanError, PlanOptions, Role,
@@ -71,7 +78,7 @@ pub use plan::{
 pub use report::{
     CleanupAction, CleanupRecord, DiskReport, DiskStatus, ErrorRecord, PowerAction, PowerRecord,
     ResourceKind, ResourceRecord, RunStatus, RunSummary, UnwrittenRecord, VmReport, VmStatus,
-    VmSummary, SCHEMA_VERSION, TOOL_VERSION,
+    VmSummary, WarmCopy, WarmDisk, WarmRecord, SCHEMA_VERSION, TOOL_VERSION,
 };
 pub use run::Migration;
 pub use shard::{

@@ -64,6 +64,44 @@ pub struct RunOptions {
     /// How long to wait for a VM another run holds before skipping it as `locked` (0: skip
     /// at once). Checked every few seconds.
     pub lock_wait: Duration,
+    /// Warm migration instead of a migration: `sync` rounds or the `cutover` (none: a
+    /// migration). See [`crate::warm`].
+    pub warm: Option<WarmMode>,
+}
+
+/// What a warm migration run does to each VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WarmMode {
+    /// Copies the running VM's disks into working images: in full the first time, then
+    /// only what changed.
+    Sync(SyncOptions),
+    /// Stops the VM (as the policy says), applies the last delta, and publishes the images,
+    /// fixed, with the domain.
+    Cutover,
+}
+
+/// How long one `sync` goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncOptions {
+    /// At most this many rounds (1).
+    pub rounds: u32,
+    /// Stop before `rounds` once a round's delta (bytes read and cleared over the VM's
+    /// disks) is at most this (none: do every round).
+    pub until_delta: Option<u64>,
+    /// Pause between rounds (none).
+    pub interval: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            rounds: 1,
+            until_delta: None,
+            interval: Duration::ZERO,
+        }
+    }
 }
 
 impl Default for RunOptions {
@@ -86,6 +124,7 @@ impl Default for RunOptions {
             verify_done_images: false,
             shard: None,
             lock_wait: Duration::ZERO,
+            warm: None,
         }
     }
 }

@@ -515,6 +515,92 @@ pub struct VmReport {
     /// What the run could not undo (grants, snapshots, starts), with what to do by hand.
     #[serde(default)]
     pub cleanup_errors: Vec<CleanupRecord>,
+    /// Warm migration's state (`sync`, `cutover`): the chain of incremental copies of each
+    /// disk and what was applied of it. Carried from report to report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmRecord>,
+}
+
+/// Warm migration's state of a VM: what `sync` made of it so far, and its `cutover`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WarmRecord {
+    /// One entry per disk synced.
+    pub disks: Vec<WarmDisk>,
+    /// Sync rounds done so far, over all `sync` runs.
+    pub rounds: u32,
+    /// When the last round finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<String>,
+    /// The bytes the last round read or cleared, over all disks.
+    #[serde(default)]
+    pub last_delta_bytes: u64,
+    /// Once a cutover started: when the VM was asked to stop (or the cutover began, for a
+    /// VM already stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutover_started_at: Option<String>,
+    /// Seconds from the stop request to the KVM-ready outputs (images, domain), once a
+    /// cutover finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_seconds: Option<f64>,
+}
+
+/// One disk's chain: the copy its working image equals, and the one being applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmDisk {
+    /// The source disk's id.
+    pub disk_id: String,
+    /// Its name.
+    pub name: String,
+    /// The working image (`<image>.warm`, uncompressed qcow2), renamed at cutover.
+    pub image: PathBuf,
+    /// The copy the working image equals (the base of the next delta), once one was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<WarmCopy>,
+    /// The copy being applied: recorded before it is created, so a killed sync finds it,
+    /// applies it again from the base (or copies it again in full) and goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<WarmCopy>,
+    /// Copies to delete: older bases, and pending copies given up. Deleted by the next sync
+    /// or the cutover if deleting failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+    /// Copies applied so far (1 after the first full copy).
+    pub generation: u32,
+    /// Full copies made (1, more when the chain could not be diffed).
+    pub full_copies: u32,
+    /// Bytes read by the last application (the whole disk's data for a full copy).
+    #[serde(default)]
+    pub last_bytes_written: u64,
+    /// Bytes made zeros by the last application.
+    #[serde(default)]
+    pub last_bytes_cleared: u64,
+    /// When the last application finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+}
+
+/// An incremental copy in a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmCopy {
+    /// The copy's id.
+    pub id: String,
+    /// The id of the disk it is of (empty until created).
+    #[serde(default)]
+    pub source_id: String,
+    /// That disk's identity (Azure: `sourceUniqueId`; empty until created).
+    #[serde(default)]
+    pub source_identity: String,
+    /// The disk's size then, in bytes (0 until created).
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// When it was requested.
+    pub requested_at: String,
+    /// Whether its creation was confirmed.
+    #[serde(default)]
+    pub created: bool,
+    /// Whether it is applied in full (no base) rather than as a delta.
+    #[serde(default)]
+    pub full: bool,
 }
 
 impl VmReport {

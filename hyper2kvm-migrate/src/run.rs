@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 
 use crate::guards::SharedReport;
 use crate::interrupt::Interrupt;
-use crate::options::{EventFn, RunEvent, RunOptions};
+use crate::options::{EventFn, RunEvent, RunOptions, WarmMode};
 use crate::plan::{plan, safe_name, DiskPlan, VmAction, VmPlan};
 use crate::records::Records;
 use crate::report::{
@@ -359,6 +359,7 @@ impl Migration {
             warnings: Vec::new(),
             errors: Vec::new(),
             cleanup_errors: Vec::new(),
+            warm: None,
         }
     }
 
@@ -526,6 +527,14 @@ impl Migration {
                 .collect();
         }
         fresh.warnings = locks.warnings.iter().cloned().chain(set_aside).collect();
+        // Warm migration's chain goes from report to report (a migration keeps it too: its
+        // snapshots are still in the source).
+        fresh.warm = previous.as_ref().and_then(|p| p.warm.clone());
+        match &self.opts.warm {
+            Some(WarmMode::Sync(_)) => fresh.action = "sync".into(),
+            Some(WarmMode::Cutover) => fresh.action = format!("cutover ({})", vp.action),
+            None => {}
+        }
         let report = Arc::new(Mutex::new(fresh));
         self.emit(RunEvent::VmStarted {
             vm: vm.name.clone(),
@@ -554,8 +563,15 @@ impl Migration {
             vm_run.save();
             // Interrupted, the VM's work is dropped where it is: its guards hand their
             // cleanups to the background, and those record what they did in the report.
+            let work = async {
+                match &self.opts.warm {
+                    None => vm_run.migrate(disk_slots).await,
+                    Some(WarmMode::Sync(o)) => vm_run.sync(o, disk_slots).await,
+                    Some(WarmMode::Cutover) => vm_run.cutover(disk_slots).await,
+                }
+            };
             interrupted = tokio::select! {
-                () = vm_run.migrate(disk_slots) => false,
+                () = work => false,
                 () = self.interrupt.interrupted() => true,
             };
         }

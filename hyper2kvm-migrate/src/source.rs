@@ -3,11 +3,14 @@
 //! Only [`VmSource`] is required. A source without [`PowerControl`] cannot migrate VMs that
 //! must be stopped or deallocated first, one without [`PointInTimeCopies`] none that must be
 //! snapshotted (those VMs fail with a message saying so); without a [`HardwareCatalog`] the
-//! domain gets a default size and the report says to adjust it.
+//! domain gets a default size and the report says to adjust it. Warm migration needs
+//! [`IncrementalCopies`].
 
 use std::sync::Arc;
 
-use hyper2kvm_core::{HardwareCatalog, PointInTimeCopies, PowerControl, VmSource};
+use hyper2kvm_core::{
+    HardwareCatalog, IncrementalCopies, PointInTimeCopies, PowerControl, VmSource,
+};
 
 /// The traits a [`Migration`](crate::Migration) runs on. Cheap to clone.
 #[derive(Clone)]
@@ -16,6 +19,7 @@ pub struct Source {
     pub(crate) power: Option<Arc<dyn PowerControl>>,
     pub(crate) copies: Option<Arc<dyn PointInTimeCopies>>,
     pub(crate) hardware: Option<Arc<dyn HardwareCatalog>>,
+    pub(crate) incremental: Option<Arc<dyn IncrementalCopies>>,
 }
 
 impl Source {
@@ -26,6 +30,7 @@ impl Source {
             power: None,
             copies: None,
             hardware: None,
+            incremental: None,
         }
     }
 
@@ -39,6 +44,7 @@ impl Source {
             power: Some(source.clone()),
             copies: Some(source.clone()),
             hardware: Some(source),
+            incremental: None,
         }
     }
 
@@ -51,6 +57,13 @@ impl Source {
     /// Takes point-in-time copies of disks through `copies`.
     pub fn with_copies(mut self, copies: Arc<dyn PointInTimeCopies>) -> Self {
         self.copies = Some(copies);
+        self
+    }
+
+    /// Takes incremental copies of disks and their deltas through `incremental`, for warm
+    /// migration (`sync`, `cutover`).
+    pub fn with_incremental(mut self, incremental: Arc<dyn IncrementalCopies>) -> Self {
+        self.incremental = Some(incremental);
         self
     }
 

@@ -45,7 +45,7 @@ impl VmRun<'_> {
         }
     }
 
-    fn step(&self, message: String) {
+    pub(crate) fn step(&self, message: String) {
         self.m.emit(RunEvent::Step {
             vm: self.vm.name.clone(),
             message,
@@ -62,13 +62,13 @@ impl VmRun<'_> {
 
     /// Whether an earlier run stopped or deallocated the VM and was interrupted before it
     /// started it again.
-    fn owed_start(&self) -> bool {
+    pub(crate) fn owed_start(&self) -> bool {
         owes_start(self.previous, self.m.opts.plan.restart, self.vm)
     }
 
     /// Where disk `i` is converted to: the final name, or `.pre-fixup` for an OS disk whose
     /// fix-ups still have to run.
-    fn staging(&self, i: usize) -> PathBuf {
+    pub(crate) fn staging(&self, i: usize) -> PathBuf {
         let d = &self.vp.disks[i];
         if self.m.opts.guest.is_some() && d.lun.is_none() {
             let mut p = d.output.as_os_str().to_owned();
@@ -570,7 +570,7 @@ impl VmRun<'_> {
     }
 
     /// SHA-256 of disk `i`'s final image, into the report; then the disk is finished.
-    async fn checksum(&self, i: usize) {
+    pub(crate) async fn checksum(&self, i: usize) {
         let path = self.vp.disks[i].output.clone();
         let result = tokio::task::spawn_blocking(move || sha256_file(&path)).await;
         self.update(|r| match result {
@@ -593,7 +593,7 @@ impl VmRun<'_> {
 
     /// Fix-ups on the staged OS disk `i`, then its final name and checksum. Data disks and
     /// runs without fix-ups have nothing to do here.
-    async fn fix_and_finish(&self, i: usize) {
+    pub(crate) async fn fix_and_finish(&self, i: usize) {
         let staged = self.staging(i);
         let d = &self.vp.disks[i];
         if staged == d.output {
@@ -691,7 +691,7 @@ impl VmRun<'_> {
     }
 
     /// Records `action` as sent, not yet answered; returns its index in `power`.
-    fn pending_power(&self, action: PowerAction) -> usize {
+    pub(crate) fn pending_power(&self, action: PowerAction) -> usize {
         let index = self.update(|r| {
             r.power.push(PowerRecord {
                 action,
@@ -709,7 +709,7 @@ impl VmRun<'_> {
     }
 
     /// Records the answer to the power operation at `index`.
-    fn answered_power(&self, index: usize, outcome: &hyper2kvm_core::Result<()>) {
+    pub(crate) fn answered_power(&self, index: usize, outcome: &hyper2kvm_core::Result<()>) {
         self.update(|r| {
             let p = &mut r.power[index];
             p.ok = outcome.is_ok();
@@ -721,7 +721,7 @@ impl VmRun<'_> {
         self.save();
     }
 
-    fn fail_disks(&self, disks: &[usize], why: ErrorRecord) {
+    pub(crate) fn fail_disks(&self, disks: &[usize], why: ErrorRecord) {
         self.update(|r| {
             for &i in disks {
                 r.disks[i].status = DiskStatus::Failed;
@@ -742,7 +742,7 @@ fn role_of(d: &DiskPlan) -> DiskRole {
 }
 
 /// The source disk of `d`, as the source described it.
-fn source_disk(d: &DiskPlan) -> Disk {
+pub(crate) fn source_disk(d: &DiskPlan) -> Disk {
     Disk {
         id: d.id.clone(),
         name: d.name.clone(),
@@ -765,6 +765,6 @@ fn suspect_path(output: &std::path::Path) -> PathBuf {
     path
 }
 
-fn last_segment(id: &str) -> &str {
+pub(crate) fn last_segment(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
