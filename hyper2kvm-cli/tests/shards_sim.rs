@@ -8,9 +8,9 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper2kvm_sim::{Scenario, SimHandle, Simulator};
 use serde_json::Value;
