@@ -234,12 +234,12 @@ pub struct ConvertArgs {
     /// qcow2 cluster size: a power of two from 512 to 2M.
     #[arg(long, value_parser = parse_cluster_size, default_value = "64K")]
     pub cluster_size: u32,
-    /// Reads in flight at once [default: 4 for files, 16 for URLs].
+    /// Reads in flight at once [default: 2 for files, 16 for URLs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: Option<u16>,
-    /// Bytes per read (rounded up to whole clusters).
-    #[arg(long, value_parser = parse_chunk_size, default_value = "4M")]
-    pub chunk_size: u32,
+    /// Bytes per read, rounded up to whole clusters [default: 1M for files, 4M for URLs].
+    #[arg(long, value_parser = parse_chunk_size)]
+    pub chunk_size: Option<u32>,
     /// Source format; auto looks at the content (a VHDX signature, a VMDK header or
     /// descriptor, a VHD footer).
     #[arg(long, value_enum, default_value_t = InputFormatArg::Auto)]

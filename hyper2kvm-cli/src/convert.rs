@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::ValueEnum;
 use hyper2kvm_azure::{build_http_client, BlobOptions, HttpOptions, PageBlobReader, SasUrl};
 use hyper2kvm_core::fsafe::{check_destination, check_distinct};
-use hyper2kvm_core::pipeline::REMOTE_CONCURRENCY;
+use hyper2kvm_core::pipeline::{REMOTE_CHUNK_SIZE, REMOTE_CONCURRENCY};
 use hyper2kvm_core::{
     convert, open_disk, Compression, ConvertOptions, ConvertStats, DiskReader, InputFormat,
     OutputFormat,
@@ -46,8 +46,13 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         }),
         compression_level: args.compress_level,
         cluster_size: args.cluster_size,
-        chunk_size: args.chunk_size,
-        // The library's defaults: more reads in flight over a network than from a file.
+        // The library's defaults: more and larger reads in flight over a network than from a
+        // file, where a small working set keeps the kernel's copies in the CPU's caches.
+        chunk_size: match (args.chunk_size, url.is_some()) {
+            (Some(n), _) => n,
+            (None, true) => REMOTE_CHUNK_SIZE,
+            (None, false) => ConvertOptions::default().chunk_size,
+        },
         concurrency: match (args.concurrency, url.is_some()) {
             (Some(n), _) => usize::from(n),
             (None, true) => REMOTE_CONCURRENCY,

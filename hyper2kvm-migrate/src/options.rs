@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper2kvm_core::libvirt::{CpuMode, NetworkAttachment};
-use hyper2kvm_core::pipeline::REMOTE_CONCURRENCY;
+use hyper2kvm_core::pipeline::{REMOTE_CHUNK_SIZE, REMOTE_CONCURRENCY};
 use hyper2kvm_core::{BoxFuture, ConvertOptions, Limits};
 
 use crate::plan::PlanOptions;
@@ -110,6 +110,7 @@ impl Default for RunOptions {
             plan: PlanOptions::default(),
             convert: ConvertOptions {
                 concurrency: REMOTE_CONCURRENCY,
+                chunk_size: REMOTE_CHUNK_SIZE,
                 ..ConvertOptions::default()
             },
             parallel_vms: 4,
