@@ -216,16 +216,7 @@ impl VmRun<'_> {
         if let (Some(action), Some(control)) = (power, &self.m.source.power) {
             let guard =
                 restart.then(|| StartGuard::new(control, self.vm, &self.m.cleanups, self.report));
-            self.step(format!("{action} (waiting for it)"));
-            // Recorded before it is sent: interrupted before the answer, the report says
-            // it was sent and may have happened.
-            let index = self.pending_power(action);
-            let outcome = if action == PowerAction::Deallocate {
-                control.deallocate(self.vm).await
-            } else {
-                control.stop(self.vm).await
-            };
-            self.answered_power(index, &outcome);
+            let outcome = self.power_off(control.as_ref(), action).await;
             *power_back = guard;
             if let Err(e) = outcome {
                 self.fail_disks(pending, ErrorRecord::of(&e).context(action.as_str()));
@@ -691,6 +682,25 @@ impl VmRun<'_> {
     }
 
     /// Records `action` as sent, not yet answered; returns its index in `power`.
+    /// Stops or deallocates the VM through `control` and waits for it. The operation is
+    /// recorded before it is sent (interrupted before the answer, the report says it was
+    /// sent and may have happened), and its answer after.
+    pub(crate) async fn power_off(
+        &self,
+        control: &dyn hyper2kvm_core::PowerControl,
+        action: PowerAction,
+    ) -> hyper2kvm_core::Result<()> {
+        self.step(format!("{action} (waiting for it)"));
+        let index = self.pending_power(action);
+        let outcome = if action == PowerAction::Deallocate {
+            control.deallocate(self.vm).await
+        } else {
+            control.stop(self.vm).await
+        };
+        self.answered_power(index, &outcome);
+        outcome
+    }
+
     pub(crate) fn pending_power(&self, action: PowerAction) -> usize {
         let index = self.update(|r| {
             r.power.push(PowerRecord {

@@ -521,14 +521,7 @@ impl VmRun<'_> {
             };
             power_back =
                 restart.then(|| StartGuard::new(control, self.vm, &self.m.cleanups, self.report));
-            self.step(format!("{action} (waiting for it)"));
-            let index = self.pending_power(action);
-            let outcome = if action == PowerAction::Deallocate {
-                control.deallocate(self.vm).await
-            } else {
-                control.stop(self.vm).await
-            };
-            self.answered_power(index, &outcome);
+            let outcome = self.power_off(control.as_ref(), action).await;
             if let Err(e) = outcome {
                 self.fail_disks(&all, ErrorRecord::of(&e).context(action.as_str()));
                 return;
