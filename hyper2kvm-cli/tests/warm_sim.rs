@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hyper2kvm_sim::{Scenario, SimHandle, Simulator};
 use serde_json::Value;
-use support::{assert_image_matches, qemu_img, s, Scratch};
+use support::{assert_image_matches, qemu_img, s, text, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hyper2kvm");
 const SUB: &str = "00000000-0000-0000-0000-00000000a4a2";
@@ -66,10 +66,6 @@ async fn run(cfg: &Path, extra: &[&str]) -> Output {
     tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
         .await
         .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn report(out: &Path) -> Value {
