@@ -8,15 +8,18 @@
 # written data changes (40 writes of 1 MiB and 1 trim of 1 MiB through the simulator's control
 # endpoint), then `cutover` deallocates it, applies the last delta and writes the outputs; its
 # downtime is `downtime_seconds` in its report.json (from the stop request to the outputs).
-# Long-running operations take one poll of 1 s each on both sides. Every command runs under
+# Long-running operations (power, snapshot, grant, revoke, delete) take one poll of
+# RETRY_AFTER seconds each on both sides (default 1; RETRY_AFTER=0 is the simulator's default
+# timing, where the control plane answers at once and only the data is left). Every command runs under
 # /usr/bin/time -v (wall clock, peak RSS); the images are checked with qemu-img check.
 #
-# usage: bench/warm.sh [WORKDIR] [REPS]
+# usage: [RETRY_AFTER=S] bench/warm.sh [WORKDIR] [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/hyper2kvm-bench-warm}
 reps=${2:-3}
 port=${H2K_BENCH_PORT:-18099}
+retry_after=${RETRY_AFTER:-1}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyper2kvm-target}"
 cargo build --release -q -p hyper2kvm-cli
 h2k="$CARGO_TARGET_DIR/release/hyper2kvm"
@@ -24,7 +27,7 @@ mkdir -p "$work"
 gib=$((1 << 30)); mib=$((1 << 20))
 
 cat >"$work/scenario.yaml" <<YAML
-settings: { operations: { polls: 1, retry_after_secs: 1 } }
+settings: { operations: { polls: 1, retry_after_secs: $retry_after } }
 subscriptions:
   - id: 00000000-0000-0000-0000-0000000be715
     resource_groups:
@@ -97,7 +100,7 @@ PY
   kill $sim; wait $sim 2>/dev/null || true
   trap - EXIT
 done
-echo "$(nproc) cores; 32 GiB disk, 4 GiB written, 1 % changed before cutover; $reps runs"
+echo "$(nproc) cores; 32 GiB disk, 4 GiB written, 1 % changed before cutover; operations poll after $retry_after s; $reps runs"
 python3 - "$results" <<'PY'
 import statistics, sys
 runs = {}

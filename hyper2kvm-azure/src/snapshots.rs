@@ -4,8 +4,9 @@
 //! them (Get Page Ranges with `x-ms-previous-snapshot-url`).
 //!
 //! A delta needs a SAS on both snapshots at once; Azure allows at most 5 open per disk's
-//! snapshot family, and a delta holds 2 for as long as the diff call takes: the base's
-//! grant is revoked before [`IncrementalCopies::export_delta`] returns.
+//! snapshot family, and a delta holds 2 until its export is closed. Both are granted at
+//! once and revoked together when the export closes, so a cutover waits for one grant, not
+//! two in a row, and for no revoke before its data (docs/design-notes.md, "Cutover").
 //!
 //! Deleting revokes any grant on the snapshot first: Azure refuses to delete a snapshot that
 //! is being exported.
@@ -74,31 +75,48 @@ impl IncrementalCopies for AzureSource {
                 }),
                 cleanups: self.cleanups().clone(),
             };
-            let base_sas = match self
-                .arm()
-                .begin_get_access(base_id, self.export_options().sas_duration, &lro)
-                .await
-            {
-                Ok(sas) => Some(sas),
-                // The base snapshot is gone: the caller copies in full.
-                Err(e) if e.kind() == ErrorKind::NotFound => None,
-                Err(e) => return Err(hyper2kvm_core::Error::from(e).with_resource(base_id)),
+            // Both grants at once: a cutover waits for them with the VM stopped.
+            let base_grant = async {
+                match self
+                    .arm()
+                    .begin_get_access(base_id, self.export_options().sas_duration, &lro)
+                    .await
+                {
+                    Ok(sas) => Ok(Some(sas)),
+                    // The base snapshot is gone: the caller copies in full.
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(hyper2kvm_core::Error::from(e).with_resource(base_id)),
+                }
             };
-            let (reader, revoke) = self.open_reader(newer).await?;
+            let (base_sas, opened) = tokio::join!(base_grant, self.open_reader(newer));
+            // On an early return the guards revoke what was granted.
+            let (reader, revoke) = opened?;
+            let newer_guard = RevokeGuard {
+                revoke: Some(revoke),
+                cleanups: self.cleanups().clone(),
+            };
+            let base_sas = base_sas?;
             let delta = match &base_sas {
                 Some(sas) => reader.changed_since(sas).await,
                 None => Ok(Delta::BaseUnusable(format!(
                     "the base snapshot {base_id} no longer exists"
                 ))),
             };
-            // The base's grant is closed now, whatever the diff answered.
+            // Both grants are closed with the export, together: not on the way to the data.
             let revoke_base = base_guard.disarm();
-            if base_sas.is_some() {
-                revoke_base.run().await?;
-            }
+            let revoke_base = base_sas.is_some().then_some(revoke_base);
+            let revoke = newer_guard.disarm();
             let exported =
                 ExportedDisk::new(Arc::new(reader), self.cleanups().clone(), move || {
-                    revoke.run()
+                    Box::pin(async move {
+                        let (newer, base) = tokio::join!(revoke.run(), async move {
+                            match revoke_base {
+                                Some(r) => r.run().await,
+                                None => Ok(()),
+                            }
+                        });
+                        newer.and(base)
+                    })
                 });
             Ok((exported, delta?))
         })

@@ -50,7 +50,8 @@ fn render(f: &FleetReport) -> String {
         VmState::Interrupted => 2,
         VmState::InProgress => 3,
         VmState::NotStarted => 4,
-        VmState::Completed => 5,
+        VmState::Synced => 5,
+        VmState::Completed => 6,
     });
     let rows: Vec<[String; 6]> = vms
         .iter()
@@ -124,9 +125,15 @@ fn render(f: &FleetReport) -> String {
     }
     let t = &f.totals;
     out.push_str(&format!(
-        "\n{} VMs: {} completed, {} failed, {} interrupted, {} in progress, {} changed, {} not started; {}/{} disks, {} downloaded; {} grants and {} snapshots left\n",
+        "\n{} VMs: {} completed, {}{} failed, {} interrupted, {} in progress, {} changed, {} not started; {}/{} disks, {} downloaded; {} grants and {} snapshots left\n",
         t.vms,
         t.completed,
+        // Only fleets migrated warm have VMs between `sync` and `cutover`.
+        if t.synced > 0 {
+            format!("{} synced (cutover to come), ", t.synced)
+        } else {
+            String::new()
+        },
         t.failed,
         t.interrupted,
         t.in_progress,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper2kvm_sim::{Scenario, SimHandle, Simulator};
+use hyper2kvm_sim::{IncrementalLimits, Route, Scenario, SimHandle, Simulator};
 use serde_json::Value;
 use support::{assert_image_matches, qemu_img, s, text, Scratch};
 
@@ -293,6 +293,31 @@ async fn full_sync_three_deltas_then_cutover_equal_the_disks() {
     assert!(PathBuf::from(rep["domain_xml"].as_str().unwrap()).exists());
     let c = sim.counters();
     assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 0));
+    let (state, totals) = fleet_state(&out).await;
+    assert_eq!(state, "completed", "{totals:#}");
+    assert_eq!(
+        (totals["completed"].as_u64(), totals["synced"].as_u64()),
+        (Some(1), Some(0))
+    );
+}
+
+/// `hyper2kvm report DIR -o json`: the VM's state and the totals.
+async fn fleet_state(out: &Path) -> (String, Value) {
+    let args = vec![
+        "report".to_string(),
+        s(out).to_string(),
+        "-o".into(),
+        "json".into(),
+    ];
+    let o = tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    (
+        v["vms"][0]["state"].as_str().unwrap().to_string(),
+        v["totals"].clone(),
+    )
 }
 
 /// A sync killed with SIGKILL while it applies a delta leaves the base and the pending copy
@@ -408,11 +433,51 @@ async fn rounds_stop_once_the_delta_is_small() {
     let cfg = scratch.path("config.yaml");
     std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
     sync(&cfg, &["--rounds", "5", "--until-delta", "1M"]).await;
+    let (state, totals) = fleet_state(&out).await;
+    assert_eq!(state, "synced", "{totals:#}");
+    assert_eq!(
+        (totals["completed"].as_u64(), totals["synced"].as_u64()),
+        (Some(0), Some(1))
+    );
     let rep = report(&out);
     assert_eq!(rep["warm"]["rounds"], 2, "{rep:#}");
     assert_eq!(rep["warm"]["last_delta_bytes"], 0, "{rep:#}");
     for d in [OS, DATA] {
         assert_eq!(warm_disk(&rep, d)["generation"], 2);
+    }
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));
+}
+
+/// Azure's limit on incremental snapshots per disk (7 in 5 minutes; here 2 in 2 s, so each
+/// round after the first is refused with 429 at first): `sync` waits it out, says so under
+/// `-v`, and every round lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incremental_snapshot_limit_is_waited_out() {
+    let sim = start().await;
+    sim.set_incremental_limits(IncrementalLimits {
+        per_window: 2,
+        window_secs: 2,
+        open_grants_per_family: 5,
+    });
+    let scratch = Scratch::new("warm-limit");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    sim.write_disk(OS, 8 * MIB, MIB, 41).unwrap();
+    let o = run(&cfg, &["-v", "sync", "--rounds", "3", "--interval", "0"]).await;
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(sim.counters().throttled(Route::Snapshot) >= 1, "{err}");
+    assert!(
+        err.contains("429") || err.contains("limits incremental snapshots"),
+        "{err}"
+    );
+    let rep = report(&out);
+    assert_eq!(rep["warm"]["rounds"], 3, "{rep:#}");
+    for d in [OS, DATA] {
+        assert_eq!(warm_disk(&rep, d)["generation"], 3, "{rep:#}");
+        assert_equals_now(&sim, &scratch, &working(&out, d), d);
     }
     let c = sim.counters();
     assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));

@@ -43,6 +43,8 @@ use crate::time::rfc3339;
 pub enum VmState {
     /// Migrated.
     Completed,
+    /// Copied while running by `sync`, its cutover still to come.
+    Synced,
     /// Failed, partly migrated or refused.
     Failed,
     /// Stopped before the end; the next run resumes it.
@@ -60,6 +62,7 @@ impl VmState {
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Completed => "completed",
+            VmState::Synced => "synced",
             VmState::Failed => "failed",
             VmState::Interrupted => "interrupted",
             VmState::InProgress => "in_progress",
@@ -157,6 +160,8 @@ pub struct FleetTotals {
     pub vms: usize,
     /// Completed.
     pub completed: usize,
+    /// Synced, awaiting their cutover.
+    pub synced: usize,
     /// Failed.
     pub failed: usize,
     /// Interrupted.
@@ -325,6 +330,7 @@ impl FleetReport {
         let totals = FleetTotals {
             vms: vms.len(),
             completed: count(VmState::Completed),
+            synced: count(VmState::Synced),
             failed: count(VmState::Failed),
             interrupted: count(VmState::Interrupted),
             in_progress: count(VmState::InProgress),
@@ -409,6 +415,13 @@ fn fleet_vm(
     });
     let state = match (&f.lock, r.map(|r| r.status)) {
         (Some(_), _) => VmState::InProgress,
+        // `sync` completes a VM's report too; only a cutover gives it a downtime.
+        (None, Some(VmStatus::Completed))
+            if r.and_then(|r| r.warm.as_ref())
+                .is_some_and(|w| w.downtime_seconds.is_none()) =>
+        {
+            VmState::Synced
+        }
         (None, Some(VmStatus::Completed)) => VmState::Completed,
         (None, Some(VmStatus::Failed | VmStatus::Partial | VmStatus::Refused)) => VmState::Failed,
         // Running without a lock: its worker is gone.
@@ -419,7 +432,7 @@ fn fleet_vm(
         .map(|p| p.shard)
         .or_else(|| r.and_then(|r| run_shard.get(r.run_id.as_str()).copied().flatten()));
     let error = match state {
-        VmState::Completed | VmState::InProgress => None,
+        VmState::Completed | VmState::Synced | VmState::InProgress => None,
         _ => r.and_then(|r| {
             r.errors
                 .first()

@@ -585,13 +585,19 @@ impl VmRun<'_> {
     /// Fix-ups on the staged OS disk `i`, then its final name and checksum. Data disks and
     /// runs without fix-ups have nothing to do here.
     pub(crate) async fn fix_and_finish(&self, i: usize) {
+        if self.staging(i) != self.vp.disks[i].output && self.fix_and_rename(i).await {
+            self.checksum(i).await;
+            self.save();
+        }
+    }
+
+    /// Fix-ups on the staged OS disk `i`, then its final name: whether it has it now (a
+    /// failure is recorded). Its checksum is the caller's.
+    pub(crate) async fn fix_and_rename(&self, i: usize) -> bool {
         let staged = self.staging(i);
         let d = &self.vp.disks[i];
-        if staged == d.output {
-            return;
-        }
         let Some(hook) = self.m.opts.guest.clone() else {
-            return;
+            return false;
         };
         self.step(format!("{}: guest fix-ups", d.name));
         let outcome = hook(staged.clone()).await;
@@ -612,7 +618,7 @@ impl VmRun<'_> {
                     staged.display()
                 )));
             });
-            return;
+            return false;
         }
         if let Err(e) = std::fs::rename(&staged, &d.output) {
             let record = ErrorRecord::of(
@@ -623,7 +629,7 @@ impl VmRun<'_> {
                 r.disks[i].error = Some(record.clone());
                 r.errors.push(record);
             });
-            return;
+            return false;
         }
         self.update(|r| {
             if r.disks[i].status == DiskStatus::Pending {
@@ -632,8 +638,7 @@ impl VmRun<'_> {
                 r.disks[i].bytes_skipped = d.size_bytes;
             }
         });
-        self.checksum(i).await;
-        self.save();
+        true
     }
 
     /// Deletes the run's snapshots (and those of killed runs), or records them as kept.

@@ -35,8 +35,8 @@ use std::time::{Instant, SystemTime};
 use futures_util::future::join_all;
 use hyper2kvm_core::journal::journal_path;
 use hyper2kvm_core::{
-    apply_delta, convert, ConvertOptions, Delta, DiskReader, Error, ErrorKind, IncrementalCopies,
-    OutputFormat,
+    apply_delta, convert, ConvertOptions, Delta, DiskReader, Error, ErrorKind, ExportedDisk,
+    IncrementalCopies, OutputFormat,
 };
 use tokio::sync::Semaphore;
 
@@ -57,6 +57,9 @@ pub fn working_image(d: &DiskPlan) -> PathBuf {
 }
 
 /// What one disk's application did, in bytes.
+/// Exports a round read from, with the copy each is of: open until the caller closes them.
+type OpenExports = std::sync::Mutex<Vec<(String, ExportedDisk)>>;
+
 struct Applied {
     written: u64,
     cleared: u64,
@@ -92,7 +95,13 @@ impl VmRun<'_> {
         let mut round = 0;
         loop {
             round += 1;
-            let Some(bytes) = self.sync_round(&inc, &all, disk_slots).await else {
+            let open = OpenExports::default();
+            let bytes = self.sync_round(&inc, &all, disk_slots, &open).await;
+            self.close_exports(&open).await;
+            let entries: Vec<usize> = all.iter().map(|&i| self.warm_entry(i)).collect();
+            // Older bases: no longer needed.
+            self.delete_retired(&inc, &entries).await;
+            let Some(bytes) = bytes else {
                 return;
             };
             let small = o.until_delta.is_some_and(|max| bytes <= max);
@@ -165,16 +174,18 @@ impl VmRun<'_> {
     }
 
     /// One round over disks `which`: new copies (or those a killed sync left pending), each
-    /// applied, older bases deleted. The bytes read and cleared, or `None` when a disk
-    /// failed (recorded).
+    /// applied. The bytes read and cleared, or `None` when a disk failed (recorded). The
+    /// exports it read stay open in `open` and the bases it replaced listed in `retired`:
+    /// the caller closes and deletes them when it can wait for that (a cutover: once the
+    /// outputs are ready).
     async fn sync_round(
         &self,
         inc: &Arc<dyn IncrementalCopies>,
         which: &[usize],
         disk_slots: &Semaphore,
+        open: &OpenExports,
     ) -> Option<u64> {
         let entries: Vec<usize> = which.iter().map(|&i| self.warm_entry(i)).collect();
-        self.delete_retired(inc, &entries).await;
         // 1. The copies: a pending one a killed sync left is applied again if it exists.
         let mut to_create = Vec::new();
         for (&i, &k) in which.iter().zip(&entries) {
@@ -274,7 +285,7 @@ impl VmRun<'_> {
         // 2. Each applied to its working image.
         let work = which.iter().zip(&entries).map(|(&i, &k)| async move {
             let slot = disk_slots.acquire().await.expect("never closed");
-            let outcome = self.apply_one(inc, i, k).await;
+            let outcome = self.apply_one(inc, i, k, open).await;
             drop(slot);
             (i, k, outcome)
         });
@@ -316,8 +327,6 @@ impl VmRun<'_> {
             }
         }
         self.save();
-        // 3. Older bases: no longer needed.
-        self.delete_retired(inc, &entries).await;
         if !ok {
             return None;
         }
@@ -338,6 +347,7 @@ impl VmRun<'_> {
         inc: &Arc<dyn IncrementalCopies>,
         i: usize,
         k: usize,
+        open: &OpenExports,
     ) -> hyper2kvm_core::Result<Applied> {
         let d = &self.vp.disks[i];
         let w = self.warm_disk(k);
@@ -380,12 +390,24 @@ impl VmRun<'_> {
         }
         // The reader alone crosses the awaits: the export is not `Sync`.
         let reader = exported.reader().clone();
-        let outcome = self.apply_exported(reader, &w.image, changes).await;
-        let revoked = exported.close().await;
-        if let Err(e) = revoked {
-            record_cleanup_failure(self.report, CleanupAction::RevokeAccess, &pending.id, &e);
+        open.lock()
+            .expect("never poisoned")
+            .push((pending.id.clone(), exported));
+        self.apply_exported(reader, &w.image, changes).await
+    }
+
+    /// Closes the exports `open` holds, all at once; a failure is a cleanup error.
+    async fn close_exports(&self, open: &OpenExports) {
+        let open = std::mem::take(&mut *open.lock().expect("never poisoned"));
+        let closes = open
+            .into_iter()
+            .map(|(id, exported)| async move { (id, exported.close().await) });
+        for (id, outcome) in join_all(closes).await {
+            if let Err(e) = outcome {
+                record_cleanup_failure(self.report, CleanupAction::RevokeAccess, &id, &e);
+            }
         }
-        outcome
+        self.save();
     }
 
     async fn apply_exported(
@@ -527,15 +549,22 @@ impl VmRun<'_> {
                 return;
             }
         }
-        // 2. The last delta.
+        // 2. The last delta. Grants are closed and copies deleted only once the outputs are
+        // ready: the downtime does not wait for them.
+        let open = OpenExports::default();
         if !to_apply.is_empty() {
             self.step("applying the last delta".into());
-            if self.sync_round(&inc, &to_apply, disk_slots).await.is_none() {
+            if self
+                .sync_round(&inc, &to_apply, disk_slots, &open)
+                .await
+                .is_none()
+            {
                 // The guard starts the VM again; the chain is kept for another cutover.
+                self.close_exports(&open).await;
                 return;
             }
         }
-        // 3. The VM may run again: its disks are read.
+        // 3. The VM may run again (its disks are read) while the outputs are made.
         if power_back.is_none() && self.owed_start() {
             if let Some(control) = &self.m.source.power {
                 self.warn("an earlier cutover stopped or deallocated this VM and was interrupted before starting it again; starting it now".into());
@@ -547,12 +576,32 @@ impl VmRun<'_> {
                 ));
             }
         }
-        if let Some(guard) = power_back {
-            self.step("starting the VM again".into());
-            let _ = guard.start().await;
-            self.save();
-        }
-        // 4. Published: the working images get their staging names.
+        let restart = async {
+            if let Some(guard) = power_back {
+                self.step("starting the VM again".into());
+                let _ = guard.start().await;
+            }
+        };
+        let (published, ()) = tokio::join!(self.publish(started, first_try), restart);
+        self.save();
+        // 4. What the downtime did not wait for: grants and the chain, and the checksums.
+        let cleanup = async {
+            self.close_exports(&open).await;
+            self.delete_chain(&inc).await;
+        };
+        let checksums = async {
+            for i in published {
+                self.checksum(i).await;
+            }
+        };
+        tokio::join!(cleanup, checksums);
+        self.save();
+    }
+
+    /// The working images under their staging names, the guest fix-ups, their final names,
+    /// the domain; the downtime recorded once all are there. The disks published (their
+    /// checksums are still to be taken).
+    async fn publish(&self, started: Instant, first_try: bool) -> Vec<usize> {
         let mut published = Vec::new();
         for (i, d) in self.vp.disks.iter().enumerate() {
             let from = working_image(d);
@@ -574,14 +623,10 @@ impl VmRun<'_> {
             published.push(i);
         }
         self.save();
-        // 5. The chain is no longer needed.
-        self.delete_chain(&inc).await;
-        // 6. Fix-ups, checksums, the domain.
+        let mut fixed = Vec::new();
         for i in published {
-            if self.staging(i) == self.vp.disks[i].output {
-                self.checksum(i).await;
-            } else {
-                self.fix_and_finish(i).await;
+            if self.staging(i) == self.vp.disks[i].output || self.fix_and_rename(i).await {
+                fixed.push(i);
             }
         }
         self.save();
@@ -601,34 +646,38 @@ impl VmRun<'_> {
             });
         }
         self.save();
+        fixed
     }
 
     /// Deletes every copy of the VM's chain (bases, pending, retired); failures are cleanup
     /// errors with what to do by hand.
     async fn delete_chain(&self, inc: &Arc<dyn IncrementalCopies>) {
         let warm = self.update(|r| r.warm.clone()).unwrap_or_default();
-        for (k, w) in warm.disks.iter().enumerate() {
-            let ids: Vec<String> = w
-                .base
+        let deletes = warm.disks.iter().enumerate().flat_map(|(k, w)| {
+            w.base
                 .iter()
                 .chain(w.pending.iter())
                 .map(|c| c.id.clone())
                 .chain(w.retired.iter().cloned())
-                .collect();
-            for id in ids {
-                match inc.delete(&id).await {
-                    Ok(()) => self.set_warm_disk(k, |x| {
-                        x.retired.retain(|r| r != &id);
-                        if x.base.as_ref().is_some_and(|b| b.id == id) {
-                            x.base = None;
-                        }
-                        if x.pending.as_ref().is_some_and(|b| b.id == id) {
-                            x.pending = None;
-                        }
-                    }),
-                    Err(e) => {
-                        record_cleanup_failure(self.report, CleanupAction::DeleteSnapshot, &id, &e)
+                .map(move |id| async move {
+                    let outcome = inc.delete(&id).await;
+                    (k, id, outcome)
+                })
+        });
+        // All at once: each is a revoke and a delete, two long-running operations.
+        for (k, id, outcome) in join_all(deletes).await {
+            match outcome {
+                Ok(()) => self.set_warm_disk(k, |x| {
+                    x.retired.retain(|r| r != &id);
+                    if x.base.as_ref().is_some_and(|b| b.id == id) {
+                        x.base = None;
                     }
+                    if x.pending.as_ref().is_some_and(|b| b.id == id) {
+                        x.pending = None;
+                    }
+                }),
+                Err(e) => {
+                    record_cleanup_failure(self.report, CleanupAction::DeleteSnapshot, &id, &e)
                 }
             }
         }
