@@ -1,9 +1,11 @@
 //! Warm migration end to end: `hyper2kvm -c config.yaml sync` and `cutover` (the real
 //! binary) against the in-process simulator. A full sync, three deltas with writes and trims
 //! between them, then a cutover whose images equal the disks as they are at the end (qemu-img
-//! compare and check), with nothing left in Azure; a sync killed with SIGKILL during a delta
-//! and run again; a recreated disk copied in full again; a cutover of a VM never synced, and
-//! one under the `snapshot` policy, refused with what to do.
+//! compare and check), with nothing left in Azure; a sync and a cutover killed with SIGKILL
+//! or interrupted with SIGINT during a delta and run again; a recreated and a resized disk
+//! copied in full again; a base deleted behind our back; Azure's limit on incremental
+//! snapshots waited out; `hyper2kvm report` telling synced from cut over; a cutover of a VM
+//! never synced, and one under the `snapshot` policy, refused with what to do.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -694,4 +696,104 @@ async fn a_cutover_killed_during_its_last_delta_is_finished_by_the_next() {
     assert!(PathBuf::from(rep["domain_xml"].as_str().unwrap()).exists());
     let c = sim.counters();
     assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 0));
+}
+
+/// Ctrl-C (SIGINT) while a cutover applies its last delta: exit 130, every grant revoked,
+/// the chain kept (base and final copy of each disk); the next cutover finishes with the
+/// images equal to the disks and nothing left in Azure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_cutover_revokes_its_grants_and_the_next_finishes_it() {
+    let sim = start().await;
+    let scratch = Scratch::new("warm-cutint");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(
+        &cfg,
+        config(
+            &sim,
+            &out,
+            "  running_vm: deallocate\ndownload: { bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
+        ),
+    )
+    .unwrap();
+    sync(&cfg, &[]).await;
+    sim.write_disk(OS, 4 * MIB, 6 * MIB, 81).unwrap();
+    sim.trim_disk(DATA, MIB, MIB).unwrap();
+    sim.write_disk(DATA, 10 * MIB, 6 * MIB, 82).unwrap();
+    let child = Command::new(BIN)
+        .args(["-c", s(&cfg), "cutover"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while ![OS, DATA]
+        .iter()
+        .all(|d| warm_disk(&report(&out), d)["pending"]["created"] == true)
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
+    let rep = report(&out);
+    assert_eq!(rep["status"], "interrupted", "{rep:#}");
+    assert!(rep.get("domain_xml").is_none(), "not published: {rep:#}");
+    let c = sim.counters();
+    assert_eq!(
+        (c.open_grants(), c.snapshots_alive()),
+        (0, 4),
+        "the chain is kept"
+    );
+
+    let again = run(&cfg, &["cutover"]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let rep = report(&out);
+    assert_eq!(rep["status"], "completed", "{rep:#}");
+    for d in rep["disks"].as_array().unwrap() {
+        let name = d["name"].as_str().unwrap();
+        assert!(d["sha256"].is_string(), "{d:#}");
+        assert_equals_now(
+            &sim,
+            &scratch,
+            &PathBuf::from(d["output"].as_str().unwrap()),
+            name,
+        );
+    }
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 0));
+}
+
+/// A disk resized between two syncs is copied in full again at its new size, with a
+/// warning saying so; the other disk still gets only its delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resized_disk_is_copied_in_full_again() {
+    let sim = start().await;
+    let scratch = Scratch::new("warm-resize");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    sync(&cfg, &[]).await;
+    sim.resize_disk(DATA, 48 * MIB).unwrap();
+    sim.write_disk(DATA, 40 * MIB, MIB, 91).unwrap();
+    sim.write_disk(OS, 3 * MIB, MIB, 92).unwrap();
+    sync(&cfg, &[]).await;
+    let rep = report(&out);
+    assert_eq!(warm_disk(&rep, DATA)["full_copies"], 2, "{rep:#}");
+    assert_eq!(warm_disk(&rep, OS)["full_copies"], 1, "{rep:#}");
+    let warned = rep["warnings"].as_array().unwrap().iter().any(|w| {
+        let w = w.as_str().unwrap();
+        w.contains(DATA) && w.contains("resized")
+    });
+    assert!(warned, "{rep:#}");
+    for d in [OS, DATA] {
+        assert_equals_now(&sim, &scratch, &working(&out, d), d);
+    }
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));
 }
