@@ -11,7 +11,9 @@
 //! * **`cutover`** ([`WarmMode::Cutover`](crate::options::WarmMode::Cutover)): the power operation the policy says (stop or
 //!   deallocate; the `snapshot` policy is refused: it would leave the VM writing after the
 //!   last delta), a last round, then the working images renamed to their staging names, the
-//!   guest fix-ups, the domain, the VM started again if asked; the chain's copies deleted.
+//!   guest fix-ups, the domain (the downtime ends there), the VM started again if asked
+//!   alongside; only then the grants revoked, the chain's copies deleted and the checksums
+//!   taken, which the KVM side does not wait for.
 //!   A VM never synced is an error telling to run `sync` first: a silent cold migration
 //!   would have a downtime nobody planned for.
 //!
@@ -56,10 +58,10 @@ pub fn working_image(d: &DiskPlan) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// What one disk's application did, in bytes.
 /// Exports a round read from, with the copy each is of: open until the caller closes them.
 type OpenExports = std::sync::Mutex<Vec<(String, ExportedDisk)>>;
 
+/// What one disk's application did, in bytes.
 struct Applied {
     written: u64,
     cleared: u64,
