@@ -21,7 +21,7 @@ RUN set -eu; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates qemu-utils qemu-system-x86 libguestfs-tools linux-image-amd64 \
-        ntfs-3g libhivex-bin; \
+        ntfs-3g libhivex-bin libwin-hivex-perl; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         -t bookworm-backports rhsrvany; \
     rm -rf /var/lib/apt/lists/*; \
