@@ -255,5 +255,16 @@ virtual="$(qemu-img info --output=json "$qcow2" | python3 -c 'import json, sys; 
 [[ $virtual == $((1024 * 1024 * 1024)) ]] || fail "virtual size $virtual"
 [[ -f $work/out/ci-01/ci-01.xml && -f $work/out/ci-01/report.json ]] || { find "$work/out"; fail "no domain XML or report"; }
 say "a VM migrated by the image, its qcow2 checked by the host's qemu-img"
+
+# libguestfs in the image, as the fix-ups use it: guestfish boots its appliance (supermin
+# from the image's own kernel and packages, qemu under TCG: no /dev/kvm in the container) and
+# sees the migrated disk.
+devices="$(run -e LIBGUESTFS_BACKEND_SETTINGS=force_tcg -v "$work/out:/out:ro" --entrypoint guestfish \
+  "$image" --ro -a /out/ci-01/ci-01-os.qcow2 run : list-devices 2>"$work/guestfish.log")" || {
+  tail -n 20 "$work/guestfish.log"
+  fail "guestfish in the image"
+}
+[[ $devices == /dev/sda ]] || fail "guestfish lists '$devices'"
+say "libguestfs in the image boots its appliance and sees the migrated disk"
 podman rm -f "$sim" >/dev/null
 say "done"
