@@ -12,7 +12,7 @@
 # 3. Checks: runs as uid 10001; --version and --help; the tools the guest fix-ups use are
 #    inside; a simulator (`hyper2kvm sim`, in a container) is listed and one of its VMs is
 #    migrated into a mounted folder by the container, the image then checked with the host's
-#    qemu-img.
+#    qemu-img; guestfish in the image boots its appliance and sees that disk.
 # The image and the base are removed at the end; only the cached tarball stays.
 #
 # Run as root on Debian bookworm with podman, runc, debootstrap and qemu-utils installed
