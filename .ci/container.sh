@@ -13,7 +13,8 @@
 #    inside; a simulator (`hyper2kvm sim`, in a container) is listed and one of its VMs is
 #    migrated into a mounted folder by the container, the image then checked with the host's
 #    qemu-img; guestfish in the image boots its appliance and sees that disk.
-# The image and the base are removed at the end; only the cached tarball stays.
+# The image and the base are removed at the end; only the cached tarball stays. (So is a
+# docker.io/library/debian:bookworm-slim pulled earlier: the base's tag replaces it.)
 #
 # Run as root on Debian bookworm with podman, runc, debootstrap and qemu-utils installed
 # (.ci/run installs them). H2K_CONTAINER_BINARY names a release binary to use instead of
@@ -166,7 +167,8 @@ cp "$binary" "$work/context/hyper2kvm"
 # podman writes each layer it commits to a temporary file first (the install layer is about
 # 1 GB): in memory when /dev/shm has room, a third off the build's peak disk use.
 build_tmp=/var/tmp
-if (($(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }' || echo 0) > 4 * 1024 * 1024)); then
+shm_kb="$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }' || true)"
+if [[ $shm_kb =~ ^[0-9]+$ ]] && ((shm_kb > 4 * 1024 * 1024)); then
   build_tmp="$(mktemp -d /dev/shm/hyper2kvm-container.XXXXXX)"
 fi
 podman images -a -q --no-trunc | sort -u >"$work/images-before"
@@ -190,7 +192,9 @@ uid="$(run --entrypoint id "$image" -u)"
 [[ $uid == 10001 ]] || fail "the image runs as uid $uid, not 10001"
 version="$(run "$image" --version)"
 [[ $version == "$("$binary" --version)" ]] || fail "--version says '$version'"
-run "$image" --help | grep -q '^Usage: hyper2kvm' || fail "--help"
+# (Into a variable, not piped to grep -q: podman fails when grep stops reading early.)
+help="$(run "$image" --help)" || fail "--help"
+grep -q '^Usage: hyper2kvm' <<<"$help" || fail "--help says: $help"
 # The tools the guest fix-ups call, the appliance's kernel, rhsrvany and its helper.
 run --entrypoint sh "$image" -ec '
   for tool in guestfish virt-customize qemu-img qemu-system-x86_64 hivexsh hivexregedit ntfs-3g; do
