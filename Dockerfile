@@ -6,11 +6,27 @@
 #   docker run --rm -v "$PWD:/work" hyper2kvm -c /work/config.yaml --list-only
 #
 # Kubernetes and Slurm: deploy/ and docs/fleet-clusters.md.
+#
+# With a release binary built already (`cargo build --release --locked -p hyper2kvm-cli`), no
+# Rust image is needed: put the binary alone in a folder and make that the build context,
+#   podman build --build-arg BINARY_FROM=prebuilt -f Dockerfile -t hyper2kvm DIR
+# (CI does so, .ci/container.sh; the repository's .dockerignore keeps target/ out of the
+# default context).
+
+# The stage the binary comes from: `build` (from source) or `prebuilt` (the context's file).
+ARG BINARY_FROM=build
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p hyper2kvm-cli
+
+FROM scratch AS prebuilt
+COPY hyper2kvm /src/target/release/hyper2kvm
+
+# `:-build` repeats the default for podman 4.3 (buildah 1.28), whose stage analysis ignores an
+# ARG's default here and would otherwise skip the build stage.
+FROM ${BINARY_FROM:-build} AS binary
 
 FROM debian:bookworm-slim
 # rhsrvany (Windows first-boot service wrapper) is only in bookworm-backports: its source is
@@ -21,12 +37,12 @@ RUN set -eu; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates qemu-utils qemu-system-x86 libguestfs-tools linux-image-amd64 \
-        ntfs-3g libhivex-bin; \
+        ntfs-3g libhivex-bin libwin-hivex-perl; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         -t bookworm-backports rhsrvany; \
     rm -rf /var/lib/apt/lists/*; \
     useradd --uid 10001 --create-home --home-dir /home/hyper2kvm hyper2kvm
-COPY --from=build /src/target/release/hyper2kvm /usr/local/bin/hyper2kvm
+COPY --from=binary /src/target/release/hyper2kvm /usr/local/bin/hyper2kvm
 # libguestfs runs its appliance with qemu directly (no libvirtd in a container), and uses KVM
 # only where a probe boot shows it works (docs/guest.md).
 ENV LIBGUESTFS_BACKEND=direct

@@ -6,37 +6,8 @@
 # run on its own to install (then source it, or copy the exports it prints, into your shell).
 # See docs/guest.md for what each step is for.
 
-# The Debian archive this machine's apt is configured with (never a hard-coded host): the first
-# enabled `deb` source that serves the suite `bookworm`, from one-line or deb822 files.
-h2k_debian_mirror() {
-  local f all
-  # Collected first, then cut to the first line: `| head` under pipefail could fail the pipe.
-  all="$({
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-      [[ -f $f ]] || continue
-      awk '$1 == "deb" {
-             i = 2; if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-             if ($(i+1) == "bookworm") print $i }' "$f"
-    done
-    for f in /etc/apt/sources.list.d/*.sources; do
-      [[ -f $f ]] || continue
-      awk 'BEGIN { RS = ""; FS = "\n" }
-           { types = uris = suites = ""; enabled = 1
-             for (i = 1; i <= NF; i++) {
-               line = $i
-               if (line ~ /^#/) continue
-               if (line ~ /^Types:/)   types = " " substr(line, 7) " "
-               if (line ~ /^URIs:/)    uris = substr(line, 6)
-               if (line ~ /^Suites:/)  suites = " " substr(line, 8) " "
-               if (line ~ /^Enabled:[ \t]*no/) enabled = 0
-             }
-             if (enabled && types ~ / deb / && suites ~ /[ \t]bookworm[ \t]/) {
-               split(uris, u, /[ \t]+/); for (j in u) if (u[j] != "") { print u[j]; break }
-             } }' "$f"
-    done
-  })"
-  printf '%s\n' "${all%%$'\n'*}"
-}
+# h2k_debian_mirror: the Debian archive this machine's apt is configured with.
+. "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"
 
 # Whether KVM really runs a guest: the appliance's kernel booted under KVM must reach its panic
 # (no root file system; panic=-1 reboots, -no-reboot exits) within 20 s. Under TCG the same boot
