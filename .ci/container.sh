@@ -13,8 +13,9 @@
 #    inside; a simulator (`hyper2kvm sim`, in a container) is listed and one of its VMs is
 #    migrated into a mounted folder by the container, the image then checked with the host's
 #    qemu-img; guestfish in the image boots its appliance and sees that disk.
-# The image and the base are removed at the end; only the cached tarball stays. (So is a
-# docker.io/library/debian:bookworm-slim pulled earlier: the base's tag replaces it.)
+# The image and the base are removed at the end; only the cached tarball stays. Where
+# docker.io/library/debian:bookworm-slim exists already (pulled on a developer's machine),
+# it is used as it is and left alone.
 #
 # Run as root on Debian bookworm with podman, runc, debootstrap and qemu-utils installed
 # (.ci/run installs them). H2K_CONTAINER_BINARY names a release binary to use instead of
@@ -39,7 +40,9 @@ cleanup() {
     podman images -a -q --no-trunc | sort -u | comm -13 "$work/images-before" - |
       xargs -r podman rmi -f >/dev/null 2>&1 || true
   fi
-  podman rmi -f docker.io/library/debian:bookworm-slim "$base" >/dev/null 2>&1 || true
+  if [[ -n ${own_base:-} ]]; then
+    podman rmi -f docker.io/library/debian:bookworm-slim "$base" >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
   [[ ${build_tmp:-/var/tmp} == /var/tmp ]] || rm -rf "$build_tmp"
 }
@@ -48,6 +51,13 @@ trap cleanup EXIT
 say() { echo "container: $* ($((SECONDS - start)) s)"; }
 
 # --- 1. The base image -------------------------------------------------------------------
+own_base=
+if podman image exists docker.io/library/debian:bookworm-slim; then
+  base=docker.io/library/debian:bookworm-slim
+  say "using the debian:bookworm-slim this machine has"
+else
+# Else ours, made and imported by the rest of this section.
+own_base=1
 mirror="$(h2k_debian_mirror bookworm)"
 updates="$(h2k_debian_mirror bookworm-updates)"
 security="$(h2k_debian_mirror bookworm-security)"
@@ -123,6 +133,7 @@ fi
 podman import --quiet "$tarball" "$base" >/dev/null
 podman tag "$base" docker.io/library/debian:bookworm-slim
 say "base image imported"
+fi
 
 # How podman runs containers here. Machines like CI's have cgroup v1 with a controller on the
 # cgroup2 mount too ("hybrid"), which crun refuses ("cgroups in hybrid mode not supported"),
