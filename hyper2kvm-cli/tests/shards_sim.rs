@@ -936,7 +936,7 @@ async fn kubernetes_jobs_commands_migrate_every_vm_once_as_an_indexed_job() {
     let bin = Path::new(BIN).file_name().unwrap().to_string_lossy();
     assert!(dockerfile.contains("cargo build --release --locked -p hyper2kvm-cli"));
     assert!(dockerfile.contains(&format!(
-        "COPY --from=build /src/target/release/{bin} /usr/local/bin/{bin}"
+        "COPY --from=binary /src/target/release/{bin} /usr/local/bin/{bin}"
     )));
     assert!(dockerfile.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{bin}\"]")));
 
