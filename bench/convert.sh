@@ -6,9 +6,11 @@
 # Azure OS disk: a fixed VHD by default, or (INPUT=vhdx|vmdk) a dynamic VHDX as Hyper-V
 # exports it or a streamOptimized VMDK as OVAs carry it, each written by qemu-img. Each tool converts it REPS times, alternating, with a warm page cache; each
 # run is timed with /usr/bin/time -v (wall clock and peak RSS) and its output is checked with
-# qemu-img compare.
+# qemu-img compare. Beside the plain conversions, the durable-write floor: `dd` writing as many
+# bytes as our plain output with O_DIRECT and an fdatasync, the least any tool can take to put
+# that output on this disk durably. MODES (default "plain zstd deflate") picks the modes.
 #
-# usage: [INPUT=vhd|vhdx|vmdk] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
+# usage: [INPUT=vhd|vhdx|vmdk] [MODES=...] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/hyper2kvm-bench}
@@ -56,18 +58,38 @@ run() {
   echo "$name $wall $rss $(( $(stat -c %s "$out") >> 20 ))"
 }
 
+# floor MIB: time dd writing MIB MiB durably, print "floor-durable wall_s rss_mib MIB".
+floor() {
+  rm -f "$work/floor"
+  sync
+  /usr/bin/time -v -o "$work/time.txt" dd if=/dev/zero of="$work/floor" bs=1M count="$1" \
+    oflag=direct conv=fdatasync status=none
+  local wall
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$work/time.txt")
+  rm -f "$work/floor"
+  echo "floor-durable $wall 0 $1"
+}
+
+modes=" ${MODES:-plain zstd deflate} "
 results="$work/results.txt"; : > "$results"
 cat "$vhd" > /dev/null   # warm the page cache for everyone
 for ((i = 1; i <= reps; i++)); do
-  run qemu-plain  "$work/q.qcow2"  qemu-img convert -f "$qfmt" -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
-  # qemu-img's default is cache=unsafe (no flush after the data); -t writeback syncs like we do.
-  run qemu-plain-durable "$work/q.qcow2" qemu-img convert -t writeback -f "$qfmt" -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
-  run h2k-plain   "$work/h.qcow2"  "$h2k" convert --quiet "$vhd" "$work/h.qcow2" >> "$results"
-  run qemu-zstd   "$work/qz.qcow2" qemu-img convert -W -c -o compression_type=zstd -f "$qfmt" -O qcow2 "$vhd" "$work/qz.qcow2" >> "$results"
-  run h2k-zstd    "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd "$vhd" "$work/hz.qcow2" >> "$results"
-  run h2k-zstd-l3 "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd --compress-level 3 "$vhd" "$work/hz.qcow2" >> "$results"
-  run qemu-deflate "$work/qd.qcow2" qemu-img convert -W -c -f "$qfmt" -O qcow2 "$vhd" "$work/qd.qcow2" >> "$results"
-  run h2k-deflate "$work/hd.qcow2" "$h2k" convert --quiet --compress deflate "$vhd" "$work/hd.qcow2" >> "$results"
+  if [[ $modes == *" plain "* ]]; then
+    run qemu-plain  "$work/q.qcow2"  qemu-img convert -f "$qfmt" -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
+    # qemu-img's default is cache=unsafe (no flush after the data); -t writeback syncs like we do.
+    run qemu-plain-durable "$work/q.qcow2" qemu-img convert -t writeback -f "$qfmt" -O qcow2 "$vhd" "$work/q.qcow2" >> "$results"
+    run h2k-plain   "$work/h.qcow2"  "$h2k" convert --quiet "$vhd" "$work/h.qcow2" >> "$results"
+    floor $(( $(stat -c %s "$work/h.qcow2") >> 20 )) >> "$results"
+  fi
+  if [[ $modes == *" zstd "* ]]; then
+    run qemu-zstd   "$work/qz.qcow2" qemu-img convert -W -c -o compression_type=zstd -f "$qfmt" -O qcow2 "$vhd" "$work/qz.qcow2" >> "$results"
+    run h2k-zstd    "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd "$vhd" "$work/hz.qcow2" >> "$results"
+    run h2k-zstd-l3 "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd --compress-level 3 "$vhd" "$work/hz.qcow2" >> "$results"
+  fi
+  if [[ $modes == *" deflate "* ]]; then
+    run qemu-deflate "$work/qd.qcow2" qemu-img convert -W -c -f "$qfmt" -O qcow2 "$vhd" "$work/qd.qcow2" >> "$results"
+    run h2k-deflate "$work/hd.qcow2" "$h2k" convert --quiet --compress deflate "$vhd" "$work/hd.qcow2" >> "$results"
+  fi
 done
 rm -f "$work"/*.qcow2
 
@@ -89,6 +111,7 @@ print()
 def median(name):
     return statistics.median(w for w, _, _ in runs[name])
 for ours, peer in [("h2k-plain", "qemu-plain"), ("h2k-plain", "qemu-plain-durable"),
+                   ("h2k-plain", "floor-durable"),
                    ("h2k-zstd", "qemu-zstd"), ("h2k-zstd-l3", "qemu-zstd"),
                    ("h2k-deflate", "qemu-deflate")]:
     if ours in runs and peer in runs:
