@@ -115,6 +115,36 @@ async fn sync(cfg: &Path, extra: &[&str]) {
     );
 }
 
+/// Runs `hyper2kvm -c CFG COMMAND` and sends it `signal` once every disk's new copy is
+/// created and its delta is being read (the config slows reads down); its output.
+async fn stop_during_delta(cfg: &Path, out: &Path, command: &str, signal: i32) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["-c", s(cfg), command])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while ![OS, DATA]
+        .iter()
+        .all(|d| warm_disk(&report(out), d)["pending"]["created"] == true)
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{command} ended before it could be stopped"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Into the delta's reads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// `docs/records.md`'s table `section`: each field's name and whether it is optional.
 fn documented(section: &str) -> Vec<(String, bool)> {
     let doc = include_str!("../../docs/records.md");
@@ -343,31 +373,7 @@ async fn a_sync_killed_during_a_delta_is_finished_by_the_next() {
     // 12 MiB to read at 2 MiB/s: the delta takes a while.
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 41).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 42).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["-c", s(&cfg), "sync"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        let rep = report(&out);
-        let created = [OS, DATA].iter().all(|d| {
-            let w = warm_disk(&rep, d);
-            w["pending"]["created"] == true
-        });
-        let status = child.try_wait().unwrap();
-        assert!(status.is_none(), "the sync ended before it could be killed");
-        if created {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Into the delta's reads.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop_during_delta(&cfg, &out, "sync", libc::SIGKILL).await;
     let killed = report(&out);
     assert_warm_documented(&killed);
     let pending: Vec<String> = [OS, DATA]
@@ -582,26 +588,7 @@ async fn an_interrupted_sync_revokes_its_grants_and_the_next_finishes_it() {
     sync(&cfg, &[]).await;
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 61).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 62).unwrap();
-    let child = Command::new(BIN)
-        .args(["-c", s(&cfg), "sync"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while ![OS, DATA]
-        .iter()
-        .all(|d| warm_disk(&report(&out), d)["pending"]["created"] == true)
-    {
-        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // SAFETY: a plain kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let o = stop_during_delta(&cfg, &out, "sync", libc::SIGINT).await;
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     let rep = report(&out);
     assert_eq!(rep["status"], "interrupted", "{rep:#}");
@@ -659,24 +646,7 @@ async fn a_cutover_killed_during_its_last_delta_is_finished_by_the_next() {
     sync(&cfg, &[]).await;
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 71).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 72).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["-c", s(&cfg), "cutover"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while ![OS, DATA]
-        .iter()
-        .all(|d| warm_disk(&report(&out), d)["pending"]["created"] == true)
-    {
-        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
-        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    stop_during_delta(&cfg, &out, "cutover", libc::SIGKILL).await;
     let killed = report(&out);
     assert!(
         killed["warm"]["cutover_started_at"].is_string(),
@@ -720,26 +690,7 @@ async fn an_interrupted_cutover_revokes_its_grants_and_the_next_finishes_it() {
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 81).unwrap();
     sim.trim_disk(DATA, MIB, MIB).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 82).unwrap();
-    let child = Command::new(BIN)
-        .args(["-c", s(&cfg), "cutover"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while ![OS, DATA]
-        .iter()
-        .all(|d| warm_disk(&report(&out), d)["pending"]["created"] == true)
-    {
-        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // SAFETY: a plain kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let o = stop_during_delta(&cfg, &out, "cutover", libc::SIGINT).await;
     assert_eq!(o.status.code(), Some(130), "{}", text(&o.stderr));
     let rep = report(&out);
     assert_eq!(rep["status"], "interrupted", "{rep:#}");
