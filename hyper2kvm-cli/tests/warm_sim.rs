@@ -115,6 +115,19 @@ async fn sync(cfg: &Path, extra: &[&str]) {
     );
 }
 
+/// A simulator, a scratch folder, its output folder and a config whose reads are slow
+/// (2 MiB/s, so a delta takes a while) with `extra` in its `azure` section; synced once.
+async fn synced_slowly(name: &str, extra: &str) -> (SimHandle, Scratch, PathBuf, PathBuf) {
+    let sim = start().await;
+    let scratch = Scratch::new(name);
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    let extra = format!("{extra}download: {{ bandwidth: 2M, concurrency: 2, chunk_size: 256K }}\n");
+    std::fs::write(&cfg, config(&sim, &out, &extra)).unwrap();
+    sync(&cfg, &[]).await;
+    (sim, scratch, out, cfg)
+}
+
 /// Runs `hyper2kvm -c CFG COMMAND` and sends it `signal` once every disk's new copy is
 /// created and its delta is being read (the config slows reads down); its output.
 async fn stop_during_delta(cfg: &Path, out: &Path, command: &str, signal: i32) -> Output {
@@ -356,20 +369,7 @@ async fn fleet_state(out: &Path) -> (String, Value) {
 /// recorded; the next sync applies that copy again and the image equals the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_killed_during_a_delta_is_finished_by_the_next() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-kill");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(
-        &cfg,
-        config(
-            &sim,
-            &out,
-            "download: { bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
-        ),
-    )
-    .unwrap();
-    sync(&cfg, &[]).await;
+    let (sim, scratch, out, cfg) = synced_slowly("warm-kill", "").await;
     // 12 MiB to read at 2 MiB/s: the delta takes a while.
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 41).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 42).unwrap();
@@ -572,20 +572,7 @@ async fn a_base_deleted_behind_our_back_is_copied_in_full_again() {
 /// signature reaches the outputs or the records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_sync_revokes_its_grants_and_the_next_finishes_it() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-int");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(
-        &cfg,
-        config(
-            &sim,
-            &out,
-            "download: { bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
-        ),
-    )
-    .unwrap();
-    sync(&cfg, &[]).await;
+    let (sim, scratch, out, cfg) = synced_slowly("warm-int", "").await;
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 61).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 62).unwrap();
     let o = stop_during_delta(&cfg, &out, "sync", libc::SIGINT).await;
@@ -630,20 +617,8 @@ async fn an_interrupted_sync_revokes_its_grants_and_the_next_finishes_it() {
 /// domain and deletes the chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cutover_killed_during_its_last_delta_is_finished_by_the_next() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-cutkill");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(
-        &cfg,
-        config(
-            &sim,
-            &out,
-            "  running_vm: deallocate\ndownload: { bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
-        ),
-    )
-    .unwrap();
-    sync(&cfg, &[]).await;
+    let (sim, scratch, out, cfg) =
+        synced_slowly("warm-cutkill", "  running_vm: deallocate\n").await;
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 71).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 72).unwrap();
     stop_during_delta(&cfg, &out, "cutover", libc::SIGKILL).await;
@@ -673,20 +648,7 @@ async fn a_cutover_killed_during_its_last_delta_is_finished_by_the_next() {
 /// images equal to the disks and nothing left in Azure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_cutover_revokes_its_grants_and_the_next_finishes_it() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-cutint");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(
-        &cfg,
-        config(
-            &sim,
-            &out,
-            "  running_vm: deallocate\ndownload: { bandwidth: 2M, concurrency: 2, chunk_size: 256K }\n",
-        ),
-    )
-    .unwrap();
-    sync(&cfg, &[]).await;
+    let (sim, scratch, out, cfg) = synced_slowly("warm-cutint", "  running_vm: deallocate\n").await;
     sim.write_disk(OS, 4 * MIB, 6 * MIB, 81).unwrap();
     sim.trim_disk(DATA, MIB, MIB).unwrap();
     sim.write_disk(DATA, 10 * MIB, 6 * MIB, 82).unwrap();
