@@ -216,6 +216,7 @@ async fn immediate_grants_and_raw_output_work_too() {
         polls: 0,
         immediate: true,
         retry_after_secs: 0,
+        ..Default::default()
     };
     let setup = Setup::with(scenario, BlobFaults::default(), 10).await;
     let dir = Scratch::new("export-raw");

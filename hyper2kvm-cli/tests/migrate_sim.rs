@@ -664,6 +664,7 @@ async fn run_killed_while_snapshotting_leaves_no_snapshot() {
         polls: 30,
         immediate: false,
         retry_after_secs: 1,
+        ..Default::default()
     });
     let scratch = Scratch::new("migsnap");
     let out = scratch.path("out");

@@ -34,7 +34,7 @@ use crate::server::Shared;
 /// The largest range Azure computes a `Content-MD5` for.
 const MAX_MD5_RANGE: u64 = 4 << 20;
 /// Bytes per piece of a streamed body.
-const PIECE: usize = 1 << 20;
+pub(crate) const PIECE: usize = 1 << 20;
 
 /// A granted blob: the disk's content and size, and its footer.
 #[derive(Clone)]
@@ -637,6 +637,7 @@ fn body_stream(
             };
         }
         let n = ((stop_at - sent) as usize).min(PIECE);
+        st.link.send(n as u64).await;
         let piece = match &whole {
             Some(b) => Ok(b.slice(sent as usize..sent as usize + n)),
             None if blob.content.is_file() => {

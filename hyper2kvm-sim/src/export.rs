@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use crate::arm_json;
 use crate::content::DiskContent;
 use crate::counters::Route;
-use crate::scenario::{DiskFault, SimDisk, SimVm};
+use crate::scenario::{DiskFault, OperationSettings, SimDisk, SimVm};
 use crate::server::{arm_error, gate, Shared, Q};
 
 /// A read grant on a disk or snapshot.
@@ -86,6 +86,8 @@ pub(crate) struct Snapshot {
 #[derive(Debug, Clone)]
 struct Operation {
     polls_left: u32,
+    /// With `operations.seconds`: when it is done (polls before are answered `202`).
+    done_at: Option<Instant>,
     /// The final body of the `Location` poll (`None`: empty), and the async operation's output.
     result: Option<Value>,
 }
@@ -223,20 +225,25 @@ fn host(headers: &HeaderMap) -> String {
 }
 
 /// Starts a long-running operation whose result is `result` and answers as configured:
-/// `200` with the result at once, or `202` with the polling headers.
+/// `200` with the result at once, or `202` with the polling headers. `target` (`deallocate
+/// vm-01`, `beginGetAccess disk-1`, …) says what it does to what: it seeds its duration with
+/// `operations.seconds`.
 fn accepted(
     st: &Shared,
     headers: &HeaderMap,
     sub: &str,
     location: &str,
+    target: &str,
     kind: &str,
-    immediate_status: StatusCode,
     result: Option<Value>,
 ) -> Response {
     let ops = st.operations();
-    if ops.immediate && ops.polls == 0 {
+    let done_at = ops
+        .seconds
+        .map(|range| Instant::now() + crate::scenario::operation_duration(target, range));
+    if done_at.is_none() && ops.immediate && ops.polls == 0 {
         return match result {
-            Some(body) => (immediate_status, Json(body)).into_response(),
+            Some(body) => (StatusCode::OK, Json(body)).into_response(),
             None => StatusCode::OK.into_response(),
         };
     }
@@ -246,6 +253,7 @@ fn accepted(
         id.clone(),
         Operation {
             polls_left: ops.polls,
+            done_at,
             result,
         },
     );
@@ -271,8 +279,18 @@ fn accepted(
         "azure-asyncoperation",
         format!("{base}?p=sim&api-version=2025-01-02"),
     );
-    set(h, "retry-after", ops.retry_after_secs.to_string());
+    set(h, "retry-after", retry_after(&ops).to_string());
     resp
+}
+
+/// The `Retry-After` of a `202`: as configured, and at least 1 s for timed operations (so
+/// that a client honouring it does not poll in a loop).
+fn retry_after(ops: &OperationSettings) -> u64 {
+    if ops.seconds.is_some() {
+        ops.retry_after_secs.max(1)
+    } else {
+        ops.retry_after_secs
+    }
 }
 
 /// `GET …/locations/{loc}/{DiskOperations|operations}/{id}`: the operation's status, as a
@@ -296,13 +314,16 @@ pub(crate) async fn poll(
             "The operation was not found.",
         );
     };
-    let running = op.polls_left > 0;
-    if running {
+    let running = match op.done_at {
+        Some(at) => Instant::now() < at,
+        None => op.polls_left > 0,
+    };
+    if running && op.done_at.is_none() {
         op.polls_left -= 1;
     }
     let result = op.result.clone();
     drop(state);
-    let retry_after = st.operations().retry_after_secs;
+    let retry_after = retry_after(&st.operations());
     if running {
         if monitor {
             let mut resp = StatusCode::ACCEPTED.into_response();
@@ -494,8 +515,8 @@ pub(crate) async fn access(
             &headers,
             &sub,
             &location,
+            &format!("endGetAccess {name}"),
             "DiskOperations",
-            StatusCode::OK,
             None,
         );
     }
@@ -578,8 +599,8 @@ pub(crate) async fn access(
         &headers,
         &sub,
         &location,
+        &format!("beginGetAccess {name}"),
         "DiskOperations",
-        StatusCode::OK,
         Some(json!({ "accessSAS": sas })),
     )
 }
@@ -670,8 +691,8 @@ pub(crate) async fn snapshot(
                 &headers,
                 &sub,
                 &location,
+                &format!("delete {name}"),
                 "DiskOperations",
-                StatusCode::OK,
                 None,
             )
         }
@@ -799,8 +820,8 @@ pub(crate) async fn snapshot(
                 &headers,
                 &sub,
                 &location,
+                &format!("create {name}"),
                 "DiskOperations",
-                StatusCode::OK,
                 Some(body),
             )
         }
@@ -847,8 +868,8 @@ pub(crate) async fn power(
         &headers,
         &sub,
         &location,
+        &format!("{action} {}", vm.name),
         "operations",
-        StatusCode::OK,
         None,
     )
 }

@@ -20,7 +20,8 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   `POST …/virtualMachines/{vm}/powerOff|deallocate|start` and
   `GET …/locations/{loc}/vmSizes`, answered with ARM's long-running-operation shapes
   (`202` + `Location` + `Azure-AsyncOperation` + `Retry-After`, polled
-  [`OperationSettings::polls`] times, or `200` at once) and Azure's rules: no grant on the
+  [`OperationSettings::polls`] times, or for a duration of 5–30 s or any range,
+  [`OperationSettings::seconds`], or `200` at once) and Azure's rules: no grant on the
   disk of a VM that is not deallocated (`409`), no delete of a snapshot with an open grant.
 * **Warm migration**: `PUT …/snapshots/{s}` with
   `properties.incremental: true` makes an incremental snapshot; its `creationData` carries
@@ -40,6 +41,8 @@ It is how tests, benchmarks and offline try-outs run without an Azure account.
   serves the disk plus a fixed-VHD footer: `HEAD`, ranged `GET` (`206`, `Content-Range`,
   `Content-MD5` for ranges up to 4 MiB, `400` above) and `GET ?comp=pagelist` paged by
   `marker`. The signature is checked: revoked, expired or wrong is `403 AuthenticationFailed`.
+  `settings.blob_rate` caps the bodies of all blob `GET`s together at a link rate (bytes
+  per second), as one network link to storage would.
 * **Disk content** ([`DiskContent`]): written extents listed or scattered, with bytes that
   are a pure function of `(seed, offset)` (noise, text and zero blocks), so a 1 TiB disk
   costs no memory; or a local raw file / fixed VHD. [`SimDisk::write_raw_reference`] writes
@@ -80,6 +83,7 @@ mod content;
 mod counters;
 mod error;
 mod export;
+mod link;
 mod live;
 mod scenario;
 mod server;
@@ -94,8 +98,9 @@ pub use counters::{Counters, Route};
 pub use error::{Error, ErrorKind};
 pub use live::IncrementalLimits;
 pub use scenario::{
-    BlobFaults, DiskFault, DiskSpec, Failures, Fleet, GenerateSpec, OperationSettings,
-    ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm, SubscriptionSpec, Throttle, VmSpec,
+    operation_duration, BlobFaults, DiskFault, DiskSpec, Failures, Fleet, GenerateSpec,
+    OperationSettings, ResourceGroupSpec, Scenario, Settings, SimDisk, SimVm, SubscriptionSpec,
+    Throttle, VmSpec,
 };
 
 use export::ExportState;
@@ -133,6 +138,7 @@ impl Simulator {
             operations: RwLock::new(scenario.settings.operations),
             incremental: RwLock::new(scenario.settings.incremental),
             export: Mutex::new(ExportState::default()),
+            link: link::Link::new(scenario.settings.blob_rate, blob::PIECE as u64),
         });
         let app = server::router(shared.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -603,6 +609,40 @@ subscriptions:
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    #[tokio::test]
+    async fn timed_operations_answer_202_until_their_duration_has_passed() {
+        let text = EXPORT.replace(
+            "operations: { polls: 1, retry_after_secs: 0 }",
+            "operations: { seconds: [2, 2] }",
+        );
+        let sim = Simulator::start(&Scenario::from_yaml(&text).unwrap())
+            .await
+            .unwrap();
+        let http = client();
+        let url = format!(
+            "{}/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web/deallocate?api-version=2025-04-01",
+            sim.base_url()
+        );
+        let started = std::time::Instant::now();
+        let mut resp = http.post(url).send().await.unwrap();
+        assert_eq!(resp.status(), 202);
+        // Retry-After is at least 1 s with timed operations, whatever polls say.
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let mut polls = 0;
+        while resp.status() == 202 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            resp = http.get(&location).send().await.unwrap();
+            polls += 1;
+            assert!(polls < 100);
+        }
+        // Done, and not before its 2 s (however slow the machine, never sooner).
+        assert_eq!(resp.status(), 200);
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        assert!(polls > 1);
+        sim.shutdown().await;
     }
 
     #[tokio::test]

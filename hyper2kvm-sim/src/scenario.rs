@@ -67,6 +67,9 @@ pub struct Settings {
     pub blob_faults: BlobFaults,
     /// Azure's limits on incremental snapshots.
     pub incremental: crate::live::IncrementalLimits,
+    /// The link rate of the blob data plane, in bytes per second: the bodies of all blob
+    /// `GET`s together are served no faster (0: as fast as the machine can).
+    pub blob_rate: u64,
 }
 
 impl Default for Settings {
@@ -80,6 +83,7 @@ impl Default for Settings {
             page_list_size: 200,
             blob_faults: BlobFaults::default(),
             incremental: crate::live::IncrementalLimits::default(),
+            blob_rate: 0,
         }
     }
 }
@@ -95,6 +99,12 @@ pub struct OperationSettings {
     pub immediate: bool,
     /// The `Retry-After` (seconds) sent with each `202`.
     pub retry_after_secs: u64,
+    /// `[min, max]`: each operation takes a duration in that range, in seconds, instead of
+    /// a number of polls; polls before then are answered `202` (with `Retry-After`:
+    /// `retry_after_secs`, at least 1). The duration is a pure function of what the
+    /// operation does to what ([`operation_duration`]), so runs are repeatable. `polls`
+    /// and `immediate` are then ignored.
+    pub seconds: Option<[u64; 2]>,
 }
 
 impl Default for OperationSettings {
@@ -103,8 +113,26 @@ impl Default for OperationSettings {
             polls: 1,
             immediate: false,
             retry_after_secs: 0,
+            seconds: None,
         }
     }
+}
+
+/// How long an operation takes with `operations.seconds: [min, max]`: `min` s plus
+/// FNV-1a-64(`target`, lower-cased) modulo the range in milliseconds (`max - min` s + 1 ms).
+/// `target` is the action and the resource's name, one space between:
+/// `deallocate vm-01`, `powerOff vm-01`, `start vm-01`, `beginGetAccess vm-01_OsDisk_1`,
+/// `endGetAccess vm-01_OsDisk_1` (disks and snapshots), `create snap-1`, `delete snap-1`
+/// (snapshots). A benchmark computes the same numbers from the same names.
+pub fn operation_duration(target: &str, [min, max]: [u64; 2]) -> std::time::Duration {
+    let (lo, hi) = (min.min(max) * 1000, min.max(max) * 1000);
+    let hash = target
+        .to_ascii_lowercase()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    std::time::Duration::from_millis(lo + hash % (hi - lo + 1))
 }
 
 /// Faults of the blob data plane (and of grants). "Every Nth" counts the blob requests of
@@ -968,5 +996,48 @@ subscriptions:
             .into_fleet()
             .unwrap_err();
         assert!(err.to_string().contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn link_rate_and_timed_operations_parse_and_default_off() {
+        let s = Scenario::from_yaml(
+            "settings: { blob_rate: 209715200, operations: { seconds: [5, 30], retry_after_secs: 2 } }\n",
+        )
+        .unwrap();
+        assert_eq!(s.settings.blob_rate, 200 << 20);
+        assert_eq!(s.settings.operations.seconds, Some([5, 30]));
+        assert_eq!(s.settings.operations.retry_after_secs, 2);
+        // Defaults unchanged: no cap, operations counted in polls.
+        let d = Settings::default();
+        assert_eq!((d.blob_rate, d.operations.seconds), (0, None));
+        assert_eq!(d.operations.polls, 1);
+        for bad in [
+            "settings: { operations: { secs: [5, 30] } }\n",
+            "settings: { operations: { seconds: [5] } }\n",
+            "settings: { blob_rate: fast }\n",
+        ] {
+            let err = Scenario::from_yaml(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidScenario, "{bad}");
+        }
+    }
+
+    #[test]
+    fn operation_durations_are_repeatable_and_in_range() {
+        let ms = |t: &str, r| operation_duration(t, r).as_millis();
+        // Pinned: bench/fleet-link.sh computes the same numbers from the same formula.
+        assert_eq!(ms("deallocate vm-01", [5, 30]), 5441);
+        assert_eq!(ms("beginGetAccess vm-01_OsDisk_1", [5, 30]), 12527);
+        assert_eq!(ms("endGetAccess vm-01_OsDisk_1", [5, 30]), 23937);
+        // Case does not matter (ARM names do not), the order of the bounds neither.
+        assert_eq!(ms("Deallocate VM-01", [30, 5]), 5441);
+        assert_eq!(ms("anything", [7, 7]), 7000);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200 {
+            let d = ms(&format!("beginGetAccess vm-{i:02}_OsDisk_1"), [5, 30]);
+            assert!((5000..=30000).contains(&d), "{d}");
+            seen.insert(d / 1000);
+        }
+        // Spread over the range, not stuck at one end.
+        assert!(seen.len() > 15, "{seen:?}");
     }
 }

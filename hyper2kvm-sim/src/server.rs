@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub operations: RwLock<OperationSettings>,
     pub incremental: RwLock<crate::live::IncrementalLimits>,
     pub export: Mutex<ExportState>,
+    /// The blob data plane's link (`settings.blob_rate`).
+    pub link: crate::link::Link,
 }
 
 impl Shared {
