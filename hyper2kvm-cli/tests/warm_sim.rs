@@ -118,14 +118,40 @@ async fn sync(cfg: &Path, extra: &[&str]) {
 /// A simulator, a scratch folder, its output folder and a config whose reads are slow
 /// (2 MiB/s, so a delta takes a while) with `extra` in its `azure` section; synced once.
 async fn synced_slowly(name: &str, extra: &str) -> (SimHandle, Scratch, PathBuf, PathBuf) {
+    let extra = format!("{extra}download: {{ bandwidth: 2M, concurrency: 2, chunk_size: 256K }}\n");
+    let (sim, scratch, out, cfg) = fixture(name, &extra).await;
+    sync(&cfg, &[]).await;
+    (sim, scratch, out, cfg)
+}
+
+/// A simulator, a scratch folder `name`, its output folder and a config with `extra` in its
+/// `azure` section.
+async fn fixture(name: &str, extra: &str) -> (SimHandle, Scratch, PathBuf, PathBuf) {
     let sim = start().await;
     let scratch = Scratch::new(name);
     let out = scratch.path("out");
     let cfg = scratch.path("config.yaml");
-    let extra = format!("{extra}download: {{ bandwidth: 2M, concurrency: 2, chunk_size: 256K }}\n");
-    std::fs::write(&cfg, config(&sim, &out, &extra)).unwrap();
-    sync(&cfg, &[]).await;
+    std::fs::write(&cfg, config(&sim, &out, extra)).unwrap();
     (sim, scratch, out, cfg)
+}
+
+/// After a sync where the data disk could not be diffed: it was copied in full again, with
+/// a warning naming it and containing `why`; the OS disk still got only its delta; both
+/// images equal the disks and only the chain is left in Azure.
+fn assert_data_copied_in_full_again(sim: &SimHandle, scratch: &Scratch, out: &Path, why: &str) {
+    let rep = report(out);
+    assert_eq!(warm_disk(&rep, DATA)["full_copies"], 2, "{rep:#}");
+    assert_eq!(warm_disk(&rep, OS)["full_copies"], 1, "{rep:#}");
+    let warned = rep["warnings"].as_array().unwrap().iter().any(|w| {
+        let w = w.as_str().unwrap();
+        w.contains(DATA) && w.contains(why)
+    });
+    assert!(warned, "{rep:#}");
+    for d in [OS, DATA] {
+        assert_equals_now(sim, scratch, &working(out, d), d);
+    }
+    let c = sim.counters();
+    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));
 }
 
 /// Runs `hyper2kvm -c CFG COMMAND` and sends it `signal` once every disk's new copy is
@@ -407,39 +433,20 @@ async fn a_sync_killed_during_a_delta_is_finished_by_the_next() {
 /// report says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_disk_is_copied_in_full_again() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-recreate");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let (sim, scratch, out, cfg) = fixture("warm-recreate", "").await;
     sync(&cfg, &[]).await;
     sim.recreate_disk(DATA).unwrap();
     sim.write_disk(DATA, 3 * MIB, MIB, 77).unwrap();
     sim.write_disk(OS, 3 * MIB, MIB, 78).unwrap();
     sync(&cfg, &[]).await;
-    let rep = report(&out);
-    assert_eq!(warm_disk(&rep, DATA)["full_copies"], 2, "{rep:#}");
-    assert_eq!(warm_disk(&rep, OS)["full_copies"], 1, "{rep:#}");
-    let warned = rep["warnings"].as_array().unwrap().iter().any(|w| {
-        w.as_str().unwrap().contains(DATA) && w.as_str().unwrap().contains("copied in full again")
-    });
-    assert!(warned, "{rep:#}");
-    for d in [OS, DATA] {
-        assert_equals_now(&sim, &scratch, &working(&out, d), d);
-    }
-    let c = sim.counters();
-    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));
+    assert_data_copied_in_full_again(&sim, &scratch, &out, "copied in full again");
 }
 
 /// `--rounds` with `--until-delta`: a sync with nothing changing stops after its second
 /// round (the first delta is empty), not its fifth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rounds_stop_once_the_delta_is_small() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-rounds");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let (sim, _scratch, out, cfg) = fixture("warm-rounds", "").await;
     sync(&cfg, &["--rounds", "5", "--until-delta", "1M"]).await;
     let (state, totals) = fleet_state(&out).await;
     assert_eq!(state, "synced", "{totals:#}");
@@ -495,11 +502,7 @@ async fn the_incremental_snapshot_limit_is_waited_out() {
 /// under `running_vm: snapshot` is refused: it would not stop the VM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutover_needs_a_sync_and_a_stopping_policy() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-refuse");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(&cfg, config(&sim, &out, "  running_vm: stop\n")).unwrap();
+    let (sim, _scratch, out, cfg) = fixture("warm-refuse", "  running_vm: stop\n").await;
     let o = run(&cfg, &["cutover"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let rep = report(&out);
@@ -529,11 +532,7 @@ async fn cutover_needs_a_sync_and_a_stopping_policy() {
 /// disk in full again, says why, and the image equals the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_base_deleted_behind_our_back_is_copied_in_full_again() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-based");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let (sim, scratch, out, cfg) = fixture("warm-based", "").await;
     sync(&cfg, &[]).await;
     let base = warm_disk(&report(&out), OS)["base"]["id"]
         .as_str()
@@ -686,27 +685,11 @@ async fn an_interrupted_cutover_revokes_its_grants_and_the_next_finishes_it() {
 /// warning saying so; the other disk still gets only its delta.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resized_disk_is_copied_in_full_again() {
-    let sim = start().await;
-    let scratch = Scratch::new("warm-resize");
-    let out = scratch.path("out");
-    let cfg = scratch.path("config.yaml");
-    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let (sim, scratch, out, cfg) = fixture("warm-resize", "").await;
     sync(&cfg, &[]).await;
     sim.resize_disk(DATA, 48 * MIB).unwrap();
     sim.write_disk(DATA, 40 * MIB, MIB, 91).unwrap();
     sim.write_disk(OS, 3 * MIB, MIB, 92).unwrap();
     sync(&cfg, &[]).await;
-    let rep = report(&out);
-    assert_eq!(warm_disk(&rep, DATA)["full_copies"], 2, "{rep:#}");
-    assert_eq!(warm_disk(&rep, OS)["full_copies"], 1, "{rep:#}");
-    let warned = rep["warnings"].as_array().unwrap().iter().any(|w| {
-        let w = w.as_str().unwrap();
-        w.contains(DATA) && w.contains("resized")
-    });
-    assert!(warned, "{rep:#}");
-    for d in [OS, DATA] {
-        assert_equals_now(&sim, &scratch, &working(&out, d), d);
-    }
-    let c = sim.counters();
-    assert_eq!((c.open_grants(), c.snapshots_alive()), (0, 2));
+    assert_data_copied_in_full_again(&sim, &scratch, &out, "resized");
 }
