@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use hyper2kvm_sim::{Route, Scenario, SimHandle, Simulator};
 use serde_json::Value;
 use support::{
-    assert_image_matches, files_under, read_json, s, text, wait_child, wait_for, Scratch,
+    assert_image_matches, files_under, read_json, run_config, s, text, wait_child, wait_for,
+    Scratch,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_hyper2kvm");
@@ -174,13 +175,9 @@ fn config(sim: &SimHandle, out: &Path, extra: &str) -> String {
     )
 }
 
-/// Runs the binary off the async runtime (the simulator runs on it).
+/// `hyper2kvm -c CFG EXTRA...`, off the async runtime (the simulator runs on it).
 async fn run(cfg: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["-c".to_string(), s(cfg).to_string()];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
-        .await
-        .unwrap()
+    run_config(BIN, cfg, extra).await
 }
 
 fn spawn(cfg: &Path, dir: &Scratch) -> Child {

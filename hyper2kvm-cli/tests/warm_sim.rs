@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hyper2kvm_sim::{IncrementalLimits, Route, Scenario, SimHandle, Simulator};
 use serde_json::Value;
-use support::{assert_image_matches, qemu_img, s, text, Scratch};
+use support::{assert_image_matches, output_of, qemu_img, run_config, s, text, Scratch};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hyper2kvm");
 const SUB: &str = "00000000-0000-0000-0000-00000000a4a2";
@@ -61,13 +61,9 @@ fn config(sim: &SimHandle, out: &Path, extra: &str) -> String {
     )
 }
 
-/// Runs the binary off the async runtime (the simulator runs on it).
+/// `hyper2kvm -c CFG EXTRA...`, off the async runtime (the simulator runs on it).
 async fn run(cfg: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["-c".to_string(), s(cfg).to_string()];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
-        .await
-        .unwrap()
+    run_config(BIN, cfg, extra).await
 }
 
 fn report(out: &Path) -> Value {
@@ -374,15 +370,8 @@ async fn full_sync_three_deltas_then_cutover_equal_the_disks() {
 
 /// `hyper2kvm report DIR -o json`: the VM's state and the totals.
 async fn fleet_state(out: &Path) -> (String, Value) {
-    let args = vec![
-        "report".to_string(),
-        s(out).to_string(),
-        "-o".into(),
-        "json".into(),
-    ];
-    let o = tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
-        .await
-        .unwrap();
+    let args = ["report", s(out), "-o", "json"].map(String::from).to_vec();
+    let o = output_of(BIN, args).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     (

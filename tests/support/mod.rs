@@ -319,3 +319,19 @@ pub async fn wait_child(mut child: std::process::Child) -> std::process::ExitSta
         .await
         .unwrap()
 }
+
+/// Runs `bin` with `args` off the async runtime (the simulator a test started runs on it)
+/// and returns what it printed and how it ended.
+pub async fn output_of(bin: &str, args: Vec<String>) -> std::process::Output {
+    let bin = bin.to_string();
+    tokio::task::spawn_blocking(move || Command::new(bin).args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `bin -c CFG ARGS...`, as [`output_of`].
+pub async fn run_config(bin: &str, cfg: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["-c".to_string(), s(cfg).to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    output_of(bin, all).await
+}
