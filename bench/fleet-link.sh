@@ -8,8 +8,8 @@
 # for every body) and makes each long-running operation take 5–30 s (`operations.seconds`,
 # a duration that is a pure function of the action and the resource's name). The run is
 # `running_vm: deallocate`: per VM a deallocate, then per disk a grant, the download and a
-# revoke. Each configuration of CONFIGS (name:parallel_vms:parallel_disks[:max_connections])
-# runs `hyper2kvm -c config.yaml` under /usr/bin/time -v (wall clock, peak RSS), REPS times.
+# revoke. Each configuration of CONFIGS (name:parallel_vms:parallel_disks[:max_connections],
+# an empty field: the default) runs `hyper2kvm -c config.yaml` under /usr/bin/time -v (wall clock, peak RSS), REPS times.
 #
 #   ideal = bytes downloaded (the run's summary) / rate + the longest single VM's operations,
 #   a VM's operations = deallocate + its longest grant + its longest revoke
@@ -19,7 +19,7 @@
 # "<action> <name>" lower-cased, modulo the range in ms). The script prints wall / ideal.
 # Every image of the first VM is checked with qemu-img check. Results: docs/BENCHMARKS.md.
 #
-# usage: [RATE_MIB=100] [WRITTEN_GIB=4] [CONFIGS="default:4:4 wide:20:80:64"] \
+# usage: [RATE_MIB=100] [WRITTEN_GIB=4] [CONFIGS="default:: wide:20:80:64"] \
 #        bench/fleet-link.sh [WORKDIR] [REPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ work=${1:-/tmp/hyper2kvm-bench-fleet-link}
 reps=${2:-1}
 rate_mib=${RATE_MIB:-100}
 written_gib=${WRITTEN_GIB:-4}
-configs=${CONFIGS:-"default:4:4 wide:20:80:64"}
+configs=${CONFIGS:-"default:: wide:20:80:64"}
 ops_min=5 ops_max=30
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyper2kvm-target}"
 cargo build --release -q -p hyper2kvm-cli
@@ -99,7 +99,7 @@ azure:
   auth: none
   resource_groups: [rg]
   running_vm: deallocate
-download: { parallel_vms: $pvms, parallel_disks: $pdisks${maxconn:+, max_connections: $maxconn} }
+download: { concurrency: 16${pvms:+, parallel_vms: $pvms}${pdisks:+, parallel_disks: $pdisks}${maxconn:+, max_connections: $maxconn} }
 output:
   dir: "$work/out"
 YAML

@@ -72,6 +72,8 @@ pub struct RunSettings {
     pub parallel_disks: usize,
     /// `download.parallel_vms`.
     pub parallel_vms: usize,
+    /// `guest.parallel` (the engine's default without `guest:`).
+    pub parallel_fixups: usize,
     /// `download.max_connections`.
     pub max_connections: Option<usize>,
     /// `download.bandwidth`, bytes per second.
@@ -213,6 +215,10 @@ pub(crate) fn run_settings(
         chunk_size: size(&download.chunk_size) as u32,
         parallel_disks: usize::from(download.parallel_disks),
         parallel_vms: usize::from(download.parallel_vms),
+        parallel_fixups: guest.map_or(
+            hyper2kvm::migrate::RunOptions::default().parallel_fixups,
+            |g| usize::from(g.parallel),
+        ),
         max_connections: download.max_connections.map(usize::from),
         bandwidth: download.bandwidth.as_deref().map(size),
         keep_snapshots: export.keep_snapshots,

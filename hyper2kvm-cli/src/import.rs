@@ -59,7 +59,7 @@ pub struct ImportArgs {
     /// Firmware of VMs without a descriptor.
     #[arg(long, value_enum, default_value_t = FirmwareArg::Bios)]
     pub firmware: FirmwareArg,
-    /// VMs converted at once [default: download.parallel_vms of -c, else 4].
+    /// VMs converted at once, at most [default: download.parallel_vms of -c, else 32].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel_vms: Option<u16>,
     /// Disks converted at once per VM [default: download.parallel_disks of -c, else 4].
@@ -110,6 +110,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
         windows: hyper2kvm::config::WindowsGuestSection {
             virtio_win: args.virtio_win.clone(),
         },
+        ..GuestSection::default()
     };
     let guest = if args.fix {
         Some(&flag_guest)
@@ -180,6 +181,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
     opts.convert.concurrency = r.concurrency;
     opts.parallel_vms = args.parallel_vms.map_or(r.parallel_vms, usize::from);
     opts.parallel_disks = args.parallel_disks.map_or(r.parallel_disks, usize::from);
+    opts.parallel_fixups = r.parallel_fixups;
     opts.limits = Limits::new(r.max_connections, r.bandwidth);
     opts.cpu = r.cpu.clone();
     opts.network = r.network.clone();

@@ -70,6 +70,7 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
     opts.convert.chunk_size = r.chunk_size;
     opts.convert.concurrency = r.concurrency;
     opts.parallel_vms = r.parallel_vms;
+    opts.parallel_fixups = r.parallel_fixups;
     opts.parallel_disks = r.parallel_disks;
     opts.limits = Limits::new(r.max_connections, r.bandwidth);
     opts.keep_snapshots = r.keep_snapshots;

@@ -58,6 +58,7 @@ pub mod plan;
 mod records;
 pub mod report;
 pub mod run;
+mod sched;
 pub mod shard;
 pub mod source;
 mod time;
@@ -68,8 +69,8 @@ pub use fleet::{FleetReport, VmState};
 pub use hyper2kvm_core::{Error, ErrorKind, Result};
 pub use interrupt::Interrupt;
 pub use options::{
-    EventFn, GuestHook, GuestOutcome, KubevirtOptions, RunEvent, RunOptions, SyncOptions, Target,
-    WarmMode,
+    EventFn, FleetProgress, GuestHook, GuestOutcome, KubevirtOptions, RunEvent, RunOptions,
+    SyncOptions, Target, VmInFlight, WarmMode,
 };
 pub use plan::{
     plan, snapshot_name, DiskChoice, DiskPlan, Layout, Plan, PlanError, PlanOptions, Role,

@@ -36,10 +36,16 @@ pub struct RunOptions {
     /// How each disk is converted. The run owns two of these: the format is
     /// `plan.format`, and `resume` is always on.
     pub convert: ConvertOptions,
-    /// VMs in progress at once (4).
+    /// VMs in progress at once, at most (32). A migration starts VMs below this only as
+    /// far ahead as the link needs (see the crate's `sched` module); a warm `sync` starts up
+    /// to this many, a `cutover` up to `parallel_fixups`.
     pub parallel_vms: usize,
-    /// Disks converting at once, across all VMs (4).
+    /// Disks being read at once, across all VMs (4). A disk holds its slot only while its
+    /// data flows, not while it is exported or revoked.
     pub parallel_disks: usize,
+    /// Guest fix-ups (each a libguestfs appliance) at once (4). A `cutover` also stops no
+    /// more VMs at once than this, so that none waits, stopped, for a fix-up.
+    pub parallel_fixups: usize,
     /// Reads in flight and bandwidth, across all disks (no limits).
     pub limits: Limits,
     /// Keep the snapshots the run creates instead of deleting them (no).
@@ -113,8 +119,9 @@ impl Default for RunOptions {
                 chunk_size: REMOTE_CHUNK_SIZE,
                 ..ConvertOptions::default()
             },
-            parallel_vms: 4,
+            parallel_vms: 32,
             parallel_disks: 4,
+            parallel_fixups: 4,
             limits: Limits::default(),
             keep_snapshots: false,
             cpu: CpuMode::HostPassthrough,
@@ -231,6 +238,61 @@ pub enum RunEvent {
         /// How it ended.
         status: VmStatus,
     },
+    /// The run as a whole: about once a second while it runs, and once at its end.
+    Fleet(FleetProgress),
+}
+
+/// A migration run's progress as a whole ([`RunEvent::Fleet`]). Bytes are those of the disks'
+/// written ranges (what is read), not their sizes: a disk's are known once it is exported;
+/// until then they are expected at the mean of the disks known so far.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct FleetProgress {
+    /// VMs in the run.
+    pub vms: usize,
+    /// VMs finished, whatever their status.
+    pub vms_finished: usize,
+    /// VMs started and not finished.
+    pub vms_in_flight: usize,
+    /// Disks in the run.
+    pub disks: usize,
+    /// Disks whose bytes to read are known (exported, or over).
+    pub disks_known: usize,
+    /// Bytes read so far, those an earlier run read included.
+    pub bytes_done: u64,
+    /// Bytes to read of the disks known.
+    pub bytes_known: u64,
+    /// `bytes_known` plus the bytes expected of the other disks.
+    pub bytes_expected: u64,
+    /// Bytes per second over the last 30 s, waits included (none in the first second).
+    pub rate: Option<f64>,
+    /// Seconds until `bytes_expected` are read at `rate` (the platform's operations still
+    /// to come are not in it).
+    pub eta_seconds: Option<f64>,
+    /// The VMs in flight, in start order.
+    pub in_flight: Vec<VmInFlight>,
+}
+
+/// A VM in flight, in [`FleetProgress`].
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct VmInFlight {
+    /// The VM's name.
+    pub vm: String,
+    /// What it is doing: its last step (`deallocating`, `creating 2 snapshot(s)`, …).
+    pub phase: String,
+    /// Seconds since it started.
+    pub seconds: f64,
+    /// Its disks.
+    pub disks: usize,
+    /// Disks being read.
+    pub disks_reading: usize,
+    /// Disks exported and waiting for a reading slot.
+    pub disks_waiting: usize,
+    /// Bytes read of its disks.
+    pub bytes_done: u64,
+    /// Bytes to read of its disks known so far.
+    pub bytes_known: u64,
 }
 
 /// Receives [`RunEvent`]s; called from the run's tasks, so keep it quick.

@@ -2,8 +2,10 @@
 //! stopping or deallocating it first if the policy says so), convert them into images, run the
 //! guest fix-ups on the OS disk, write the libvirt domain and `report.json`; then a summary.
 //!
-//! * **Concurrency**: VMs run concurrently up to `parallel_vms`; disks, across all VMs, up to
-//!   `parallel_disks`; reads, across all disks, up to the [`Limits`] (connections, bandwidth).
+//! * **Concurrency**: VMs start largest first, at most `parallel_vms` at once and only as far
+//!   ahead as the link needs; disks, across all VMs, are read up to `parallel_disks` at once,
+//!   holding their slot only while data flows; reads, across all disks, up to the [`Limits`]
+//!   (connections, bandwidth). See [`crate::sched`].
 //!   One VM's failure is recorded in its report and does not stop the others.
 //! * **Sources**: the run reads through core's traits ([`Source`]): VMs and disks,
 //!   power control, point-in-time copies (snapshots), hardware, and the platform's name for
@@ -26,7 +28,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
 use hyper2kvm_core::{Cleanups, Error, ErrorKind, LockFile, PowerState, Result, Vm};
-use tokio::sync::Semaphore;
 
 use crate::guards::SharedReport;
 use crate::interrupt::Interrupt;
@@ -37,6 +38,7 @@ use crate::report::{
     CleanupRecord, DiskReport, DiskStatus, ErrorRecord, PowerAction, RunStatus, RunSummary,
     VmReport, VmStatus, VmSummary, SCHEMA_VERSION, TOOL_VERSION,
 };
+use crate::sched::Scheduler;
 use crate::shard::{PlanDeviation, ShardRecord};
 use crate::source::Source;
 use crate::time::rfc3339;
@@ -184,26 +186,64 @@ impl Migration {
             dir: plan_opts.dir.clone(),
             bytes: plan.total_bytes(),
         });
-        let vm_slots = Semaphore::new(self.opts.parallel_vms.max(1));
-        let disk_slots = Semaphore::new(self.opts.parallel_disks.max(1));
-        let work = plan.vms.iter().zip(vms).map(|(vp, vm)| {
-            let (vm_slots, disk_slots) = (&vm_slots, &disk_slots);
+        // A cutover stops VMs: no more at once than can be fixed at once.
+        let cap = match &self.opts.warm {
+            Some(WarmMode::Cutover) => self.opts.parallel_fixups,
+            _ => self.opts.parallel_vms,
+        };
+        let sched = Arc::new(
+            Scheduler::new(
+                cap,
+                self.opts.parallel_disks,
+                self.opts.warm.is_none(),
+                plan.vms.len(),
+                plan.vms.iter().map(|v| v.disks.len()).sum(),
+            )
+            .with_fixups(self.opts.parallel_fixups),
+        );
+        // Largest first, so that the run does not end on one long VM.
+        let mut by_size: Vec<usize> = (0..plan.vms.len()).collect();
+        by_size.sort_by_key(|&i| {
+            std::cmp::Reverse(plan.vms[i].disks.iter().map(|d| d.size_bytes).sum::<u64>())
+        });
+        let mut position = vec![0; plan.vms.len()];
+        for (pos, &i) in by_size.iter().enumerate() {
+            position[i] = pos;
+        }
+        let work = plan.vms.iter().zip(vms).enumerate().map(|(i, (vp, vm))| {
+            let (sched, position) = (&sched, &position);
             async move {
-                let slot = tokio::select! {
-                    slot = vm_slots.acquire() => slot.ok(),
+                let ticket = tokio::select! {
+                    t = sched.start(position[i], i, &vm.name, vp.disks.len()) => Some(t),
                     () = self.interrupt.interrupted() => None,
                 };
-                match slot {
-                    Some(slot) => {
-                        let outcome = self.migrate_vm(vm, vp, disk_slots).await;
-                        drop(slot);
+                match ticket {
+                    Some(ticket) => {
+                        let outcome = self.migrate_vm(vm, vp, sched, i).await;
+                        drop(ticket);
                         outcome
                     }
                     None => self.not_started(vm, vp),
                 }
             }
         });
-        let outcomes = join_all(work).await;
+        // The run's progress as a whole, every second, for those who listen.
+        let ticker = async {
+            if self.events.is_none() {
+                return std::future::pending::<std::convert::Infallible>().await;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.emit(RunEvent::Fleet(sched.snapshot()));
+            }
+        };
+        let outcomes = tokio::select! {
+            outcomes = join_all(work) => outcomes,
+            never = ticker => match never {},
+        };
+        if self.events.is_some() {
+            self.emit(RunEvent::Fleet(sched.snapshot()));
+        }
         let interrupted_by = self.interrupt.reason();
         if interrupted_by.is_some() {
             // Said now, in case the cleanups below never end (a second signal).
@@ -481,7 +521,13 @@ impl Migration {
     }
 
     /// One VM, start to end. Never fails: what goes wrong is in the report.
-    async fn migrate_vm(&self, vm: &Vm, vp: &VmPlan, disk_slots: &Semaphore) -> VmOutcome {
+    async fn migrate_vm(
+        &self,
+        vm: &Vm,
+        vp: &VmPlan,
+        sched: &Arc<Scheduler>,
+        index: usize,
+    ) -> VmOutcome {
         let started = Instant::now();
         // Nothing of the VM is read or written before its locks are held.
         let locks = match self.lock_vm_waiting(vm, vp).await {
@@ -547,6 +593,8 @@ impl Migration {
             vp,
             report: &report,
             previous: previous.as_ref(),
+            sched,
+            index,
         };
         let mut interrupted = false;
         if let Err(e) = std::fs::create_dir_all(&vp.dir) {
@@ -565,9 +613,9 @@ impl Migration {
             // cleanups to the background, and those record what they did in the report.
             let work = async {
                 match &self.opts.warm {
-                    None => vm_run.migrate(disk_slots).await,
-                    Some(WarmMode::Sync(o)) => vm_run.sync(o, disk_slots).await,
-                    Some(WarmMode::Cutover) => vm_run.cutover(disk_slots).await,
+                    None => vm_run.migrate().await,
+                    Some(WarmMode::Sync(o)) => vm_run.sync(o).await,
+                    Some(WarmMode::Cutover) => vm_run.cutover().await,
                 }
             };
             interrupted = tokio::select! {

@@ -3,14 +3,16 @@
 //! start the VM is owed, guest fix-ups, checksums, and (in [`crate::domain`]) the domain.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
 use hyper2kvm_core::journal::journal_path;
-use hyper2kvm_core::{convert, ConvertOptions, Disk, DiskRole, ErrorKind, OutputFormat, Vm};
-use tokio::sync::Semaphore;
+use hyper2kvm_core::{
+    convert, BoxFuture, ConvertOptions, Disk, DiskReader, DiskRole, ErrorKind, OutputFormat, Vm,
+};
 
 use crate::checksum::sha256_file;
 use crate::guards::{record_cleanup_failure, CopyGuard, SharedReport, StartGuard};
@@ -21,6 +23,7 @@ use crate::report::{
     VmReport,
 };
 use crate::run::{owes_start, Migration};
+use crate::sched::Scheduler;
 use crate::time::rfc3339;
 
 /// One VM's run: the pieces every step needs.
@@ -30,6 +33,9 @@ pub(crate) struct VmRun<'a> {
     pub(crate) vp: &'a VmPlan,
     pub(crate) report: &'a SharedReport,
     pub(crate) previous: Option<&'a VmReport>,
+    /// The run's scheduler, and this VM's place in it (its index in the plan).
+    pub(crate) sched: &'a Arc<Scheduler>,
+    pub(crate) index: usize,
 }
 
 impl VmRun<'_> {
@@ -46,6 +52,7 @@ impl VmRun<'_> {
     }
 
     pub(crate) fn step(&self, message: String) {
+        self.sched.phase(self.index, &message);
         self.m.emit(RunEvent::Step {
             vm: self.vm.name.clone(),
             message,
@@ -79,7 +86,7 @@ impl VmRun<'_> {
         }
     }
 
-    pub(crate) async fn migrate(&self, disk_slots: &Semaphore) {
+    pub(crate) async fn migrate(&self) {
         // 1. What earlier runs finished.
         let mut pending = Vec::new();
         let mut converted = Vec::new(); // staged, not yet fixed
@@ -152,9 +159,13 @@ impl VmRun<'_> {
         let mut snapshots: Vec<CopyGuard> = Vec::new();
         if !pending.is_empty() {
             let exported = self
-                .export_and_convert(&pending, &mut power_back, &mut snapshots, disk_slots)
+                .export_and_convert(&pending, &mut power_back, &mut snapshots)
                 .await;
             converted.extend(exported);
+        }
+        // Whatever became of them, no disk of this VM is read any more.
+        for i in 0..self.vp.disks.len() {
+            self.sched.over(self.index, i);
         }
         // 3. Snapshots: deleted (unless kept), also those of killed runs we did not reuse.
         self.cleanup_snapshots(snapshots).await;
@@ -193,7 +204,6 @@ impl VmRun<'_> {
         pending: &[usize],
         power_back: &mut Option<StartGuard>,
         snapshots: &mut Vec<CopyGuard>,
-        disk_slots: &Semaphore,
     ) -> Vec<usize> {
         let (power, restart, through_snapshots) = match &self.vp.action {
             VmAction::ExportDisks => (None, false, false),
@@ -249,7 +259,7 @@ impl VmRun<'_> {
         let work = pending.iter().map(|&i| {
             let source = sources.remove(&i).expect("a source per pending disk");
             async move {
-                let ok = self.convert_disk(i, source, disk_slots).await;
+                let ok = self.convert_disk(i, source).await;
                 ok.then_some(i)
             }
         });
@@ -386,38 +396,66 @@ impl VmRun<'_> {
     }
 
     /// Converts disk `i` from `source`; true when its image is complete (at its staging path).
-    async fn convert_disk(&self, i: usize, source: Disk, disk_slots: &Semaphore) -> bool {
-        let slot = disk_slots.acquire().await.expect("never closed");
+    async fn convert_disk(&self, i: usize, source: Disk) -> bool {
         let d = &self.vp.disks[i];
         let started = Instant::now();
         let vm_name = self.vm.name.clone();
-        self.m.emit(RunEvent::DiskStarted {
-            vm: vm_name.clone(),
-            disk: d.name.clone(),
-            size: d.size_bytes,
-        });
         let exported_from = source.id.clone();
         let outcome = async {
+            self.sched
+                .phase(self.index, &format!("{}: exporting", d.name));
             let exported = self.m.source.vms.export_disk(self.vm, &source).await?;
-            let reader = self.m.opts.limits.wrap(exported.reader().clone());
-            let progress: Option<hyper2kvm_core::ProgressFn> = self.m.events.clone().map(|f| {
-                let (vm, disk) = (vm_name.clone(), d.name.clone());
-                Arc::new(move |p: hyper2kvm_core::Progress| {
-                    f(&RunEvent::DiskProgress {
-                        vm: vm.clone(),
-                        disk: disk.clone(),
-                        done: p.done,
-                        total: p.total,
-                    })
-                }) as hyper2kvm_core::ProgressFn
-            });
-            let opts = ConvertOptions {
-                format: self.m.opts.plan.format,
-                resume: true,
-                ..self.m.opts.convert.clone()
-            };
-            let stats = convert(reader, &self.staging(i), &opts, progress).await;
+            let source_reader = exported.reader().clone();
+            let stats = async {
+                // The written ranges first: what is read, and how long the disk will hold
+                // its slot, are known before it takes one.
+                let ranges = source_reader.allocated_ranges().await?;
+                let bytes = ranges.iter().map(|r| r.end - r.start).sum();
+                self.sched.ready(self.index, i, bytes);
+                self.sched.phase(
+                    self.index,
+                    &format!("{}: waiting for a reading slot", d.name),
+                );
+                let reader = KnownRanges::wrap(source_reader, ranges);
+                let reader = self.m.opts.limits.wrap(reader);
+                // Held only while data flows: not through the grant before, nor the
+                // revoke after.
+                let _slot = self.sched.slot(Some((self.index, i)), bytes).await;
+                self.sched
+                    .phase(self.index, &format!("{}: reading", d.name));
+                self.m.emit(RunEvent::DiskStarted {
+                    vm: vm_name.clone(),
+                    disk: d.name.clone(),
+                    size: d.size_bytes,
+                });
+                let events = self.m.events.clone();
+                let (sched, index) = (self.sched.clone(), self.index);
+                let name = d.name.clone();
+                let vm = vm_name.clone();
+                // Progress goes to the scheduler (the run's totals) and to the listener.
+                let progress = move |p: hyper2kvm_core::Progress| {
+                    sched.progress(index, i, p.done, p.total);
+                    if let Some(f) = &events {
+                        f(&RunEvent::DiskProgress {
+                            vm: vm.clone(),
+                            disk: name.clone(),
+                            done: p.done,
+                            total: p.total,
+                        });
+                    }
+                };
+                let opts = ConvertOptions {
+                    format: self.m.opts.plan.format,
+                    resume: true,
+                    ..self.m.opts.convert.clone()
+                };
+                convert(reader, &self.staging(i), &opts, Some(Arc::new(progress))).await
+            }
+            .await;
+            self.sched.over(self.index, i);
             // Revoke now, whatever happened; a failed revoke is a cleanup error of its own.
+            self.sched
+                .phase(self.index, &format!("{}: revoking access", d.name));
             let revoked = exported.close().await;
             if let Err(e) = revoked {
                 record_cleanup_failure(
@@ -430,8 +468,7 @@ impl VmRun<'_> {
             stats
         }
         .await;
-        // The download is over: the checksum below does not hold up other disks.
-        drop(slot);
+        self.sched.over(self.index, i);
         let ok = outcome.is_ok();
         let disk_report = self.update(|r| {
             let dr = &mut r.disks[i];
@@ -599,8 +636,14 @@ impl VmRun<'_> {
         let Some(hook) = self.m.opts.guest.clone() else {
             return false;
         };
-        self.step(format!("{}: guest fix-ups", d.name));
-        let outcome = hook(staged.clone()).await;
+        let outcome = {
+            if self.sched.fixups.available_permits() == 0 {
+                self.step(format!("{}: waiting for a guest fix-up slot", d.name));
+            }
+            let _slot = self.sched.fixups.acquire().await.expect("never closed");
+            self.step(format!("{}: guest fix-ups", d.name));
+            hook(staged.clone()).await
+        };
         for warning in &outcome.warnings {
             self.step(format!("{}: {warning}", d.name));
         }
@@ -782,4 +825,40 @@ fn suspect_path(output: &std::path::Path) -> PathBuf {
 
 pub(crate) fn last_segment(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
+}
+
+/// A reader whose written ranges were read already: the conversion does not ask the source
+/// again.
+struct KnownRanges {
+    inner: Arc<dyn DiskReader>,
+    ranges: Vec<Range<u64>>,
+}
+
+impl KnownRanges {
+    fn wrap(inner: Arc<dyn DiskReader>, ranges: Vec<Range<u64>>) -> Arc<dyn DiskReader> {
+        Arc::new(KnownRanges { inner, ranges })
+    }
+}
+
+impl DiskReader for KnownRanges {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+
+    fn allocated_ranges(&self) -> BoxFuture<'_, hyper2kvm_core::Result<Vec<Range<u64>>>> {
+        let ranges = self.ranges.clone();
+        Box::pin(async move { Ok(ranges) })
+    }
+
+    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, hyper2kvm_core::Result<Vec<u8>>> {
+        self.inner.read_at(offset, buf)
+    }
 }

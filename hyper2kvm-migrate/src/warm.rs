@@ -40,7 +40,6 @@ use hyper2kvm_core::{
     apply_delta, convert, ConvertOptions, Delta, DiskReader, Error, ErrorKind, ExportedDisk,
     IncrementalCopies, OutputFormat,
 };
-use tokio::sync::Semaphore;
 
 use crate::guards::{record_cleanup_failure, StartGuard};
 use crate::options::SyncOptions;
@@ -89,7 +88,7 @@ impl VmRun<'_> {
     }
 
     /// `sync`: rounds of incremental copies applied to the working images.
-    pub(crate) async fn sync(&self, o: &SyncOptions, disk_slots: &Semaphore) {
+    pub(crate) async fn sync(&self, o: &SyncOptions) {
         let Some(inc) = self.incremental() else {
             return;
         };
@@ -98,7 +97,7 @@ impl VmRun<'_> {
         loop {
             round += 1;
             let open = OpenExports::default();
-            let bytes = self.sync_round(&inc, &all, disk_slots, &open).await;
+            let bytes = self.sync_round(&inc, &all, &open).await;
             self.close_exports(&open).await;
             let entries: Vec<usize> = all.iter().map(|&i| self.warm_entry(i)).collect();
             // Older bases: no longer needed.
@@ -184,7 +183,6 @@ impl VmRun<'_> {
         &self,
         inc: &Arc<dyn IncrementalCopies>,
         which: &[usize],
-        disk_slots: &Semaphore,
         open: &OpenExports,
     ) -> Option<u64> {
         let entries: Vec<usize> = which.iter().map(|&i| self.warm_entry(i)).collect();
@@ -286,7 +284,7 @@ impl VmRun<'_> {
         }
         // 2. Each applied to its working image.
         let work = which.iter().zip(&entries).map(|(&i, &k)| async move {
-            let slot = disk_slots.acquire().await.expect("never closed");
+            let slot = self.sched.slot(None, 0).await;
             let outcome = self.apply_one(inc, i, k, open).await;
             drop(slot);
             (i, k, outcome)
@@ -478,7 +476,7 @@ impl VmRun<'_> {
     }
 
     /// `cutover`: stop, last delta, publish, fix, domain, start again; the chain deleted.
-    pub(crate) async fn cutover(&self, disk_slots: &Semaphore) {
+    pub(crate) async fn cutover(&self) {
         let Some(inc) = self.incremental() else {
             return;
         };
@@ -556,11 +554,7 @@ impl VmRun<'_> {
         let open = OpenExports::default();
         if !to_apply.is_empty() {
             self.step("applying the last delta".into());
-            if self
-                .sync_round(&inc, &to_apply, disk_slots, &open)
-                .await
-                .is_none()
-            {
+            if self.sync_round(&inc, &to_apply, &open).await.is_none() {
                 // The guard starts the VM again; the chain is kept for another cutover.
                 self.close_exports(&open).await;
                 return;

@@ -56,7 +56,7 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
 /// ```
 /// let file = hyper2kvm::config::parse("azure:\n  subscription: s\n", "config.yaml")?;
 /// assert_eq!(file.azure.subscription.as_deref(), Some("s"));
-/// assert_eq!(file.download.parallel_vms, 4); // the engine's default
+/// assert_eq!(file.download.parallel_vms, 32); // the engine's default
 /// let err = hyper2kvm::config::parse("azure:\n  colour: red\n", "config.yaml").unwrap_err();
 /// assert!(err.0.starts_with("config.yaml:2:"));
 /// # Ok::<(), hyper2kvm::config::ConfigError>(())

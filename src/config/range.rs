@@ -94,6 +94,8 @@ keys! {
     parallel_disks: u16 = "download.parallel_disks", 1, 256;
     /// As `import --parallel-vms`.
     parallel_vms: u16 = "download.parallel_vms", 1, 256;
+    /// Guest fix-ups at once.
+    parallel_fixups: u16 = "guest.parallel", 1, 64;
     max_connections_value: u16 = "download.max_connections", 1, 65_535;
     max_retries: u32 = "azure.retry.max_retries", 0, 100;
     timeout_secs: u64 = "azure.retry.timeout_secs", 0, 86_400;

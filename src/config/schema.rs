@@ -80,15 +80,30 @@ impl Default for DomainSection {
 }
 
 /// `guest:`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuestSection {
     /// Fix-ups not to run, by name (see `hyper2kvm fix --help`).
     pub skip: Vec<String>,
+    /// Fix-ups (libguestfs appliances) at once, across all VMs.
+    #[serde(deserialize_with = "super::range::parallel_fixups")]
+    pub parallel: u16,
     /// Fail the VM when the fix-ups cannot run (libguestfs missing) instead of carrying on.
     pub require: bool,
     /// Windows guests.
     pub windows: WindowsGuestSection,
+}
+
+impl Default for GuestSection {
+    /// The library's defaults.
+    fn default() -> Self {
+        GuestSection {
+            skip: Vec::new(),
+            parallel: u16::try_from(RunOptions::default().parallel_fixups).unwrap_or(u16::MAX),
+            require: false,
+            windows: WindowsGuestSection::default(),
+        }
+    }
 }
 
 /// `guest.windows:`.
