@@ -8,9 +8,10 @@
 # run is timed with /usr/bin/time -v (wall clock and peak RSS) and its output is checked with
 # qemu-img compare. Beside the plain conversions, the durable-write floor: `dd` writing as many
 # bytes as our plain output with O_DIRECT and an fdatasync, the least any tool can take to put
-# that output on this disk durably. MODES (default "plain zstd deflate") picks the modes.
+# that output on this disk durably. MODES (default "plain zstd deflate") picks the modes;
+# ZSTD_LEVELS (e.g. "-1 -3") adds zstd runs of ours at those levels.
 #
-# usage: [INPUT=vhd|vhdx|vmdk] [MODES=...] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
+# usage: [INPUT=vhd|vhdx|vmdk] [MODES=...] [ZSTD_LEVELS=...] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/hyper2kvm-bench}
@@ -85,6 +86,9 @@ for ((i = 1; i <= reps; i++)); do
     run qemu-zstd   "$work/qz.qcow2" qemu-img convert -W -c -o compression_type=zstd -f "$qfmt" -O qcow2 "$vhd" "$work/qz.qcow2" >> "$results"
     run h2k-zstd    "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd "$vhd" "$work/hz.qcow2" >> "$results"
     run h2k-zstd-l3 "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd --compress-level 3 "$vhd" "$work/hz.qcow2" >> "$results"
+    for level in ${ZSTD_LEVELS:-}; do
+      run "h2k-zstd-l$level" "$work/hz.qcow2" "$h2k" convert --quiet --compress zstd --compress-level "$level" "$vhd" "$work/hz.qcow2" >> "$results"
+    done
   fi
   if [[ $modes == *" deflate "* ]]; then
     run qemu-deflate "$work/qd.qcow2" qemu-img convert -W -c -f "$qfmt" -O qcow2 "$vhd" "$work/qd.qcow2" >> "$results"
@@ -113,6 +117,7 @@ def median(name):
 for ours, peer in [("h2k-plain", "qemu-plain"), ("h2k-plain", "qemu-plain-durable"),
                    ("h2k-plain", "floor-durable"),
                    ("h2k-zstd", "qemu-zstd"), ("h2k-zstd-l3", "qemu-zstd"),
+                   *[(n, "qemu-zstd") for n in runs if n.startswith("h2k-zstd-l") and n != "h2k-zstd-l3"],
                    ("h2k-deflate", "qemu-deflate")]:
     if ours in runs and peer in runs:
         print(f"- {ours} / {peer} wall time = {median(ours) / median(peer):.2f}")

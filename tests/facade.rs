@@ -357,13 +357,22 @@ async fn migrate_is_one_library_call_with_progress() {
     let Some(RunEvent::Fleet(fleet)) = events.last() else {
         panic!("the run ends with its totals: {:?}", events.last());
     };
-    assert_eq!((fleet.vms, fleet.vms_finished, fleet.vms_in_flight), (1, 1, 0));
+    assert_eq!(
+        (fleet.vms, fleet.vms_finished, fleet.vms_in_flight),
+        (1, 1, 0)
+    );
     assert_eq!((fleet.disks, fleet.disks_known), (2, 2));
-    assert!(fleet.bytes_known > 0 && fleet.bytes_done == fleet.bytes_known, "{fleet:?}");
+    assert!(
+        fleet.bytes_known > 0 && fleet.bytes_done == fleet.bytes_known,
+        "{fleet:?}"
+    );
     assert_eq!(fleet.bytes_expected, fleet.bytes_known);
     assert!(fleet.in_flight.is_empty());
     assert!(matches!(
-        events.iter().rev().find(|e| !matches!(e, RunEvent::Fleet(_))),
+        events
+            .iter()
+            .rev()
+            .find(|e| !matches!(e, RunEvent::Fleet(_))),
         Some(RunEvent::VmFinished {
             status: VmStatus::Completed,
             ..

@@ -269,7 +269,7 @@ pub struct FleetProgress {
     /// Seconds until `bytes_expected` are read at `rate` (the platform's operations still
     /// to come are not in it).
     pub eta_seconds: Option<f64>,
-    /// The VMs in flight, in start order.
+    /// The VMs in flight, in the plan's order.
     pub in_flight: Vec<VmInFlight>,
 }
 

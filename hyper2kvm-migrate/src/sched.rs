@@ -336,14 +336,20 @@ impl Scheduler {
     pub(crate) fn over(&self, vm: usize, i: usize) {
         let mut st = self.lock();
         account(&mut st, Instant::now());
-        if let Some(d) = st.disks.get_mut(&(vm, i)) {
-            if d.phase == Phase::Preparing {
-                // Never ready: it counts as known with what it read.
-                st.known_disks += 1;
-            }
-            if let Some(d) = st.disks.get_mut(&(vm, i)) {
-                d.phase = Phase::Over;
-            }
+        let Some(d) = st.disks.get_mut(&(vm, i)) else {
+            drop(st);
+            self.changed.notify_waiters();
+            return;
+        };
+        let (phase, unread) = (d.phase, d.bytes.unwrap_or(0).saturating_sub(d.done));
+        d.phase = Phase::Over;
+        match phase {
+            // Never ready: it counts as known, with nothing to read.
+            Phase::Preparing => st.known_disks += 1,
+            // Failed (or interrupted) before it was read in full: what it did not read is
+            // not to do any more.
+            Phase::Ready | Phase::Reading => st.known_bytes -= unread.min(st.known_bytes),
+            Phase::Over => {}
         }
         drop(st);
         self.changed.notify_waiters();
@@ -535,11 +541,11 @@ impl Drop for Slot<'_> {
         let mut st = self.sched.lock();
         account(&mut st, Instant::now());
         st.free_slots += 1;
-        if let Some(d) = self.disk.and_then(|k| st.disks.get_mut(&k)) {
-            d.phase = Phase::Over;
-        }
         drop(st);
-        self.sched.changed.notify_waiters();
+        match self.disk {
+            Some((vm, i)) => self.sched.over(vm, i),
+            None => self.sched.changed.notify_waiters(),
+        }
     }
 }
 
@@ -740,6 +746,24 @@ mod tests {
         assert_eq!(p.in_flight[0].disks_reading, 1);
         assert_eq!(s.lock().busy_bytes, 500);
         drop(slot);
+        drop(t);
+    }
+
+    #[tokio::test]
+    async fn a_disk_that_fails_leaves_what_it_did_not_read_out_of_the_bytes_to_do() {
+        let s = Scheduler::new(4, 4, true, 1, 1);
+        let t = s.start(0, 0, "a", 1).await;
+        s.ready(0, 0, 1000);
+        let slot = s.slot(Some((0, 0)), 1000).await;
+        s.progress(0, 0, 0, 1000);
+        s.progress(0, 0, 400, 1000);
+        // The conversion fails: its slot is given back.
+        drop(slot);
+        let p = s.snapshot();
+        assert_eq!(
+            (p.bytes_done, p.bytes_known, p.bytes_expected),
+            (400, 400, 400)
+        );
         drop(t);
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::future::join_all;
 use hyper2kvm_core::journal::journal_path;
+use hyper2kvm_core::ranges::align_and_merge;
 use hyper2kvm_core::{
     convert, BoxFuture, ConvertOptions, Disk, DiskReader, DiskRole, ErrorKind, OutputFormat, Vm,
 };
@@ -410,7 +411,21 @@ impl VmRun<'_> {
                 // The written ranges first: what is read, and how long the disk will hold
                 // its slot, are known before it takes one.
                 let ranges = source_reader.allocated_ranges().await?;
-                let bytes = ranges.iter().map(|r| r.end - r.start).sum();
+                let opts = ConvertOptions {
+                    format: self.m.opts.plan.format,
+                    resume: true,
+                    ..self.m.opts.convert.clone()
+                };
+                // What the conversion will read: the ranges aligned to its granularity.
+                let granularity = match opts.format {
+                    OutputFormat::Qcow2 => u64::from(opts.cluster_size),
+                    OutputFormat::Raw => 4096,
+                };
+                let bytes =
+                    align_and_merge(&ranges, granularity, source_reader.size(), opts.merge_gap)
+                        .iter()
+                        .map(|r| r.end - r.start)
+                        .sum();
                 self.sched.ready(self.index, i, bytes);
                 self.sched.phase(
                     self.index,
@@ -443,11 +458,6 @@ impl VmRun<'_> {
                             total: p.total,
                         });
                     }
-                };
-                let opts = ConvertOptions {
-                    format: self.m.opts.plan.format,
-                    resume: true,
-                    ..self.m.opts.convert.clone()
                 };
                 convert(reader, &self.staging(i), &opts, Some(Arc::new(progress))).await
             }
