@@ -1,5 +1,7 @@
-//! What a run has done and what it has left, from its events, for the overall progress: VMs
-//! finished of those selected, and bytes.
+//! What a run has done and what it has left, from its events: VMs finished of those
+//! selected, and bytes. The display's overall line until the engine's own progress
+//! ([`hyper2kvm::migrate::FleetProgress`], [`crate::fleet`]) comes, and after that the bound
+//! it gives while no disk is known ([`Tally::at_most`]).
 //!
 //! Only a disk's *written* bytes are read (its page ranges), and they are known only once the
 //! disk is exported, so the total is an estimate: the written bytes of the disks whose ranges
