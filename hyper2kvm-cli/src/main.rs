@@ -8,6 +8,7 @@ mod completions;
 mod config;
 mod convert;
 mod fix;
+mod fleet;
 mod import;
 mod list;
 mod logging;

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use hyper2kvm::azure::{AzureSource, ExportOptions};
 use hyper2kvm::core::{redact, Cleanups, ErrorKind, Limits};
 use hyper2kvm::migrate::{
-    DiskStatus, EventFn, Interrupt, RunEvent, RunOptions, RunSummary, ShardFilter, Source,
-    VmStatus, WarmMode,
+    DiskStatus, EventFn, FleetProgress, Interrupt, RunEvent, RunOptions, RunSummary, ShardFilter,
+    Source, VmStatus, WarmMode,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::{ListFormat, ListPlan, UsageError};
+use crate::fleet::{overall_line, vm_lines, IN_FLIGHT_LINES};
 use crate::list::{connect, print_stdout};
 use crate::progress::{clock, line_every, Rate, Ticker};
 use crate::signal::run_interruptible;
@@ -272,11 +273,20 @@ pub(crate) fn render_summary(s: &RunSummary) -> String {
     out
 }
 
-/// Progress of a run. On a terminal: an overall bar (VMs done, bytes, rate, ETA) above a bar
-/// per disk being read (a disk gets its bar once its ranges are known, not while it is
-/// exported). Otherwise: VM and disk events as they happen, and the overall line every 10
-/// seconds (`[12:00:01] 3/10 VMs, 12.3/40.0 GiB, 85.3 MiB/s, ETA 5m`), also while nothing
-/// happens. Nothing but errors when quiet.
+/// Progress of a run, from the engine's [`FleetProgress`] (about once a second; see
+/// [`crate::fleet`] for what each number is). On a terminal: an overall bar (VMs done and in
+/// flight, bytes done of those expected, rate, ETA) above a line per VM in flight (its phase
+/// and bytes; at most [`IN_FLIGHT_LINES`], then a count of the others). Otherwise: VM and
+/// disk events as they happen, and every 10 seconds, also while nothing happens, the overall
+/// line and the VMs in flight:
+///
+/// ```text
+/// [12:00:01] 7/20 VMs done, 5 in flight; 1.20 GiB of ~3.90 GiB (31/45 disks known), 98.0 MiB/s, ETA 28s
+///            vm-03  1m12s  120/480 MiB  vm-03_OsDisk_1: reading
+/// ```
+///
+/// Until the engine's first progress comes, the events' tally stands in (and a disk being
+/// read gets a bar of its own on a terminal). Nothing but errors when quiet.
 pub(crate) struct Display {
     inner: Arc<Mutex<DisplayState>>,
     quiet: bool,
@@ -287,21 +297,52 @@ struct DisplayState {
     multi: Option<MultiProgress>,
     /// The overall bar, on a terminal once the run has started.
     overall: Option<ProgressBar>,
-    /// The bars of the disks being read.
+    /// The lines of the VMs in flight under it, on a terminal.
+    vm_bars: Vec<ProgressBar>,
+    /// The engine's latest progress of the run as a whole.
+    fleet: Option<FleetProgress>,
     /// The "waiting for …" line under the bars, while something waits long.
     wait_bar: Option<ProgressBar>,
     /// Off a terminal: the wait last printed, and when.
     wait_line: Option<(String, Instant)>,
+    /// The bars of the disks being read, until the engine's progress comes.
     bars: BTreeMap<(String, String), ProgressBar>,
     tally: Tally,
     rate: Rate,
 }
 
 impl DisplayState {
-    /// The overall line, with the rate sampled now.
+    /// The overall line: the engine's progress, or the tally until it comes (its rate
+    /// sampled now).
     fn overall_line(&mut self) -> String {
+        if let Some(f) = &self.fleet {
+            // While no disk is known, the sizes of the disks left bound the bytes.
+            return overall_line(f, self.tally.at_most());
+        }
         self.rate.sample(Instant::now(), self.tally.done());
         self.tally.line(self.rate.per_sec())
+    }
+
+    /// Whether the run has started and not yet ended.
+    fn running(&self) -> bool {
+        let ended = self
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.vms > 0 && f.vms_finished >= f.vms);
+        self.tally.started() && !self.tally.finished() && !ended
+    }
+
+    /// The plain lines of a tick: the overall line stamped with the time, and the VMs in
+    /// flight under it, indented to its text.
+    fn plain_lines(&mut self) -> String {
+        let stamp = clock();
+        let mut text = format!("{stamp} {}\n", self.overall_line());
+        if let Some(f) = &self.fleet {
+            for line in vm_lines(f, IN_FLIGHT_LINES) {
+                text.push_str(&format!("{:w$}{line}\n", "", w = stamp.len() + 1));
+            }
+        }
+        text
     }
 
     /// Redraws the overall bar, if any.
@@ -310,11 +351,36 @@ impl DisplayState {
             return;
         }
         let line = self.overall_line();
-        let (total, _) = self.tally.total();
-        let done = self.tally.done();
+        let (done, total) = match &self.fleet {
+            Some(f) => (f.bytes_done, f.bytes_expected),
+            None => (self.tally.done(), self.tally.total().0),
+        };
         if let Some(bar) = &self.overall {
             bar.set_length(total.max(done).max(1));
             bar.set_position(done);
+            bar.set_message(line);
+        }
+    }
+
+    /// On a terminal, redraws the lines of the VMs in flight under the overall bar: as many
+    /// as there are lines to show, reused from one progress to the next.
+    fn draw_vms(&mut self) {
+        let (Some(m), Some(overall), Some(f)) = (&self.multi, &self.overall, &self.fleet) else {
+            return;
+        };
+        let lines = vm_lines(f, IN_FLIGHT_LINES);
+        while self.vm_bars.len() > lines.len() {
+            let bar = self.vm_bars.pop().expect("longer");
+            bar.finish_and_clear();
+            m.remove(&bar);
+        }
+        while self.vm_bars.len() < lines.len() {
+            let after = self.vm_bars.last().unwrap_or(overall);
+            let bar = m.insert_after(after, ProgressBar::new(1));
+            bar.set_style(ProgressStyle::with_template("  {wide_msg}").expect("valid template"));
+            self.vm_bars.push(bar);
+        }
+        for (bar, line) in self.vm_bars.iter().zip(lines) {
             bar.set_message(line);
         }
     }
@@ -335,6 +401,8 @@ impl Display {
         let inner = Arc::new(Mutex::new(DisplayState {
             multi,
             overall: None,
+            vm_bars: Vec::new(),
+            fleet: None,
             wait_bar: None,
             wait_line: None,
             bars: BTreeMap::new(),
@@ -354,9 +422,9 @@ impl Display {
                 let mut st = state.lock().unwrap();
                 if terminal {
                     st.draw_overall();
-                } else if st.tally.started() && !st.tally.finished() {
-                    let line = st.overall_line();
-                    eprintln!("{} {line}", clock());
+                } else if st.running() {
+                    // One write, so that no other line comes between.
+                    eprint!("{}", st.plain_lines());
                 }
             })
         });
@@ -373,6 +441,9 @@ impl Display {
         }
         let mut st = self.inner.lock().unwrap();
         for (_, bar) in std::mem::take(&mut st.bars) {
+            bar.finish_and_clear();
+        }
+        for bar in std::mem::take(&mut st.vm_bars) {
             bar.finish_and_clear();
         }
         if let Some(bar) = st.overall.take() {
@@ -464,7 +535,7 @@ impl Display {
                     if let Some(m) = &st.multi {
                         let bar = m.insert(0, ProgressBar::new(1));
                         bar.set_style(
-                            ProgressStyle::with_template("[{bar:30}] {msg}")
+                            ProgressStyle::with_template("[{bar:20}] {wide_msg}")
                                 .expect("valid template")
                                 .progress_chars("=> "),
                         );
@@ -495,7 +566,9 @@ impl Display {
                 } => {
                     st.tally.disk_progress(vm, disk, *done, *total);
                     let key = (vm.clone(), disk.clone());
-                    if let (Some(m), false) = (&st.multi, st.bars.contains_key(&key)) {
+                    // Once the engine's progress comes, the VMs' lines say it.
+                    let wanted = st.fleet.is_none() && !st.bars.contains_key(&key);
+                    if let (Some(m), true) = (&st.multi, wanted) {
                         let bar = m.add(ProgressBar::new(*total));
                         bar.set_style(
                             ProgressStyle::with_template(
@@ -557,6 +630,16 @@ impl Display {
                         other => format!("{vm}: {}", other.as_str().to_uppercase()),
                     })
                 }
+                RunEvent::Fleet(f) => {
+                    st.fleet = Some(f.clone());
+                    // The VMs' lines replace the disks' bars.
+                    for (_, bar) in std::mem::take(&mut st.bars) {
+                        bar.finish_and_clear();
+                    }
+                    st.draw_overall();
+                    st.draw_vms();
+                    None
+                }
                 _ => None,
             };
             if quiet {
@@ -606,9 +689,10 @@ mod tests {
                 "a disk being exported has no 0 B/0 B bar"
             );
             let overall = st.overall.as_ref().expect("the overall bar");
-            assert!(overall
-                .message()
-                .starts_with("0/2 VMs, 0 B of at most 2.00 GiB"));
+            assert_eq!(
+                overall.message(),
+                "0/2 VMs done, 0 in flight; 0 B of at most 2.00 GiB"
+            );
         }
         events(&RunEvent::DiskProgress {
             vm: "a".into(),
@@ -624,12 +708,164 @@ mod tests {
             let overall = st.overall.as_ref().unwrap();
             // 4 MiB of 1 GiB written: the other 1 GiB is guessed at 4 MiB too.
             assert!(
-                overall.message().starts_with("0/2 VMs, 1.00/8.00 MiB"),
+                overall
+                    .message()
+                    .starts_with("0/2 VMs done, 1 in flight; 1.00 MiB of ~8.00 MiB"),
                 "{}",
                 overall.message()
             );
         }
         display.finish();
         assert!(display.inner.lock().unwrap().overall.is_none());
+    }
+
+    /// A run of `vms` VMs of one 1 GiB disk each, with VM `a` started and its disk read.
+    fn started(events: &EventFn, vms: usize) {
+        events(&RunEvent::RunStarted {
+            run_id: "r".into(),
+            vms,
+            dir: "out".into(),
+            bytes: vms as u64 * GIB,
+        });
+        events(&RunEvent::VmStarted {
+            vm: "a".into(),
+            action: "export disks".into(),
+            bytes: GIB,
+        });
+        events(&RunEvent::DiskStarted {
+            vm: "a".into(),
+            disk: "a-os".into(),
+            size: GIB,
+        });
+        events(&RunEvent::DiskProgress {
+            vm: "a".into(),
+            disk: "a-os".into(),
+            done: MIB,
+            total: 4 * MIB,
+        });
+    }
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    /// 12 VMs in flight of 20: `a` reading, the others in their operations.
+    fn twelve_in_flight() -> FleetProgress {
+        let mut f = FleetProgress::default();
+        f.vms = 20;
+        f.vms_finished = 3;
+        f.vms_in_flight = 12;
+        f.disks = 20;
+        f.disks_known = 4;
+        f.bytes_done = 5 * MIB;
+        f.bytes_known = 16 * MIB;
+        f.bytes_expected = 80 * MIB;
+        f.rate = Some(MIB as f64);
+        f.eta_seconds = Some(75.0);
+        let mut a = crate::fleet::tests::vm("a", "a-os: reading", 3.0);
+        a.disks_reading = 1;
+        a.bytes_done = MIB;
+        a.bytes_known = 4 * MIB;
+        f.in_flight = std::iter::once(a)
+            .chain((0..11).map(|i| {
+                crate::fleet::tests::vm(
+                    &format!("b{i:02}"),
+                    "deallocate (waiting for it)",
+                    10.0 + f64::from(i),
+                )
+            }))
+            .collect();
+        f
+    }
+
+    #[test]
+    fn the_engines_progress_replaces_the_disk_bars_with_a_line_per_vm() {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+        let display = Display::with(Some(multi), false, Duration::from_secs(3600));
+        let events = display.callback();
+        started(&events, 20);
+        assert_eq!(display.inner.lock().unwrap().bars.len(), 1, "a's disk bar");
+        let f = twelve_in_flight();
+        events(&RunEvent::Fleet(f.clone()));
+        {
+            let st = display.inner.lock().unwrap();
+            assert!(st.bars.is_empty(), "the disk bars are gone");
+            let overall = st.overall.as_ref().unwrap();
+            assert_eq!(
+                overall.message(),
+                "3/20 VMs done, 12 in flight; 5.00 MiB of ~80.0 MiB (4/20 disks known), 1.00 MiB/s, ETA 2m"
+            );
+            assert_eq!(
+                (overall.position(), overall.length()),
+                (5 * MIB, Some(80 * MIB))
+            );
+            let lines: Vec<String> = st.vm_bars.iter().map(|b| b.message()).collect();
+            assert_eq!(lines, vm_lines(&f, IN_FLIGHT_LINES));
+            // The reader first, then the 7 longest running; the other 4 counted.
+            assert_eq!(lines.len(), IN_FLIGHT_LINES + 1);
+            assert!(lines[0].starts_with("a  "), "{lines:#?}");
+            assert!(lines[1].starts_with("b10  "), "{lines:#?}");
+            assert_eq!(lines[8], "+4 more: 4 in other steps");
+        }
+        // A disk read now gets no bar of its own: its VM's line says it.
+        events(&RunEvent::DiskProgress {
+            vm: "b00".into(),
+            disk: "b00-os".into(),
+            done: 0,
+            total: MIB,
+        });
+        assert!(display.inner.lock().unwrap().bars.is_empty());
+        // Fewer in flight: fewer lines.
+        let mut f = twelve_in_flight();
+        f.in_flight.truncate(2);
+        f.vms_in_flight = 2;
+        events(&RunEvent::Fleet(f));
+        {
+            let st = display.inner.lock().unwrap();
+            let lines: Vec<String> = st.vm_bars.iter().map(|b| b.message()).collect();
+            assert_eq!(lines.len(), 2, "{lines:#?}");
+            assert!(lines[1].starts_with("b00  "), "{lines:#?}");
+        }
+        display.finish();
+        let st = display.inner.lock().unwrap();
+        assert!(st.vm_bars.is_empty() && st.overall.is_none());
+    }
+
+    #[test]
+    fn plain_lines_are_the_overall_line_and_the_vms_in_flight() {
+        let display = Display::with(None, false, Duration::from_secs(3600));
+        let events = display.callback();
+        started(&events, 20);
+        {
+            // Until the engine's progress comes, the tally's line alone.
+            let mut st = display.inner.lock().unwrap();
+            assert!(st.running());
+            let text = st.plain_lines();
+            assert_eq!(text.lines().count(), 1, "{text}");
+            assert!(
+                text.ends_with("] 0/20 VMs done, 1 in flight; 1.00 MiB of ~80.0 MiB\n"),
+                "{text}"
+            );
+        }
+        let f = twelve_in_flight();
+        events(&RunEvent::Fleet(f.clone()));
+        {
+            let mut st = display.inner.lock().unwrap();
+            let text = st.plain_lines();
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 1 + IN_FLIGHT_LINES + 1, "{text}");
+            assert_eq!(&lines[0][10..], &format!(" {}", overall_line(&f, 0)));
+            // Under it, each VM's line indented to the text after the time.
+            for (line, vm) in lines[1..].iter().zip(vm_lines(&f, IN_FLIGHT_LINES)) {
+                assert_eq!(*line, format!("           {vm}"));
+            }
+        }
+        // The run's last progress: every VM done, no more lines.
+        let mut f = twelve_in_flight();
+        f.vms_finished = 20;
+        f.vms_in_flight = 0;
+        f.in_flight.clear();
+        events(&RunEvent::Fleet(f));
+        assert!(!display.inner.lock().unwrap().running());
+        display.finish();
     }
 }

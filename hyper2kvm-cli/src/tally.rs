@@ -1,5 +1,7 @@
-//! What a run has done and what it has left, from its events, for the overall progress: VMs
-//! finished of those selected, and bytes.
+//! What a run has done and what it has left, from its events: VMs finished of those
+//! selected, and bytes. The display's overall line until the engine's own progress
+//! ([`hyper2kvm::migrate::FleetProgress`], [`crate::fleet`]) comes, and after that the bound
+//! it gives while no disk is known ([`Tally::at_most`]).
 //!
 //! Only a disk's *written* bytes are read (its page ranges), and they are known only once the
 //! disk is exported, so the total is an estimate: the written bytes of the disks whose ranges
@@ -12,7 +14,7 @@ use std::collections::BTreeMap;
 
 use hyper2kvm::migrate::DiskStatus;
 
-use crate::units::{bytes_of, human_bytes, human_duration};
+use crate::units::{human_bytes, human_duration};
 
 /// One disk the run has started or finished.
 #[derive(Debug, Clone, Default)]
@@ -128,20 +130,42 @@ impl Tally {
         (total, share.is_some())
     }
 
-    /// `3/10 VMs, 12.3/40.0 GiB, 85.3 MiB/s, ETA 5m` (`rate` in bytes per second); before any
-    /// disk's ranges are known, `0/10 VMs, 0 B of at most 200 GiB`.
+    /// A bound of the run's bytes that holds before any disk's ranges are known: what was
+    /// read of the disks that ended, and the sizes of the others.
+    pub fn at_most(&self) -> u64 {
+        let disks: u64 = self
+            .disks
+            .values()
+            .map(|d| if d.ended { d.done } else { d.size })
+            .sum();
+        self.pending + disks
+    }
+
+    /// `3/10 VMs done, 2 in flight; 12.3 GiB of ~40.0 GiB, 85.3 MiB/s, ETA 5m` (`rate` in
+    /// bytes per second); before any disk's ranges are known, `0/10 VMs done, 2 in flight; 0 B
+    /// of at most 200 GiB`. The same words as the engine's progress
+    /// ([`crate::fleet::overall_line`]), which replaces this line once it comes.
     pub fn line(&self, rate: Option<f64>) -> String {
-        let vms = format!("{}/{} VMs", self.vms_done, self.vms_total);
+        let vms = format!(
+            "{}/{} VMs done, {} in flight",
+            self.vms_done,
+            self.vms_total,
+            self.vms.len()
+        );
         let done = self.done();
         let (total, measured) = self.total();
         if !measured {
             return format!(
-                "{vms}, {} of at most {}",
+                "{vms}; {} of at most {}",
                 human_bytes(done),
                 human_bytes(total)
             );
         }
-        let mut line = format!("{vms}, {}", bytes_of(done, total.max(done)));
+        let mut line = format!(
+            "{vms}; {} of ~{}",
+            human_bytes(done),
+            human_bytes(total.max(done))
+        );
         if let Some(rate) = rate {
             line.push_str(&format!(", {}/s", human_bytes(rate as u64)));
             if rate > 0.0 {
@@ -178,10 +202,14 @@ mod tests {
         let mut t = Tally::default();
         t.run_started(2, 200 * GIB);
         assert_eq!(t.total(), (200 * GIB, false));
-        assert_eq!(t.line(Some(1e6)), "0/2 VMs, 0 B of at most 200 GiB");
+        assert_eq!(
+            t.line(Some(1e6)),
+            "0/2 VMs done, 0 in flight; 0 B of at most 200 GiB"
+        );
         t.vm_started("a", 100 * GIB);
         t.disk_started("a", "a-os", 100 * GIB);
         assert_eq!(t.total(), (200 * GIB, false));
+        assert_eq!(t.at_most(), 200 * GIB);
     }
 
     #[test]
@@ -197,9 +225,12 @@ mod tests {
         // 18 GiB left at 1 GiB/s.
         assert_eq!(
             t.line(Some(GIB as f64)),
-            "0/2 VMs, 2.00/20.0 GiB, 1.00 GiB/s, ETA 18s"
+            "0/2 VMs done, 1 in flight; 2.00 GiB of ~20.0 GiB, 1.00 GiB/s, ETA 18s"
         );
-        assert_eq!(t.line(None), "0/2 VMs, 2.00/20.0 GiB");
+        assert_eq!(
+            t.line(None),
+            "0/2 VMs done, 1 in flight; 2.00 GiB of ~20.0 GiB"
+        );
     }
 
     #[test]
@@ -227,7 +258,10 @@ mod tests {
         t.vm_finished("c");
         assert_eq!(t.total(), (11 * GIB, true));
         assert!(t.finished());
-        assert!(t.line(None).starts_with("3/3 VMs, 11.0/11.0 GiB"));
+        assert_eq!(
+            t.line(None),
+            "3/3 VMs done, 0 in flight; 11.0 GiB of ~11.0 GiB"
+        );
     }
 
     #[test]
@@ -240,5 +274,7 @@ mod tests {
         t.disk_started("a", "a-data", 20 * GIB);
         t.disk_progress("a", "a-data", GIB, 4 * GIB);
         assert_eq!(t.total(), (4 * GIB, true));
+        // The bound: nothing read of the first, all 20 GiB of the second.
+        assert_eq!(t.at_most(), 20 * GIB);
     }
 }
