@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fake::FakeCloud;
+use fake::{FakeCloud, MIB};
 use hyper2kvm_core::{Cleanups, ErrorKind, PowerState};
 use hyper2kvm_migrate::{
     DiskStatus, Interrupt, Migration, RunEvent, RunOptions, RunStatus, RunSummary, RunningVmPolicy,
@@ -471,4 +471,108 @@ async fn a_discovery_error_keeps_its_kind_and_cause() {
     let cause = std::error::Error::source(&err).expect("the source's error");
     assert_eq!(cause.to_string(), "the fake cloud says no");
     assert!(!scratch.path("out").join("run-h2k-test.json").exists());
+}
+
+/// A disk holds its reading slot only while its data flows: with one slot, the second disk of
+/// a VM is exported (its grant open, its ranges read) while the first is being read, instead
+/// of waiting for the slot before its export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_are_exported_while_another_holds_the_only_reading_slot() {
+    let scratch = Scratch::new("engine-slot");
+    let out = scratch.path("out");
+    let cleanups = Cleanups::new();
+    let cloud = FakeCloud::new(&cleanups);
+    cloud.add_vm("db", PowerState::Deallocated, 1);
+    cloud.state.lock().unwrap().hang_reads = true;
+    let mut opts = options(&out, RunningVmPolicy::Refuse);
+    opts.parallel_disks = 1;
+    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
+    let sink = events.clone();
+    let task = {
+        let (cloud, cleanups) = (cloud.clone(), cleanups.clone());
+        tokio::spawn(async move {
+            Migration::new(Source::full(Arc::new(cloud)), cleanups, opts)
+                .with_events(Arc::new(move |e: &RunEvent| {
+                    sink.lock().unwrap().push(e.clone())
+                }))
+                .discover_and_run()
+                .await
+        })
+    };
+    let started = Instant::now();
+    while cloud.open_grants() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the second disk was not exported while the first held the only slot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // One disk reads; the other, exported, waits for the slot, as the run's progress says.
+    let waiting = loop {
+        let fleet = events.lock().unwrap().iter().rev().find_map(|e| match e {
+            RunEvent::Fleet(f) if !f.in_flight.is_empty() => Some(f.clone()),
+            _ => None,
+        });
+        if let Some(f) = fleet.filter(|f| f.in_flight[0].disks_waiting == 1) {
+            break f;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(waiting.in_flight[0].disks_reading, 1);
+    assert_eq!((waiting.disks, waiting.disks_known), (2, 2));
+    // The fake says every byte may hold data: 2 × 4 MiB.
+    assert_eq!(waiting.bytes_known, 8 * MIB, "{waiting:?}");
+    let disk_started = |e: &RunEvent| matches!(e, RunEvent::DiskStarted { .. });
+    assert_eq!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| disk_started(e))
+            .count(),
+        1
+    );
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert!(cleanups.wait_all().await.is_empty());
+    assert_eq!(cloud.open_grants(), 0);
+}
+
+/// VMs start largest first (their disks' sizes summed), whatever the plan's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_vms_start_first() {
+    let scratch = Scratch::new("engine-order");
+    let out = scratch.path("out");
+    let cleanups = Cleanups::new();
+    let cloud = FakeCloud::new(&cleanups);
+    cloud.add_vm("a-small", PowerState::Deallocated, 0);
+    cloud.add_vm("b-large", PowerState::Deallocated, 3);
+    cloud.add_vm("c-medium", PowerState::Deallocated, 1);
+    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
+    let sink = events.clone();
+    let mut opts = options(&out, RunningVmPolicy::Refuse);
+    // One at a time, so that the order of their starts is the order they were let in.
+    opts.parallel_vms = 1;
+    let summary = Migration::new(Source::full(Arc::new(cloud.clone())), cleanups, opts)
+        .with_events(Arc::new(move |e: &RunEvent| {
+            sink.lock().unwrap().push(e.clone())
+        }))
+        .discover_and_run()
+        .await
+        .unwrap();
+    assert_eq!(summary.exit_code, 0, "{summary:?}");
+    let started: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::VmStarted { vm, .. } => Some(vm.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, ["b-large", "c-medium", "a-small"]);
+    // The summary keeps the plan's order.
+    let names: Vec<&str> = summary.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["a-small", "b-large", "c-medium"]);
 }
