@@ -206,27 +206,49 @@ impl Migration {
         by_size.sort_by_key(|&i| {
             std::cmp::Reverse(plan.vms[i].disks.iter().map(|d| d.size_bytes).sum::<u64>())
         });
-        let mut position = vec![0; plan.vms.len()];
-        for (pos, &i) in by_size.iter().enumerate() {
-            position[i] = pos;
-        }
-        let work = plan.vms.iter().zip(vms).enumerate().map(|(i, (vp, vm))| {
-            let (sched, position) = (&sched, &position);
-            async move {
-                let ticket = tokio::select! {
-                    t = sched.start(position[i], i, &vm.name, vp.disks.len()) => Some(t),
-                    () = self.interrupt.interrupted() => None,
-                };
-                match ticket {
-                    Some(ticket) => {
-                        let outcome = self.migrate_vm(vm, vp, sched, i).await;
-                        drop(ticket);
-                        outcome
-                    }
-                    None => self.not_started(vm, vp),
+        // One task lets the VMs in, one after the other; each VM waits for its ticket.
+        let (tickets, turns): (Vec<_>, Vec<_>) = (0..plan.vms.len())
+            .map(|_| tokio::sync::oneshot::channel())
+            .unzip();
+        let admitter = async {
+            let mut tickets: Vec<_> = tickets.into_iter().map(Some).collect();
+            for &i in &by_size {
+                if self.interrupt.reason().is_some() {
+                    break;
+                }
+                let ticket = sched
+                    .start(i, &plan.vms[i].name, plan.vms[i].disks.len())
+                    .await;
+                if let Some(Err(ticket)) = tickets[i].take().map(|t| t.send(ticket)) {
+                    // The VM stopped waiting (interrupted): its place is free again.
+                    drop(ticket);
                 }
             }
-        });
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        let work = plan
+            .vms
+            .iter()
+            .zip(vms)
+            .zip(turns)
+            .enumerate()
+            .map(|(i, ((vp, vm), turn))| {
+                let sched = &sched;
+                async move {
+                    let ticket = tokio::select! {
+                        t = turn => t.ok(),
+                        () = self.interrupt.interrupted() => None,
+                    };
+                    match ticket {
+                        Some(ticket) => {
+                            let outcome = self.migrate_vm(vm, vp, sched, i).await;
+                            drop(ticket);
+                            outcome
+                        }
+                        None => self.not_started(vm, vp),
+                    }
+                }
+            });
         // The run's progress as a whole, every second, for those who listen.
         let ticker = async {
             if self.events.is_none() {
@@ -240,6 +262,7 @@ impl Migration {
         let outcomes = tokio::select! {
             outcomes = join_all(work) => outcomes,
             never = ticker => match never {},
+            never = admitter => match never {},
         };
         if self.events.is_some() {
             self.emit(RunEvent::Fleet(sched.snapshot()));

@@ -73,8 +73,6 @@ struct VmState {
 
 #[derive(Debug)]
 struct State {
-    /// Position (in start order) of the next VM to start.
-    next: usize,
     in_flight: usize,
     finished: usize,
     free_slots: usize,
@@ -182,7 +180,6 @@ impl Scheduler {
             vms_total,
             disks_total,
             state: Mutex::new(State {
-                next: 0,
                 in_flight: 0,
                 finished: 0,
                 free_slots: slots.max(1),
@@ -215,15 +212,10 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until VM `vm` (`order`-th in start order, `disks` disks) may start, and starts it.
-    /// The VM is finished when the returned ticket is dropped.
-    pub(crate) async fn start(
-        &self,
-        order: usize,
-        vm: usize,
-        name: &str,
-        disks: usize,
-    ) -> VmTicket<'_> {
+    /// Waits until the next VM may start, and starts VM `vm` (`disks` disks). One caller
+    /// starts the VMs one after the other, in the run's order; the VM is finished when the
+    /// returned ticket is dropped.
+    pub(crate) async fn start(&self, vm: usize, name: &str, disks: usize) -> VmTicket<'_> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -231,11 +223,9 @@ impl Scheduler {
             {
                 let mut st = self.lock();
                 let now = Instant::now();
-                if st.next == order
+                if st.in_flight < self.cap
                     && (!self.adaptive || may_start(&self.load(&mut st, now), self.cap, self.slots))
-                    && st.in_flight < self.cap
                 {
-                    st.next += 1;
                     st.in_flight += 1;
                     st.vms.insert(
                         vm,
@@ -257,9 +247,6 @@ impl Scheduler {
                             },
                         );
                     }
-                    drop(st);
-                    // The next VM may start too.
-                    self.changed.notify_waiters();
                     return VmTicket { sched: self, vm };
                 }
             }
@@ -708,13 +695,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn vms_start_in_order_and_within_the_cap() {
+    async fn vms_start_within_the_cap() {
         let s = std::sync::Arc::new(Scheduler::new(2, 4, false, 3, 3));
-        let a = s.start(0, 0, "a", 1).await;
-        let b = s.start(1, 1, "b", 1).await;
+        let a = s.start(0, "a", 1).await;
+        let b = s.start(1, "b", 1).await;
         let s2 = s.clone();
         let third = tokio::spawn(async move {
-            let _t = s2.start(2, 2, "c", 1).await;
+            let _t = s2.start(2, "c", 1).await;
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!third.is_finished(), "a third VM waits for the cap");
@@ -729,7 +716,7 @@ mod tests {
     #[tokio::test]
     async fn progress_counts_bytes_from_the_ranges_and_resumed_apart() {
         let s = Scheduler::new(4, 4, true, 2, 3);
-        let t = s.start(0, 0, "a", 2).await;
+        let t = s.start(0, "a", 2).await;
         s.ready(0, 0, 1000);
         s.over(0, 1);
         let slot = s.slot(Some((0, 0)), 1000).await;
@@ -752,7 +739,7 @@ mod tests {
     #[tokio::test]
     async fn a_disk_that_fails_leaves_what_it_did_not_read_out_of_the_bytes_to_do() {
         let s = Scheduler::new(4, 4, true, 1, 1);
-        let t = s.start(0, 0, "a", 1).await;
+        let t = s.start(0, "a", 1).await;
         s.ready(0, 0, 1000);
         let slot = s.slot(Some((0, 0)), 1000).await;
         s.progress(0, 0, 0, 1000);
