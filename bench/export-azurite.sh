@@ -134,6 +134,8 @@ one() {
   read -r wall user sys rss < "$work/time.txt"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$server" "$pin" "$client" "$wall" "$user" "$sys" "$rss" \
     "$(awk -v t=$((after - before)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')" >> "$results"
+  # The ceiling prints the bytes it received: what each export of this server reads.
+  if [[ $client == ceiling ]]; then awk '{print $1}' "$work/client.out" > "$work/bytes-$server"; fi
   if [[ $client != ceiling ]]; then
     qemu-img check -q "$out"
     qemu-img compare -q -f vpc -F qcow2 "$src" "$out"
@@ -157,23 +159,12 @@ for ((r = 1; r <= runs; r++)); do
   done
 done
 
-written=$(python3 - "$src" <<'PY'
-import os, sys
-# Bytes the export reads: the file's allocated (non-hole) extents, as Azurite reports them.
-fd = os.open(sys.argv[1], os.O_RDONLY); size = os.fstat(fd).st_size; pos = 0; total = 0
-while pos < size:
-    try: d = os.lseek(fd, pos, os.SEEK_DATA)
-    except OSError: break
-    h = os.lseek(fd, d, os.SEEK_HOLE); total += h - d; pos = h
-print(total)
-PY
-)
 echo "machine: $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')); kernel $(uname -r); Azurite $("$azurite" --version); $(qemu-img --version | head -1)"
-echo "source: ${disk_gib} GiB disk, $((written >> 20)) MiB in allocated extents of the VHD (incl. its footer)"
-python3 - "$results" "$written" <<'PY'
+echo "source: ${disk_gib} GiB disk; read per export: $(for s in $servers; do echo -n "$s $(($(cat "$work/bytes-$s") >> 20)) MiB; "; done)"
+python3 - "$results" "$work" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-gib = int(sys.argv[2]) / 2**30
+read = lambda server: int(open(f"{sys.argv[2]}/bytes-{server}").read()) / 2**30
 groups = {}
 for r in rows:
     groups.setdefault((r["server"], r["pinned"], r["client"]), []).append(r)
@@ -186,5 +177,5 @@ for (server, pin, client), rs in groups.items():
     rss = max(int(r["rss_kib"]) for r in rs) / 1024
     scpu = med(rs, lambda r: float(r["server_cpu_s"]))
     ceil = med(groups[(server, pin, "ceiling")], lambda r: float(r["wall_s"]))
-    print(f"| {server} | {'yes' if pin == '1' else 'no'} | {client} | {len(rs)} | {wall:.2f} | {cpu:.2f} | {cpu / gib:.2f} | {rss:.0f} | {scpu:.2f} | {ceil / wall:.2f} |")
+    print(f"| {server} | {'yes' if pin == '1' else 'no'} | {client} | {len(rs)} | {wall:.2f} | {cpu:.2f} | {cpu / read(server):.2f} | {rss:.0f} | {scpu:.2f} | {ceil / wall:.2f} |")
 PY
