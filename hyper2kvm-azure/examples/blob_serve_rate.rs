@@ -1,7 +1,9 @@
 //! What a page-blob server can serve over the network: the written ranges of a blob fetched
-//! as ranged GETs of at most 4 MiB with `x-ms-range-get-content-md5: true` (the requests
-//! `hyper2kvm convert` sends), CONCURRENCY at a time, bodies thrown away. No MD5 check, no
-//! image: the ceiling our export is compared with in `bench/export.sh`.
+//! as ranged GETs of at most 4 MiB with `x-ms-range-get-content-md5: true`, CONCURRENCY at a
+//! time, bodies thrown away. The ranges are cut as `hyper2kvm convert` cuts them (aligned to
+//! 64 KiB clusters, chunks of `REMOTE_CHUNK_SIZE` on multiples of it), so the server sees the
+//! same requests. No MD5 check, no image: the ceiling our export is compared with in
+//! `bench/export.sh` and `bench/export-azurite.sh`.
 //!
 //! `blob_serve_rate 'SAS URL' [CONCURRENCY]` prints `bytes seconds`.
 
@@ -9,6 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper2kvm_azure::{build_http_client, BlobOptions, HttpOptions, PageBlobReader, SasUrl};
+use hyper2kvm_core::pipeline::REMOTE_CHUNK_SIZE;
+use hyper2kvm_core::ranges::{align_and_merge, chunks};
+use hyper2kvm_core::DiskReader;
 use tokio::sync::Semaphore;
 
 #[tokio::main]
@@ -25,15 +30,16 @@ async fn main() {
     let reader = PageBlobReader::open(http.clone(), sas, BlobOptions::default())
         .await
         .expect("open");
-    let mut pieces = Vec::new();
-    for r in reader.page_ranges().await.expect("page ranges") {
-        let mut at = r.start;
-        while at < r.end {
-            let end = (at + (4 << 20)).min(r.end);
-            pieces.push((at, end));
-            at = end;
-        }
-    }
+    // As the pipeline does for qcow2 output with its default 64 KiB clusters.
+    let ranges = align_and_merge(
+        &reader.page_ranges().await.expect("page ranges"),
+        64 << 10,
+        reader.size(),
+        0,
+    );
+    let pieces: Vec<(u64, u64)> = chunks(&ranges, u64::from(REMOTE_CHUNK_SIZE))
+        .map(|r| (r.start, r.end))
+        .collect();
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();

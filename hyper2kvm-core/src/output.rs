@@ -129,6 +129,9 @@ pub trait ImageSink: Send {
 #[derive(Debug)]
 pub struct PartFile {
     file: File,
+    /// The same file opened with `O_DIRECT`, for large aligned writes, where the filesystem
+    /// allows it.
+    direct: Option<Direct>,
     part: PathBuf,
     dst: PathBuf,
     committed: bool,
@@ -213,8 +216,10 @@ impl PartFile {
     }
 
     fn wrap(file: File, part: PathBuf, dst: &Path, keep: bool) -> PartFile {
+        let direct = Direct::open(&file);
         PartFile {
             file,
+            direct,
             part,
             dst: dst.to_owned(),
             committed: false,
@@ -237,8 +242,34 @@ impl PartFile {
             .map_err(|e| Error::io("syncing to disk", e).with_path(&self.part))
     }
 
-    /// Writes all of `buf` at `offset`.
+    /// Writes all of `buf` at `offset`: the whole pages of a large aligned write with
+    /// `O_DIRECT`, everything else through the page cache.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let mut buf = buf;
+        let mut offset = offset;
+        if buf.len() >= DIRECT_MIN && offset % DIRECT_ALIGN as u64 == 0 {
+            if let Some(direct) = &mut self.direct {
+                let whole = buf.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+                match direct.write_all_at(&buf[..whole], offset) {
+                    Ok(()) => {
+                        self.written += whole as u64;
+                        buf = &buf[whole..];
+                        offset += whole as u64;
+                    }
+                    // Not supported after all (EINVAL: an alignment the device refuses):
+                    // the page cache from now on. Anything else is a write error.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                    Err(e) => {
+                        return Err(Error::io(format!("writing {whole} bytes"), e)
+                            .with_path(&self.part)
+                            .at_offset(offset))
+                    }
+                }
+            }
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
         self.file.write_all_at(buf, offset).map_err(|e| {
             Error::io(format!("writing {} bytes", buf.len()), e)
                 .with_path(&self.part)
@@ -285,6 +316,107 @@ impl PartFile {
         self.committed = true;
         crate::journal::sync_parent(&self.dst);
         Ok(self.written)
+    }
+}
+
+/// Offsets, lengths and memory of `O_DIRECT` writes are multiples of this (the largest
+/// logical block size in common use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Writes at least this large go through [`Direct`]: data clusters and chunks, not headers.
+const DIRECT_MIN: usize = 64 << 10;
+
+/// The bounce buffer's size: one remote chunk (`pipeline::REMOTE_CHUNK_SIZE`).
+const BOUNCE: usize = 4 << 20;
+
+/// The output opened a second time with `O_DIRECT`, and an aligned buffer to write from.
+///
+/// Image data is written once and never read back by us, so going through the page cache
+/// only costs: a copy into newly allocated cache pages, their accounting and writeback, and
+/// later their reclaim (measured with `dd`: 1.9 s of system time to write 700 MiB through the
+/// cache, 0.2 s with `O_DIRECT`). The chunk buffers the pipeline hands to sinks are ordinary
+/// `Vec<u8>`s without the alignment `O_DIRECT` needs, so the data is copied into an aligned
+/// buffer first: one user-space copy into memory that stays in the CPU's caches, instead of
+/// the kernel's copy into fresh pages. The kernel keeps `O_DIRECT` and buffered writes of
+/// the same file coherent, and [`PartFile::commit`]'s fsync covers both.
+struct Direct {
+    file: File,
+    bounce: Bounce,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Direct")
+    }
+}
+
+impl Direct {
+    /// Opens `file` again with `O_DIRECT` (through `/proc/self/fd`, so the very same file
+    /// whatever happened to its name), or `None` where that is not possible (tmpfs, some
+    /// FUSE filesystems, no `/proc`); `H2K_NO_DIRECT=1` turns it off.
+    fn open(file: &File) -> Option<Direct> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        if std::env::var_os("H2K_NO_DIRECT").is_some_and(|v| v == "1") {
+            return None;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .ok()?;
+        Some(Direct {
+            file,
+            bounce: Bounce::new()?,
+        })
+    }
+
+    /// Writes `buf` (a multiple of [`DIRECT_ALIGN`] long) at `offset` (aligned too).
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(BOUNCE);
+            let bounce = self.bounce.get(n);
+            bounce.copy_from_slice(&buf[done..done + n]);
+            self.file.write_all_at(bounce, offset + done as u64)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// A [`BOUNCE`]-byte buffer aligned to [`DIRECT_ALIGN`].
+struct Bounce(std::ptr::NonNull<u8>);
+
+// SAFETY: the buffer is plain memory owned by the `Bounce`; nothing else points into it.
+unsafe impl Send for Bounce {}
+
+impl Bounce {
+    fn layout() -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(BOUNCE, DIRECT_ALIGN).expect("a valid layout")
+    }
+
+    fn new() -> Option<Bounce> {
+        // Zeroed, so every byte is initialised before it is ever seen as a `u8` (the pages are
+        // the kernel's zero pages until first written).
+        // SAFETY: a layout of non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout()) };
+        std::ptr::NonNull::new(ptr).map(Bounce)
+    }
+
+    /// The first `len` bytes (at most [`BOUNCE`]).
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        assert!(len <= BOUNCE);
+        // SAFETY: the allocation is BOUNCE initialised bytes owned by self, borrowed mutably
+        // for as long as the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), len) }
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { std::alloc::dealloc(self.0.as_ptr(), Self::layout()) }
     }
 }
 

@@ -5,9 +5,9 @@
 //! * `Get Page Ranges` (paged by `marker`) says which pages were ever written: only those are
 //!   read, so a 128 GiB disk with 9 GiB written moves 9 GiB.
 //! * Every ranged `GET` is at most 4 MiB and asks for `x-ms-range-get-content-md5`; the
-//!   returned `Content-MD5` is checked. The body streams straight into the caller's buffer;
-//!   the digests of ranges whose bodies have arrived are computed side by side, eight at a
-//!   time in SIMD lanes ([`super::md5x`]), since one MD5 at a time took most of the CPU.
+//!   returned `Content-MD5` is checked. The body streams straight into the caller's buffer,
+//!   and is hashed while it arrives, side by side with the other reads' bodies in SIMD lanes
+//!   ([`super::md5x`]), since one MD5 at a time took most of the CPU.
 //! * Failures are retried per request: statuses and connection errors by the shared retry
 //!   loop ([`crate::retry`]), then short bodies, broken bodies and MD5 mismatches here, each
 //!   with backoff. A `403` (the SAS expired or was revoked) asks for a new grant when the
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::md5x::{self, Md5Pool};
+use super::md5x::BodyHasher;
 use base64::Engine;
 use hyper2kvm_core::vhd::{DiskType, VhdFooter, FOOTER_LEN};
 use hyper2kvm_core::{BoxFuture, ChangedRanges, Delta, DiskReader};
@@ -404,13 +404,16 @@ impl Inner {
         let mut failures = 0;
         loop {
             let (generation, url) = self.current();
+            // Before the request: the MD5 thread counts the bodies to come.
+            let hasher = BodyHasher::new();
             let resp = self.send(Method::GET, &url, &headers).await?;
             let failure = match resp.status() {
                 StatusCode::PARTIAL_CONTENT | StatusCode::OK => {
-                    match self.receive(resp, &mut buf[range.clone()], offset).await {
-                        Ok(expected) => {
-                            let (back, digest) = md5_of(buf, range.clone()).await;
-                            buf = back;
+                    match self
+                        .receive(resp, &mut buf[range.clone()], offset, hasher)
+                        .await
+                    {
+                        Ok((expected, digest)) => {
                             let actual = base64::engine::general_purpose::STANDARD.encode(digest);
                             if actual == expected.trim() {
                                 return Ok(buf);
@@ -432,9 +435,15 @@ impl Inner {
         }
     }
 
-    /// Streams a range's body into `dest`, checks its length, and returns the `Content-MD5`
-    /// to check it against.
-    async fn receive(&self, mut resp: Response, dest: &mut [u8], offset: u64) -> Result<String> {
+    /// Streams a range's body into `dest`, hashing it as it arrives, checks its length, and
+    /// returns the `Content-MD5` to check and the body's MD5.
+    async fn receive(
+        &self,
+        mut resp: Response,
+        dest: &mut [u8],
+        offset: u64,
+        mut hasher: BodyHasher,
+    ) -> Result<(String, [u8; 16])> {
         let what = |why: String| {
             Error::new(
                 ErrorKind::Network,
@@ -461,6 +470,7 @@ impl Inner {
                     self.received
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     filled = end;
+                    hasher.push(bytes);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -474,7 +484,8 @@ impl Inner {
                 dest.len()
             )));
         }
-        md5.ok_or_else(|| what("no Content-MD5 although it was asked for".into()))
+        let md5 = md5.ok_or_else(|| what("no Content-MD5 although it was asked for".into()))?;
+        Ok((md5, hasher.finish().await))
     }
 
     /// All written ranges, following `NextMarker`, clipped to the disk and merged.
@@ -646,17 +657,5 @@ impl DiskReader for PageBlobReader {
             }
             Ok(buf)
         })
-    }
-}
-
-/// The MD5 of `buf[range]`: batched with other reads' on the MD5 thread where that pays,
-/// here otherwise. The buffer moves through and comes back.
-async fn md5_of(buf: Vec<u8>, range: Range<usize>) -> (Vec<u8>, [u8; 16]) {
-    match Md5Pool::shared() {
-        Some(pool) => pool.digest(buf, range).await,
-        None => {
-            let digest = md5x::digest(&buf[range]);
-            (buf, digest)
-        }
     }
 }
