@@ -61,6 +61,8 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
         // A download is worth keeping: a URL source always resumes.
         resume: args.resume || url.is_some(),
         checkpoint_bytes: args.checkpoint_every,
+        // Over a network the client's CPU counts; from a file, the disk's queue does.
+        direct_io: url.is_some(),
         ..ConvertOptions::default()
     };
     // The bar (or the plain lines) first: opening a URL may already wait on the server.

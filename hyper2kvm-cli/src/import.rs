@@ -179,6 +179,8 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
     opts.convert.compression = r.compression;
     opts.convert.chunk_size = r.chunk_size;
     opts.convert.concurrency = r.concurrency;
+    // Local files: the page cache's write-behind beats O_DIRECT's one write at a time.
+    opts.convert.direct_io = false;
     opts.parallel_vms = args.parallel_vms.map_or(r.parallel_vms, usize::from);
     opts.parallel_disks = args.parallel_disks.map_or(r.parallel_disks, usize::from);
     opts.parallel_fixups = r.parallel_fixups;

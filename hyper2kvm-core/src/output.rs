@@ -116,6 +116,10 @@ pub trait ImageSink: Send {
     /// Keeps the partial output if the sink is dropped unfinished, for a resumed run.
     fn keep_on_failure(&mut self);
 
+    /// Writes large aligned pieces with `O_DIRECT` from now on, where the filesystem allows
+    /// it (see [`ConvertOptions::direct_io`](crate::ConvertOptions::direct_io)).
+    fn direct_io(&mut self) {}
+
     /// Writes the remaining metadata, syncs, and moves the image to its final name. Returns
     /// the number of bytes written to the file.
     fn finish(self: Box<Self>) -> Result<u64>;
@@ -216,10 +220,9 @@ impl PartFile {
     }
 
     fn wrap(file: File, part: PathBuf, dst: &Path, keep: bool) -> PartFile {
-        let direct = Direct::open(&file);
         PartFile {
             file,
-            direct,
+            direct: None,
             part,
             dst: dst.to_owned(),
             committed: false,
@@ -233,6 +236,14 @@ impl PartFile {
     /// Keeps the `.part` file when dropped without commit, for a later run to resume.
     pub fn keep_on_failure(&mut self) {
         self.keep = true;
+    }
+
+    /// Writes large aligned pieces with `O_DIRECT` from now on, where the filesystem allows
+    /// it (see [`Direct`]).
+    pub fn direct_io(&mut self) {
+        if self.direct.is_none() {
+            self.direct = Direct::open(&self.file);
+        }
     }
 
     /// Waits until everything written so far is on disk.

@@ -76,6 +76,10 @@ impl ImageSink for RawWriter {
         self.out.keep_on_failure();
     }
 
+    fn direct_io(&mut self) {
+        self.out.direct_io();
+    }
+
     fn checkpoint(&mut self) -> Result<Vec<u8>> {
         self.out.sync_data()?;
         Ok(self.size.to_be_bytes().to_vec())

@@ -117,6 +117,7 @@ impl Default for RunOptions {
             convert: ConvertOptions {
                 concurrency: REMOTE_CONCURRENCY,
                 chunk_size: REMOTE_CHUNK_SIZE,
+                direct_io: true,
                 ..ConvertOptions::default()
             },
             parallel_vms: 32,

@@ -319,6 +319,10 @@ impl ImageSink for Qcow2Writer {
         self.out.keep_on_failure();
     }
 
+    fn direct_io(&mut self) {
+        self.out.direct_io();
+    }
+
     fn checkpoint(&mut self) -> Result<Vec<u8>> {
         self.out.sync_data()?;
         let mut enc = Encoder::default();
