@@ -42,6 +42,15 @@ fn report(out: &Path, vm: &str) -> Value {
     serde_json::from_slice(&std::fs::read(out.join(vm).join("report.json")).unwrap()).unwrap()
 }
 
+/// Waits (at most 30 s, else fails with `why`) until `n` read grants are open.
+async fn until_grants(cloud: &FakeCloud, n: usize, why: &str) {
+    let started = Instant::now();
+    while cloud.open_grants() < n {
+        assert!(started.elapsed() < Duration::from_secs(30), "{why}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Every disk of `vm` is an image identical to the disk in the fake cloud.
 fn assert_images(cloud: &FakeCloud, scratch: &Scratch, rep: &Value) {
     for d in rep["disks"].as_array().unwrap() {
@@ -298,14 +307,7 @@ async fn a_cancelled_run_deletes_snapshots_revokes_grants_and_restarts_the_vm() 
         tokio::spawn(async move { run(&cloud, &cleanups, opts).await })
     };
     // Wait until both disks are being read from their snapshots, then cancel (Ctrl-C).
-    let started = Instant::now();
-    while cloud.open_grants() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no export started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_grants(&cloud, 2, "no export started").await;
     assert_eq!(cloud.snapshots_alive(), 2);
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
@@ -351,14 +353,7 @@ async fn an_interrupted_run_records_what_it_undid() {
                 .await
         })
     };
-    let started = Instant::now();
-    while cloud.open_grants() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no export started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_grants(&cloud, 2, "no export started").await;
     interrupt.interrupt("SIGTERM");
     let summary = task
         .await
@@ -499,14 +494,13 @@ async fn disks_are_exported_while_another_holds_the_only_reading_slot() {
                 .await
         })
     };
+    until_grants(
+        &cloud,
+        2,
+        "the second disk was not exported while the first held the only slot",
+    )
+    .await;
     let started = Instant::now();
-    while cloud.open_grants() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the second disk was not exported while the first held the only slot"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     // One disk reads; the other, exported, waits for the slot, as the run's progress says.
     let waiting = loop {
         let fleet = events.lock().unwrap().iter().rev().find_map(|e| match e {
