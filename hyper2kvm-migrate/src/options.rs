@@ -36,9 +36,10 @@ pub struct RunOptions {
     /// How each disk is converted. The run owns two of these: the format is
     /// `plan.format`, and `resume` is always on.
     pub convert: ConvertOptions,
-    /// VMs in progress at once, at most (32). A migration starts VMs below this only as
-    /// far ahead as the link needs (see the crate's `sched` module); a warm `sync` starts up
-    /// to this many, a `cutover` up to `parallel_fixups`.
+    /// VMs in progress at once, at most (32). A migration starts VMs largest first, and below
+    /// this only as far ahead as the link needs: while the bytes already exported would be
+    /// read before a VM started now could be (docs/design-notes.md, "Fleet scheduling"). A
+    /// warm `sync` starts up to this many, a `cutover` up to `parallel_fixups`.
     pub parallel_vms: usize,
     /// Disks being read at once, across all VMs (4). A disk holds its slot only while its
     /// data flows, not while it is exported or revoked.

@@ -5,7 +5,7 @@
 //! * **Concurrency**: VMs start largest first, at most `parallel_vms` at once and only as far
 //!   ahead as the link needs; disks, across all VMs, are read up to `parallel_disks` at once,
 //!   holding their slot only while data flows; reads, across all disks, up to the [`Limits`]
-//!   (connections, bandwidth). See [`crate::sched`].
+//!   (connections, bandwidth). See docs/design-notes.md, "Fleet scheduling".
 //!   One VM's failure is recorded in its report and does not stop the others.
 //! * **Sources**: the run reads through core's traits ([`Source`]): VMs and disks,
 //!   power control, point-in-time copies (snapshots), hardware, and the platform's name for
