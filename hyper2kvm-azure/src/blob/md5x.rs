@@ -99,6 +99,27 @@ fn avx512() -> bool {
     })
 }
 
+/// The lanes over blocks `0..upto`: with AVX-512 where [`avx512`] says so, else with AVX2.
+///
+/// # Safety
+/// AVX2 must have been detected on this CPU.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_lanes(
+    states: &mut [[u32; 4]; LANES],
+    slices: &[&[u8]; LANES],
+    blocks: &[usize; LANES],
+    upto: usize,
+) {
+    // SAFETY: the caller has AVX2; AVX-512 is used only where it was detected.
+    unsafe {
+        if avx512() {
+            lanes::avx512(states, slices, blocks, upto)
+        } else {
+            lanes::avx2(states, slices, blocks, upto)
+        }
+    }
+}
+
 /// Pads the last partial block (`tail`, under 64 bytes) and returns the digest.
 fn finish(mut state: [u32; 4], tail: &[u8], len: u64) -> [u8; 16] {
     let mut last = [0u8; 128];
@@ -773,13 +794,7 @@ impl<T: LaneItem> LaneSet<T> {
                 let upto = blocks.iter().copied().max().unwrap_or(0);
                 // SAFETY: lane sets run only where AVX2 was detected (and AVX-512 where
                 // `avx512()` says so); lane `i` holds at least `blocks[i]` whole blocks.
-                unsafe {
-                    if avx512() {
-                        lanes::avx512(&mut states, &slices, &blocks, upto)
-                    } else {
-                        lanes::avx2(&mut states, &slices, &blocks, upto)
-                    }
-                }
+                unsafe { run_lanes(&mut states, &slices, &blocks, upto) }
                 for (i, lane) in self.lanes.iter_mut().enumerate() {
                     if let Some(lane) = lane {
                         lane.state = states[i];
@@ -1001,13 +1016,7 @@ fn pass(bodies: &mut HashMap<u64, Body>, ready: &[(Instant, u64)]) {
             let upto = blocks.iter().copied().max().unwrap_or(0);
             // SAFETY: the MD5 thread runs only where AVX2 was detected (AVX-512 where
             // `avx512()` says so); lane `i` holds `blocks[i]` whole blocks.
-            unsafe {
-                if avx512() {
-                    lanes::avx512(&mut states, &slices, &blocks, upto)
-                } else {
-                    lanes::avx2(&mut states, &slices, &blocks, upto)
-                }
-            }
+            unsafe { run_lanes(&mut states, &slices, &blocks, upto) }
         }
     }
     for (lane, (_, id)) in ready.iter().enumerate() {
