@@ -191,16 +191,14 @@ impl Migration {
             Some(WarmMode::Cutover) => self.opts.parallel_fixups,
             _ => self.opts.parallel_vms,
         };
-        let sched = Arc::new(
-            Scheduler::new(
-                cap,
-                self.opts.parallel_disks,
-                self.opts.warm.is_none(),
-                plan.vms.len(),
-                plan.vms.iter().map(|v| v.disks.len()).sum(),
-            )
-            .with_fixups(self.opts.parallel_fixups),
-        );
+        let sched = Arc::new(Scheduler::new(
+            cap,
+            self.opts.parallel_disks,
+            self.opts.parallel_fixups,
+            self.opts.warm.is_none(),
+            plan.vms.len(),
+            plan.vms.iter().map(|v| v.disks.len()).sum(),
+        ));
         // Largest first, so that the run does not end on one long VM.
         let mut by_size: Vec<usize> = (0..plan.vms.len()).collect();
         by_size.sort_by_key(|&i| {

@@ -163,17 +163,19 @@ pub(crate) struct Scheduler {
 
 impl Scheduler {
     /// At most `cap` VMs at once (`adaptive`: below it, as the link needs), `slots` disks
-    /// reading at once, for a run of `vms_total` VMs with `disks_total` disks.
+    /// reading at once and `fixups` guest fix-ups, for a run of `vms_total` VMs with
+    /// `disks_total` disks.
     pub(crate) fn new(
         cap: usize,
         slots: usize,
+        fixups: usize,
         adaptive: bool,
         vms_total: usize,
         disks_total: usize,
     ) -> Self {
         let now = Instant::now();
         Scheduler {
-            fixups: tokio::sync::Semaphore::new(4),
+            fixups: tokio::sync::Semaphore::new(fixups.max(1)),
             cap: cap.max(1),
             slots: slots.max(1),
             adaptive,
@@ -200,12 +202,6 @@ impl Scheduler {
             }),
             changed: Notify::new(),
         }
-    }
-
-    /// At most `n` guest fix-ups at once (4 unless said).
-    pub(crate) fn with_fixups(mut self, n: usize) -> Self {
-        self.fixups = tokio::sync::Semaphore::new(n.max(1));
-        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -658,7 +654,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_largest_waiting_disk_gets_the_next_slot() {
-        let s = std::sync::Arc::new(Scheduler::new(4, 1, false, 0, 0));
+        let s = std::sync::Arc::new(Scheduler::new(4, 1, 4, false, 0, 0));
         let first = s.slot(None, 1).await;
         let order = std::sync::Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -681,7 +677,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancelled_wait_leaves_the_queue() {
-        let s = Scheduler::new(4, 1, false, 0, 0);
+        let s = Scheduler::new(4, 1, 4, false, 0, 0);
         let first = s.slot(None, 1).await;
         {
             let big = s.slot(None, 100);
@@ -696,7 +692,7 @@ mod tests {
 
     #[tokio::test]
     async fn vms_start_within_the_cap() {
-        let s = std::sync::Arc::new(Scheduler::new(2, 4, false, 3, 3));
+        let s = std::sync::Arc::new(Scheduler::new(2, 4, 4, false, 3, 3));
         let a = s.start(0, "a", 1).await;
         let b = s.start(1, "b", 1).await;
         let s2 = s.clone();
@@ -715,7 +711,7 @@ mod tests {
 
     #[tokio::test]
     async fn progress_counts_bytes_from_the_ranges_and_resumed_apart() {
-        let s = Scheduler::new(4, 4, true, 2, 3);
+        let s = Scheduler::new(4, 4, 4, true, 2, 3);
         let t = s.start(0, "a", 2).await;
         s.ready(0, 0, 1000);
         s.over(0, 1);
@@ -738,7 +734,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_disk_that_fails_leaves_what_it_did_not_read_out_of_the_bytes_to_do() {
-        let s = Scheduler::new(4, 4, true, 1, 1);
+        let s = Scheduler::new(4, 4, 4, true, 1, 1);
         let t = s.start(0, "a", 1).await;
         s.ready(0, 0, 1000);
         let slot = s.slot(Some((0, 0)), 1000).await;
