@@ -65,46 +65,53 @@ thread_local! {
     // One context per thread, rebuilt only when the level changes.
     static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DEFLATE: RefCell<Option<(i32, Compress)>> = const { RefCell::new(None) };
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Compresses one cluster and appends the result to `out`. Returns the number of bytes
 /// appended, or `None` (appending nothing) when compression would not save space.
+///
+/// Both codecs write straight into `out`'s spare capacity, reserved for the worst case: no
+/// scratch buffer, no second copy of the compressed bytes.
 pub fn compress_cluster(codec: Codec, cluster: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     let level = codec.level;
-    SCRATCH.with_borrow_mut(|scratch| {
-        // Room for the worst case: zlib-rs panics (rather than failing) when a stored block
-        // does not fit the output, so compress fully and judge the size afterwards.
-        scratch.resize(worst_case(cluster.len()), 0);
-        let n = match codec.kind {
-            Compression::Zstd => ZSTD.with_borrow_mut(|z| {
-                if z.as_ref().is_none_or(|(l, _)| *l != level) {
-                    let c = zstd::bulk::Compressor::new(level).expect("zstd context");
-                    *z = Some((level, c));
-                }
-                let (_, z) = z.as_mut().unwrap();
-                z.compress_to_buffer(cluster, &mut scratch[..]).ok()
-            }),
-            Compression::Deflate => DEFLATE.with_borrow_mut(|d| {
-                if d.as_ref().is_none_or(|(l, _)| *l != level) {
-                    let gz = flate2::Compression::new(level as u32);
-                    *d = Some((level, Compress::new_with_window_bits(gz, false, 12)));
-                }
-                let (_, d) = d.as_mut().unwrap();
-                d.reset();
-                match d.compress(cluster, &mut scratch[..], FlushCompress::Finish) {
-                    Ok(Status::StreamEnd) => Some(d.total_out() as usize),
-                    _ => None,
-                }
-            }),
-        }?;
-        // Only fewer bytes than the cluster are worth it (and fit the L2 entry's sector count).
-        if n >= cluster.len() {
-            return None;
+    let start = out.len();
+    // Room for the worst case: zlib-rs panics (rather than failing) when a stored block does
+    // not fit the output, so compress fully and judge the size afterwards.
+    out.reserve(worst_case(cluster.len()));
+    let n = match codec.kind {
+        Compression::Zstd => ZSTD.with_borrow_mut(|z| {
+            if z.as_ref().is_none_or(|(l, _)| *l != level) {
+                let c = zstd::bulk::Compressor::new(level).expect("zstd context");
+                *z = Some((level, c));
+            }
+            let (_, z) = z.as_mut().unwrap();
+            // A cursor at the end appends: zstd writes into the capacity after it.
+            let mut tail = std::io::Cursor::new(&mut *out);
+            tail.set_position(start as u64);
+            z.compress_to_buffer(cluster, &mut tail).ok()
+        }),
+        Compression::Deflate => DEFLATE.with_borrow_mut(|d| {
+            if d.as_ref().is_none_or(|(l, _)| *l != level) {
+                let gz = flate2::Compression::new(level as u32);
+                *d = Some((level, Compress::new_with_window_bits(gz, false, 12)));
+            }
+            let (_, d) = d.as_mut().unwrap();
+            d.reset();
+            // `compress_vec` appends into the spare capacity and never grows the vector.
+            match d.compress_vec(cluster, out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => Some(d.total_out() as usize),
+                _ => None,
+            }
+        }),
+    };
+    // Only fewer bytes than the cluster are worth it (and fit the L2 entry's sector count).
+    match n {
+        Some(n) if n < cluster.len() && out.len() == start + n => Some(n),
+        _ => {
+            out.truncate(start);
+            None
         }
-        out.extend_from_slice(&scratch[..n]);
-        Some(n)
-    })
+    }
 }
 
 /// An output size neither codec exceeds for `n` input bytes: above zstd's `ZSTD_COMPRESSBOUND`
@@ -163,17 +170,18 @@ mod tests {
     #[test]
     fn deflate_is_raw_with_small_window() {
         let cluster = text_cluster(65536);
-        let mut out = Vec::new();
-        compress_cluster(
+        let mut out = vec![7u8, 8]; // appends after existing bytes
+        let n = compress_cluster(
             Codec::new(Compression::Deflate, None).unwrap(),
             &cluster,
             &mut out,
         )
         .unwrap();
+        assert_eq!((out.len(), &out[..2]), (2 + n, &[7u8, 8][..]));
         // Inflate exactly as qemu does: raw, windowBits 12.
         let mut d = Decompress::new_with_window_bits(false, 12);
         let mut back = vec![0u8; 65536];
-        d.decompress(&out, &mut back, FlushDecompress::Finish)
+        d.decompress(&out[2..], &mut back, FlushDecompress::Finish)
             .unwrap();
         assert_eq!(d.total_out(), 65536);
         assert_eq!(back, cluster);
@@ -192,10 +200,10 @@ mod tests {
             })
             .collect();
         for kind in [Compression::Zstd, Compression::Deflate] {
-            let mut out = Vec::new();
+            let mut out = vec![1u8, 2, 3]; // what was there stays, nothing is appended
             let codec = Codec::new(kind, None).unwrap();
             assert_eq!(compress_cluster(codec, &noise, &mut out), None, "{kind:?}");
-            assert!(out.is_empty());
+            assert_eq!(out, [1, 2, 3], "{kind:?}");
         }
     }
 }
