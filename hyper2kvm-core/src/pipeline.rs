@@ -6,8 +6,10 @@
 //!                                  (any order)      (≤ cores at once)            (one sink)
 //! ```
 //!
-//! Memory is bounded by `concurrency` chunks in flight plus two queued for the writer, plus
-//! the writer's metadata, whatever the disk's size. Chunks complete out of order; the
+//! `concurrency` bounds the reads in flight; a chunk gives its read slot back once read, so
+//! the next reads overlap its zero scan and compression. Memory is bounded by `concurrency`
+//! chunks being read, one per core being prepared, two queued for the writer, plus the
+//! writer's metadata, whatever the disk's size. Chunks complete out of order; the
 //! pipeline tells the writer the lowest guest offset still outstanding so it can write out
 //! finished L2 tables early.
 
@@ -386,8 +388,10 @@ pub async fn convert(
     let header = journal_header(&*reader, opts, compression);
     let (sink, completed) = open_sink(dst, size, opts, &header)?;
     let concurrency = opts.concurrency.max(1);
-    // Chunks in flight, queued for the writer, and being written.
-    let pool = Arc::new(BufferPool::new(concurrency + 3));
+    // CPU work (zero scan, compression) runs on at most one thread per core.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Chunks being read, being prepared, queued for the writer, and being written.
+    let pool = Arc::new(BufferPool::new(concurrency + cores + 3));
     let checkpoints = opts.resume.then(|| Checkpoints {
         path: journal_path(dst),
         header,
@@ -413,9 +417,10 @@ pub async fn convert(
     };
     report(resumed_bytes);
 
-    // CPU work (zero scan, compression) runs on at most one thread per core.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let cpu = Arc::new(Semaphore::new(cores));
+    // A chunk holds a read slot only while it is read: with compression, two reads and two
+    // cores used to take turns, and the cores idled while the next chunks were read.
+    let reads = Arc::new(Semaphore::new(concurrency));
     let mut pending = chunks(&ranges, chunk).peekable();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut tasks: JoinSet<Result<PreparedChunk>> = JoinSet::new();
@@ -426,15 +431,18 @@ pub async fn convert(
     };
     let mut done = resumed_bytes;
     loop {
-        while tasks.len() < concurrency {
+        while tasks.len() < concurrency + cores {
             let Some(range) = pending.next() else { break };
             in_flight.insert(range.start);
             let reader = reader.clone();
             let cpu = cpu.clone();
+            let reads = reads.clone();
             let pool = pool.clone();
             tasks.spawn(async move {
+                let reading = reads.acquire_owned().await.expect("semaphore open");
                 let buf = pool.take((range.end - range.start) as usize);
                 let data = reader.read_at(range.start, buf).await?;
+                drop(reading);
                 let _permit = cpu.acquire_owned().await.expect("semaphore open");
                 tokio::task::spawn_blocking(move || {
                     prepare_chunk(range.start, data, granularity, compression)
