@@ -3,7 +3,7 @@
 # from Debian's slurm-wlm, every file under one scratch folder, stopped by their PIDs.
 #
 #   . .ci/slurm.sh && slurm_start DIR      # exports SLURM_CONF; sbatch/squeue work after it
-#   slurm_stop                            # (also on the caller's EXIT trap)
+#   slurm_stop                            # (also on the caller's EXIT trap; removes DIR)
 #
 # No systemd and no /etc changes: munged gets its own key and socket, Slurm its own config,
 # spool and state folders, ports from H2K_SLURM_PORT (6917, and the next one).
@@ -74,5 +74,7 @@ slurm_stop() {
   for f in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
     [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true
   done
+  # Keys, spool and logs are this run's alone: nothing of them is left in the temp folder.
+  rm -rf "$dir"
   _slurm_dir=
 }

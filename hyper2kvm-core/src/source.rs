@@ -165,6 +165,7 @@ impl Cleanups {
 /// assert_eq!(disk.reader().size(), 4096);
 /// disk.close().await?;
 /// assert!(revoked.load(Ordering::SeqCst));
+/// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok(())
 /// # }
 /// ```

@@ -233,5 +233,7 @@ mod tests {
             msg.contains("SHA256 mismatch: the manifest m.mf says ba7816bf"),
             "{msg}"
         );
+        drop(file);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
