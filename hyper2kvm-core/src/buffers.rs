@@ -1,12 +1,13 @@
-//! Reusable chunk buffers.
+//! Reusable chunk buffers, aligned for `O_DIRECT`.
 //!
 //! A fresh 4 MiB `Vec` per chunk costs a page fault per 4 KiB page and the kernel's zeroing
 //! of each: measurable system time at GiB/s. The pipeline takes buffers from a pool and the
 //! writer gives them back once their bytes are in the file, so a conversion cycles through
 //! about `concurrency + 3` buffers whatever the disk size.
 //!
-//! [`AlignedBuf`] is a byte buffer whose memory starts on a 4 KiB boundary, as `O_DIRECT`
-//! writes need it.
+//! The buffers are [`AlignedBuf`]s: their memory starts on a 4 KiB boundary, so the output
+//! can write a chunk's clusters with `O_DIRECT` straight from it, without first copying them
+//! into an aligned bounce buffer (see [`crate::output::PartFile::write_at`]).
 
 use std::alloc::Layout;
 use std::ops::{Deref, DerefMut};
@@ -231,10 +232,10 @@ impl PartialEq<Vec<u8>> for AlignedBuf {
     }
 }
 
-/// A pool of byte buffers.
+/// A pool of aligned byte buffers.
 #[derive(Debug, Default)]
 pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Vec<AlignedBuf>>,
     keep: usize,
 }
 
@@ -249,20 +250,21 @@ impl BufferPool {
 
     /// A buffer of exactly `len` bytes. Its content is unspecified (a recycled buffer keeps
     /// old bytes): callers overwrite all of it.
-    pub fn take(&self, len: usize) -> Vec<u8> {
+    pub fn take(&self, len: usize) -> AlignedBuf {
         let recycled = self.free.lock().unwrap().pop();
         match recycled {
-            Some(mut buf) => {
-                // Shrinking or regrowing within capacity touches no new pages.
-                buf.resize(len, 0);
+            // No writing at all: not even zeroing the part beyond the old length.
+            Some(mut buf) if len <= buf.capacity() => {
+                buf.set_len_within_capacity(len);
                 buf
             }
-            None => vec![0; len],
+            // Too small (the chunk size grew): a fresh one rather than copying old bytes.
+            _ => AlignedBuf::zeroed(len),
         }
     }
 
     /// Returns a buffer for reuse.
-    pub fn give(&self, buf: Vec<u8>) {
+    pub fn give(&self, buf: AlignedBuf) {
         let mut free = self.free.lock().unwrap();
         if free.len() < self.keep {
             free.push(buf);
@@ -281,12 +283,25 @@ mod tests {
     #[test]
     fn recycles_up_to_keep() {
         let pool = BufferPool::new(1);
-        let a = pool.take(4096);
+        let mut a = pool.take(4096);
+        a.fill(7);
         let ptr = a.as_ptr();
         pool.give(a);
-        pool.give(vec![0; 10]); // over the limit: dropped
+        pool.give(AlignedBuf::zeroed(10)); // over the limit: dropped
         let b = pool.take(1000);
         assert_eq!((b.as_ptr(), b.len()), (ptr, 1000));
+        // Nothing written: the old bytes are still there.
+        assert!(b.iter().all(|&x| x == 7));
+        pool.give(b);
+        // Regrown within the capacity: the same memory, still not zero-filled.
+        let c = pool.take(4096);
+        assert_eq!((c.as_ptr(), c.len()), (ptr, 4096));
+        assert!(c.iter().all(|&x| x == 7));
+        pool.give(c);
+        // Beyond the capacity: a new, aligned buffer.
+        let d = pool.take(8192);
+        assert_eq!(d.len(), 8192);
+        assert!(aligned(&d));
         assert_eq!(pool.take(8).len(), 8); // pool empty: fresh
     }
 

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::qcow2::compress::{compress_cluster, Codec};
 use crate::zero::is_zero;
@@ -38,7 +39,7 @@ pub struct PreparedChunk {
     /// Guest bytes covered; a multiple of `granularity` except at the end of the disk.
     pub len: u64,
     /// The clusters' bytes, zero-padded to a whole number of clusters.
-    pub data: Vec<u8>,
+    pub data: AlignedBuf,
     /// The classification of each `granularity`-sized piece of `data`.
     pub clusters: Vec<ClusterData>,
     /// Compressed payloads, back to back, for [`ClusterData::Compressed`] clusters.
@@ -64,12 +65,13 @@ impl PreparedChunk {
 /// zero clusters and compressing the others with `compression` when it is set.
 pub fn prepare_chunk(
     offset: u64,
-    mut data: Vec<u8>,
+    mut data: AlignedBuf,
     granularity: usize,
     compression: Option<Codec>,
 ) -> PreparedChunk {
     let len = data.len() as u64;
-    data.resize(data.len().div_ceil(granularity) * granularity, 0);
+    // Zeros, also in a recycled buffer's old bytes: the padding is written to the image.
+    data.resize(data.len().div_ceil(granularity) * granularity);
     let mut compressed = Vec::new();
     let clusters = data
         .chunks_exact(granularity)
@@ -469,7 +471,7 @@ mod tests {
         let mut data = vec![0u8; 3 * 512 + 100];
         data[600] = 1; // cluster 1 has data
         data[1536] = 9; // cluster 3 (partial, padded) has data
-        let plain = prepare_chunk(1024, data.clone(), 512, None);
+        let plain = prepare_chunk(1024, AlignedBuf::from_slice(&data), 512, None);
         assert_eq!(
             plain.clusters,
             vec![
@@ -482,12 +484,26 @@ mod tests {
         assert_eq!(plain.data.len(), 4 * 512);
         assert_eq!(plain.zero_bytes(), 1024);
         let zstd = Codec::new(crate::Compression::Zstd, None).unwrap();
-        let packed = prepare_chunk(0, data, 512, Some(zstd));
+        let packed = prepare_chunk(0, AlignedBuf::from(data), 512, Some(zstd));
         assert!(matches!(
             packed.clusters[1],
             ClusterData::Compressed { start: 0, .. }
         ));
         assert!(matches!(packed.clusters[3], ClusterData::Compressed { start, .. } if start > 0));
+    }
+
+    #[test]
+    fn padding_is_zero_in_a_recycled_buffer() {
+        // A recycled buffer keeps old bytes beyond its length: they must not reach the image.
+        let mut buf = AlignedBuf::zeroed(4096);
+        buf.fill(0xff);
+        buf.set_len_within_capacity(600);
+        buf[..600].fill(0);
+        buf[0] = 1;
+        let chunk = prepare_chunk(0, buf, 512, None);
+        assert_eq!(chunk.clusters, vec![ClusterData::Plain, ClusterData::Zero]);
+        assert_eq!(chunk.data.len(), 1024);
+        assert!(chunk.data[1..].iter().all(|&b| b == 0));
     }
 
     #[test]
