@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use hyper2kvm::core::ranges::{align_and_merge, total_len};
 use hyper2kvm::core::{
-    convert, open_disk, BoxFuture, Compression, ConvertOptions, DiskReader, InputFormat, Progress,
-    RawFileReader, Result,
+    convert, open_disk, AlignedBuf, BoxFuture, Compression, ConvertOptions, DiskReader,
+    InputFormat, Progress, RawFileReader, Result,
 };
 use support::{assert_image_matches, make_raw, Fill, Scratch};
 
@@ -34,7 +34,7 @@ impl DiskReader for Shuffled {
     fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
         self.inner.allocated_ranges()
     }
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let delay = Duration::from_millis((n * 7919 + offset / 4096) % 13);
         Box::pin(async move {
@@ -173,7 +173,7 @@ impl DiskReader for Failing {
     fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
         self.inner.allocated_ranges()
     }
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             if n >= self.ok_reads {

@@ -18,8 +18,8 @@ use hyper2kvm_azure::{
     RetryConfig, Selection, SplitMix64,
 };
 use hyper2kvm_core::{
-    apply_delta, convert, ChangedRanges, Cleanups, ConvertOptions, Delta, IncrementalCopies,
-    PointInTimeCopies, Vm, VmSource,
+    apply_delta, convert, AlignedBuf, ChangedRanges, Cleanups, ConvertOptions, Delta,
+    IncrementalCopies, PointInTimeCopies, Vm, VmSource,
 };
 use hyper2kvm_sim::{IncrementalLimits, Route, Scenario, SimHandle, Simulator};
 use support::{assert_image_matches, Scratch};
@@ -145,7 +145,7 @@ async fn deltas_between_incremental_snapshots() {
     let now = sim.disk_now(name).unwrap();
     let got = newer
         .reader()
-        .read_at(12 * MIB, vec![0u8; MIB as usize])
+        .read_at(12 * MIB, AlignedBuf::zeroed(MIB as usize))
         .await
         .unwrap();
     let mut expect = vec![0u8; MIB as usize];

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinSet;
 
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::incremental::ChangedRanges;
 use crate::qcow2::{GuestOffset, Qcow2Patcher};
@@ -62,14 +63,14 @@ pub async fn apply_delta(
         blocking(move || lock(&p).zero(r)).await?;
     }
     let mut pieces = chunks(&changes.written, chunk.max(512));
-    let mut reads: JoinSet<Result<(u64, Vec<u8>)>> = JoinSet::new();
+    let mut reads: JoinSet<Result<(u64, AlignedBuf)>> = JoinSet::new();
     loop {
         while reads.len() < concurrency.max(1) {
             let Some(r) = pieces.next() else { break };
             let reader = reader.clone();
             reads.spawn(async move {
                 let buf = reader
-                    .read_at(r.start, vec![0u8; (r.end - r.start) as usize])
+                    .read_at(r.start, AlignedBuf::zeroed((r.end - r.start) as usize))
                     .await?;
                 Ok((r.start, buf))
             });

@@ -72,6 +72,7 @@ pub mod zero;
 #[cfg(test)]
 mod testutil;
 
+pub use buffers::AlignedBuf;
 pub use copies::PointInTimeCopies;
 pub use delta::{apply_delta, DeltaStats};
 pub use error::{Error, ErrorKind, Result};

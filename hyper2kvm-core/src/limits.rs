@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::buffers::AlignedBuf;
 use crate::error::Result;
 use crate::source::{BoxFuture, DiskReader};
 
@@ -99,7 +100,7 @@ impl DiskReader for LimitedReader {
         self.inner.allocated_ranges()
     }
 
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         Box::pin(async move {
             // The connection first, then the pace: reads queued for a connection do not
             // all start at once when connections free up.
@@ -156,7 +157,7 @@ mod tests {
             let all = 0..1u64 << 20;
             Box::pin(async move { Ok(std::iter::once(all).collect()) })
         }
-        fn read_at(&self, _offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+        fn read_at(&self, _offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
             Box::pin(async move {
                 let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 self.peak.fetch_max(now, Ordering::SeqCst);
@@ -179,7 +180,11 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..20u64 {
             let r = if i % 2 == 0 { a.clone() } else { b.clone() };
-            tasks.spawn(async move { r.read_at(i * 512, vec![0; 512]).await.map(|_| ()) });
+            tasks.spawn(async move {
+                r.read_at(i * 512, AlignedBuf::zeroed(512))
+                    .await
+                    .map(|_| ())
+            });
         }
         while let Some(r) = tasks.join_next().await {
             r.unwrap().unwrap();

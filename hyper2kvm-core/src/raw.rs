@@ -11,6 +11,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::{BoxFuture, DiskReader};
 
@@ -70,13 +71,18 @@ impl DiskReader for RawFileReader {
         })
     }
 
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         let file = self.file.clone();
         let path = self.path.clone();
         let size = self.size;
         Box::pin(async move {
             check_within(offset, buf.len(), size, &path)?;
-            blocking(move || read_exact_at(&file, &path, buf, offset)).await
+            blocking(move || {
+                let mut buf = buf;
+                read_into(&file, &path, &mut buf, offset)?;
+                Ok(buf)
+            })
+            .await
         })
     }
 }
@@ -246,9 +252,12 @@ mod tests {
         std::fs::write(&path, (0..=255u8).cycle().take(8192).collect::<Vec<_>>()).unwrap();
         let reader = RawFileReader::open(&path).unwrap();
         assert_eq!(reader.size(), 8192);
-        let buf = reader.read_at(256, vec![0; 4]).await.unwrap();
+        let buf = reader.read_at(256, AlignedBuf::zeroed(4)).await.unwrap();
         assert_eq!(buf, vec![0, 1, 2, 3]);
-        let err = reader.read_at(8190, vec![0; 4]).await.unwrap_err();
+        let err = reader
+            .read_at(8190, AlignedBuf::zeroed(4))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     }
 }

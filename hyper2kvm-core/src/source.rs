@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use crate::buffers::AlignedBuf;
 use crate::error::Result;
 use crate::model::{Disk, Vm};
 
@@ -43,8 +44,11 @@ pub trait DiskReader: Send + Sync {
     /// Fills `buf` (all of its `len()`) with the bytes at `offset` and gives it back.
     ///
     /// Taking the buffer by value lets callers recycle buffers and lets implementations move
-    /// it to a blocking thread or an HTTP body without copying.
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>>;
+    /// it to a blocking thread or an HTTP body without copying. The buffer is an
+    /// [`AlignedBuf`] so that the bytes can go on to an `O_DIRECT` write without another copy
+    /// (see [`crate::output::PartFile::write_at`]); its content on entry is unspecified
+    /// (a recycled buffer keeps old bytes), so an implementation writes every byte of it.
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>>;
 }
 
 /// What a source is, for the domain's description and the reports.
@@ -228,7 +232,7 @@ mod tests {
         fn allocated_ranges(&self) -> BoxFuture<'_, Result<Vec<Range<u64>>>> {
             Box::pin(async { Ok(vec![]) })
         }
-        fn read_at(&self, _offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+        fn read_at(&self, _offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
             Box::pin(async move { Ok(buf) })
         }
     }

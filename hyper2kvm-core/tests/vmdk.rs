@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hyper2kvm_core::{open_disk, DiskReader, ErrorKind, InputFormat, VmdkReader};
+use hyper2kvm_core::{open_disk, AlignedBuf, DiskReader, ErrorKind, InputFormat, VmdkReader};
 use support::{make_raw, qemu_img, s, Fill, Scratch};
 
 const KIB: u64 = 1 << 10;
@@ -56,9 +56,10 @@ fn qemu_reads(image: &Path, dir: &Scratch) -> Vec<u8> {
 }
 
 async fn read(disk: &Arc<dyn DiskReader>, offset: u64, len: u64) -> Vec<u8> {
-    disk.read_at(offset, vec![0xAA; len as usize])
+    disk.read_at(offset, AlignedBuf::from(vec![0xAA; len as usize]))
         .await
         .unwrap()
+        .to_vec()
 }
 
 /// Reads the whole disk in 4 MiB chunks, as the pipeline does.
@@ -143,7 +144,7 @@ async fn every_subformat_reads_like_qemu_img() {
         );
         // A read past the end is refused, not clipped.
         let err = disk
-            .read_at(48 * MIB - 512, vec![0; 1024])
+            .read_at(48 * MIB - 512, AlignedBuf::zeroed(1024))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{name}");
@@ -488,7 +489,7 @@ fn absurd_header_fields_fail_without_huge_allocations() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let disk = open_disk(&vmdk, InputFormat::Auto).unwrap();
     assert_eq!(
-        rt.block_on(disk.read_at(0, vec![0; 4 * MIB as usize]))
+        rt.block_on(disk.read_at(0, AlignedBuf::zeroed(4 * MIB as usize)))
             .unwrap(),
         want
     );
@@ -608,7 +609,9 @@ createType=\"{create_type}\"\n{extents}\nddb.adapterType = \"ide\"\n"
     let rt = tokio::runtime::Runtime::new().unwrap();
     let disk = open_disk(&d, InputFormat::Auto).unwrap();
     assert_eq!(disk.size(), 10 * 512);
-    let bytes = rt.block_on(disk.read_at(0, vec![9; 10 * 512])).unwrap();
+    let bytes = rt
+        .block_on(disk.read_at(0, AlignedBuf::from(vec![9; 10 * 512])))
+        .unwrap();
     assert!(bytes[..4096].iter().all(|&b| b == 0) && bytes[4096..].iter().all(|&b| b == 1));
 }
 
@@ -645,7 +648,7 @@ async fn read_all_err(disk: &Arc<dyn DiskReader>) -> hyper2kvm_core::Error {
     let mut pos = 0;
     while pos < disk.size() {
         let n = (4 * MIB).min(disk.size() - pos);
-        if let Err(e) = disk.read_at(pos, vec![0; n as usize]).await {
+        if let Err(e) = disk.read_at(pos, AlignedBuf::zeroed(n as usize)).await {
             return e;
         }
         pos += n;

@@ -12,7 +12,8 @@ use futures_util::future::join_all;
 use hyper2kvm_core::journal::journal_path;
 use hyper2kvm_core::ranges::align_and_merge;
 use hyper2kvm_core::{
-    convert, BoxFuture, ConvertOptions, Disk, DiskReader, DiskRole, ErrorKind, OutputFormat, Vm,
+    convert, AlignedBuf, BoxFuture, ConvertOptions, Disk, DiskReader, DiskRole, ErrorKind,
+    OutputFormat, Vm,
 };
 
 use crate::checksum::sha256_file;
@@ -868,7 +869,11 @@ impl DiskReader for KnownRanges {
         Box::pin(async move { Ok(ranges) })
     }
 
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, hyper2kvm_core::Result<Vec<u8>>> {
+    fn read_at(
+        &self,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> BoxFuture<'_, hyper2kvm_core::Result<AlignedBuf>> {
         self.inner.read_at(offset, buf)
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use super::md5x::BodyHasher;
 use base64::Engine;
 use hyper2kvm_core::vhd::{DiskType, VhdFooter, FOOTER_LEN};
-use hyper2kvm_core::{BoxFuture, ChangedRanges, Delta, DiskReader};
+use hyper2kvm_core::{AlignedBuf, BoxFuture, ChangedRanges, Delta, DiskReader};
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode, Url};
 
@@ -144,8 +144,8 @@ impl PageBlobReader {
         }
         let footer_at = blob_len - FOOTER_LEN as u64;
         let footer: [u8; FOOTER_LEN] = inner
-            .get_range(footer_at, vec![0u8; FOOTER_LEN], 0..FOOTER_LEN)
-            .await?
+            .get_range(footer_at, AlignedBuf::zeroed(FOOTER_LEN), 0..FOOTER_LEN)
+            .await?[..]
             .try_into()
             .expect("FOOTER_LEN bytes");
         let footer = VhdFooter::parse(&footer, footer_at).map_err(|e| {
@@ -392,9 +392,9 @@ impl Inner {
     async fn get_range(
         &self,
         offset: u64,
-        mut buf: Vec<u8>,
+        mut buf: AlignedBuf,
         range: Range<usize>,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<AlignedBuf> {
         debug_assert!(!range.is_empty() && range.len() <= MAX_RANGE);
         let last = offset + range.len() as u64 - 1;
         let headers = [
@@ -629,8 +629,8 @@ impl DiskReader for PageBlobReader {
     fn read_at(
         &self,
         offset: u64,
-        mut buf: Vec<u8>,
-    ) -> BoxFuture<'_, hyper2kvm_core::Result<Vec<u8>>> {
+        mut buf: AlignedBuf,
+    ) -> BoxFuture<'_, hyper2kvm_core::Result<AlignedBuf>> {
         Box::pin(async move {
             if offset
                 .checked_add(buf.len() as u64)

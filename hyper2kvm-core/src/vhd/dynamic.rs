@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::footer::{be32, be64, checksum_skipping, VhdFooter, FOOTER_LEN};
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::raw::{blocking, check_within, read_exact_at, read_into};
 use crate::source::{BoxFuture, DiskReader};
@@ -174,7 +175,7 @@ impl DiskReader for DynamicVhdReader {
         Box::pin(async move { Ok(ranges) })
     }
 
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         let file = self.file.clone();
         let path = self.path.clone();
         let blocks = self.blocks.clone();

@@ -17,6 +17,7 @@ use super::metadata::{read_metadata, Metadata};
 use super::parent;
 use super::region::read_regions;
 use super::view::FileView;
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::raw::{blocking, check_within, data_ranges, file_identity, file_len, open_file};
 use crate::source::{BoxFuture, DiskReader};
@@ -412,7 +413,7 @@ impl DiskReader for VhdxReader {
         })
     }
 
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         let top = self.top.clone();
         let path = self.path.clone();
         Box::pin(async move {

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use super::testimage::{BlockSpec, Image, LogEntry, LogWrite, BAT_OFFSET, LOG_OFFSET};
 use super::{Guid, VhdxReader};
+use crate::buffers::AlignedBuf;
 use crate::error::ErrorKind;
 use crate::source::DiskReader;
 use crate::testutil::TempDir;
@@ -69,7 +70,12 @@ async fn read_all(reader: &dyn DiskReader) -> Vec<u8> {
     let mut pos = 0;
     while pos < size {
         let n = step.min(size - pos) as usize;
-        out.extend_from_slice(&reader.read_at(pos, vec![0xee; n]).await.unwrap());
+        out.extend_from_slice(
+            &reader
+                .read_at(pos, AlignedBuf::from(vec![0xee; n]))
+                .await
+                .unwrap(),
+        );
         pos += n as u64;
     }
     out
@@ -366,7 +372,7 @@ async fn differencing_chain_reads_parent_through_child() {
         assert!(ours == grand_bytes, "{sector}-byte sectors");
         // Reads of odd sizes and offsets inside partially present blocks.
         for (off, len) in [(MIB + 100, 5000usize), (MIB + 511, 2), (2 * MIB - 1, 2)] {
-            let got = reader.read_at(off, vec![0; len]).await.unwrap();
+            let got = reader.read_at(off, AlignedBuf::zeroed(len)).await.unwrap();
             assert_eq!(got, &grand_bytes[off as usize..off as usize + len]);
         }
         let ranges = reader.allocated_ranges().await.unwrap();

@@ -35,6 +35,7 @@ use std::sync::Arc;
 pub use descriptor::Descriptor;
 pub use header::SparseHeader;
 
+use crate::buffers::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::raw::{blocking, check_within, file_identity, file_len, open_file, read_exact_at};
 use crate::source::{BoxFuture, DiskReader};
@@ -518,7 +519,7 @@ impl DiskReader for VmdkReader {
         Box::pin(async move { blocking(move || extent::allocated(&extents)).await })
     }
 
-    fn read_at(&self, offset: u64, buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         let extents = self.extents.clone();
         let path = self.path.clone();
         let size = self.size;

@@ -9,9 +9,9 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use hyper2kvm_core::{
-    BoxFuture, Cleanups, Disk, DiskReader, DiskRole, Error, ErrorKind, ExportedDisk, Firmware,
-    Hardware, HardwareCatalog, Origin, OsType, PointInTimeCopies, PowerControl, PowerState, Result,
-    Vm, VmSource,
+    AlignedBuf, BoxFuture, Cleanups, Disk, DiskReader, DiskRole, Error, ErrorKind, ExportedDisk,
+    Firmware, Hardware, HardwareCatalog, Origin, OsType, PointInTimeCopies, PowerControl,
+    PowerState, Result, Vm, VmSource,
 };
 
 pub const MIB: u64 = 1 << 20;
@@ -316,7 +316,7 @@ impl DiskReader for MemReader {
         Box::pin(async move { Ok(std::iter::once(0..size).collect()) })
     }
 
-    fn read_at(&self, offset: u64, mut buf: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+    fn read_at(&self, offset: u64, mut buf: AlignedBuf) -> BoxFuture<'_, Result<AlignedBuf>> {
         Box::pin(async move {
             let (fail, hang) = {
                 let st = self.state.lock().unwrap();
