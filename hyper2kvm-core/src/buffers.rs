@@ -3,7 +3,7 @@
 //! A fresh 4 MiB `Vec` per chunk costs a page fault per 4 KiB page and the kernel's zeroing
 //! of each: measurable system time at GiB/s. The pipeline takes buffers from a pool and the
 //! writer gives them back once their bytes are in the file, so a conversion cycles through
-//! about `concurrency + 3` buffers whatever the disk size.
+//! about `concurrency + 5` buffers whatever the disk size (see the pipeline's module docs).
 //!
 //! The buffers are [`AlignedBuf`]s: their memory starts on a 4 KiB boundary, so the output
 //! can write a chunk's clusters with `O_DIRECT` straight from it, without first copying them
@@ -64,8 +64,9 @@ impl AlignedBuf {
             return AlignedBuf::new();
         }
         let layout = Self::layout(capacity);
-        // Zeroed, so every byte is initialised before it is ever seen as a `u8`; for a large
-        // buffer the pages are the kernel's zero pages until first written.
+        // Zeroed, so every byte is initialised before it is ever seen as a `u8`. At this
+        // alignment the allocator cannot use calloc's fresh zero pages: it allocates and then
+        // writes the zeros, touching every page once. The pool makes that a start-up cost.
         // SAFETY: a layout of non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(ptr) else {

@@ -8,8 +8,9 @@
 //!
 //! `concurrency` bounds the reads in flight; a chunk gives its read slot back once read, so
 //! the next reads overlap its zero scan and compression. Memory is bounded by `concurrency`
-//! chunks being read, one per core being prepared, two queued for the writer, plus the
-//! writer's metadata, whatever the disk's size. Chunks complete out of order; the
+//! chunks being read, up to [`PREPARING`] more read and waiting for or in the CPU stage (or
+//! waiting to be collected when the writer is slow), two queued for the writer, plus the
+//! writer's metadata, whatever the disk's size and the host's core count. Chunks complete out of order; the
 //! pipeline tells the writer the lowest guest offset still outstanding so it can write out
 //! finished L2 tables early.
 
@@ -67,6 +68,12 @@ pub const REMOTE_CONCURRENCY: usize = 16;
 /// into the output's) and a small working set keeps both copies in the CPU's caches
 /// (docs/BENCHMARKS.md: 2 reads of 1 MiB convert a VHDX in 0.4 of the time 4 of 4 MiB take).
 pub const REMOTE_CHUNK_SIZE: u32 = 4 << 20;
+
+/// Chunks that may be read and waiting for, or in, the CPU stage beyond the reads in flight:
+/// two, so the reads go on while two cores zero-scan or compress. A fixed number, not one per
+/// core: finished chunks hold their buffers until collected, and a pod without a CPU limit
+/// sees every core of its node (64 would mean 256 MiB more per disk over a network).
+const PREPARING: usize = 2;
 
 /// How to convert.
 #[derive(Debug, Clone)]
@@ -390,8 +397,8 @@ pub async fn convert(
     let concurrency = opts.concurrency.max(1);
     // CPU work (zero scan, compression) runs on at most one thread per core.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // Chunks being read, being prepared, queued for the writer, and being written.
-    let pool = Arc::new(BufferPool::new(concurrency + cores + 3));
+    // Chunks being read, read and being prepared, queued for the writer, and being written.
+    let pool = Arc::new(BufferPool::new(concurrency + PREPARING + 3));
     let checkpoints = opts.resume.then(|| Checkpoints {
         path: journal_path(dst),
         header,
@@ -431,7 +438,7 @@ pub async fn convert(
     };
     let mut done = resumed_bytes;
     loop {
-        while tasks.len() < concurrency + cores {
+        while tasks.len() < concurrency + PREPARING {
             let Some(range) = pending.next() else { break };
             in_flight.insert(range.start);
             let reader = reader.clone();
