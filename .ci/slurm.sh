@@ -70,11 +70,20 @@ CONF
 slurm_stop() {
   local dir=${_slurm_dir:-}
   [[ -n $dir ]] || return 0
-  local f
+  local f pids=()
   for f in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
-    [[ -f $f ]] && kill "$(cat "$f")" 2>/dev/null || true
+    [[ -f $f ]] && pids+=("$(cat "$f")")
   done
-  # Keys, spool and logs are this run's alone: nothing of them is left in the temp folder.
-  rm -rf "$dir"
+  local p alive _
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Keys, spool and logs are this run's alone: nothing of them is left in the temp folder,
+  # once the daemons (which write their state as they stop) are gone; never a failure.
+  for _ in $(seq 50); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  rm -rf "$dir" 2>/dev/null || true
   _slurm_dir=
 }
