@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use fake::{FakeCloud, MIB};
 use hyper2kvm_core::{Cleanups, ErrorKind, PowerState};
 use hyper2kvm_migrate::{
-    DiskStatus, Interrupt, Migration, RunEvent, RunOptions, RunStatus, RunSummary, RunningVmPolicy,
-    Source, VmStatus,
+    DiskStatus, EventFn, Interrupt, Migration, RunEvent, RunOptions, RunStatus, RunSummary,
+    RunningVmPolicy, Source, VmStatus,
 };
 use serde_json::Value;
 use support::{assert_image_matches, Scratch};
@@ -36,6 +36,14 @@ async fn run(cloud: &FakeCloud, cleanups: &Cleanups, opts: RunOptions) -> RunSum
         .discover_and_run()
         .await
         .expect("the run starts")
+}
+
+/// The events a run sends, kept: the list, and the sink to give the run.
+fn recorder() -> (Arc<Mutex<Vec<RunEvent>>>, EventFn) {
+    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
+    let sink = events.clone();
+    let record: EventFn = Arc::new(move |e: &RunEvent| sink.lock().unwrap().push(e.clone()));
+    (events, record)
 }
 
 fn report(out: &Path, vm: &str) -> Value {
@@ -73,17 +81,14 @@ async fn deallocated_and_running_vms_become_images_and_domains() {
     let cloud = FakeCloud::new(&cleanups);
     cloud.add_vm("cold", PowerState::Deallocated, 1);
     cloud.add_vm("warm", PowerState::Running, 2);
-    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
-    let sink = events.clone();
+    let (events, record) = recorder();
     let source = Source::full(Arc::new(cloud.clone()));
     let summary = Migration::new(
         source,
         cleanups.clone(),
         options(&out, RunningVmPolicy::Snapshot),
     )
-    .with_events(Arc::new(move |e: &RunEvent| {
-        sink.lock().unwrap().push(e.clone())
-    }))
+    .with_events(record)
     .discover_and_run()
     .await
     .unwrap();
@@ -481,15 +486,12 @@ async fn disks_are_exported_while_another_holds_the_only_reading_slot() {
     cloud.state.lock().unwrap().hang_reads = true;
     let mut opts = options(&out, RunningVmPolicy::Refuse);
     opts.parallel_disks = 1;
-    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
-    let sink = events.clone();
+    let (events, record) = recorder();
     let task = {
         let (cloud, cleanups) = (cloud.clone(), cleanups.clone());
         tokio::spawn(async move {
             Migration::new(Source::full(Arc::new(cloud)), cleanups, opts)
-                .with_events(Arc::new(move |e: &RunEvent| {
-                    sink.lock().unwrap().push(e.clone())
-                }))
+                .with_events(record)
                 .discover_and_run()
                 .await
         })
@@ -543,15 +545,12 @@ async fn the_largest_vms_start_first() {
     cloud.add_vm("a-small", PowerState::Deallocated, 0);
     cloud.add_vm("b-large", PowerState::Deallocated, 3);
     cloud.add_vm("c-medium", PowerState::Deallocated, 1);
-    let events: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
-    let sink = events.clone();
+    let (events, record) = recorder();
     let mut opts = options(&out, RunningVmPolicy::Refuse);
     // One at a time, so that the order of their starts is the order they were let in.
     opts.parallel_vms = 1;
     let summary = Migration::new(Source::full(Arc::new(cloud.clone())), cleanups, opts)
-        .with_events(Arc::new(move |e: &RunEvent| {
-            sink.lock().unwrap().push(e.clone())
-        }))
+        .with_events(record)
         .discover_and_run()
         .await
         .unwrap();
