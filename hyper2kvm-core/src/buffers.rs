@@ -233,10 +233,15 @@ impl PartialEq<Vec<u8>> for AlignedBuf {
     }
 }
 
-/// A pool of aligned byte buffers.
+/// A pool of aligned byte buffers, and of vectors that hold a chunk's compressed clusters.
+///
+/// Recycling both keeps the pages mapped: a fresh vector for every chunk's compressed bytes
+/// meant a page fault for every 4 KiB written into it: 140,000 for a 1 GiB zstd conversion
+/// (docs/BENCHMARKS.md, "Recycled compression buffers (session 9)").
 #[derive(Debug, Default)]
 pub struct BufferPool {
     free: Mutex<Vec<AlignedBuf>>,
+    spare: Mutex<Vec<Vec<u8>>>,
     keep: usize,
 }
 
@@ -245,6 +250,7 @@ impl BufferPool {
     pub fn new(keep: usize) -> Self {
         BufferPool {
             free: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             keep,
         }
     }
@@ -269,6 +275,20 @@ impl BufferPool {
         let mut free = self.free.lock().unwrap();
         if free.len() < self.keep {
             free.push(buf);
+        }
+    }
+
+    /// An empty vector, with the capacity of one given back earlier if there is one.
+    pub fn take_vec(&self) -> Vec<u8> {
+        self.spare.lock().unwrap().pop().unwrap_or_default()
+    }
+
+    /// Returns a vector for reuse; its content is dropped, its capacity kept.
+    pub fn give_vec(&self, mut v: Vec<u8>) {
+        v.clear();
+        let mut spare = self.spare.lock().unwrap();
+        if spare.len() < self.keep && v.capacity() > 0 {
+            spare.push(v);
         }
     }
 }

@@ -63,17 +63,20 @@ impl PreparedChunk {
 }
 
 /// Classifies `data` (the guest bytes at `offset`) in `granularity`-sized clusters, dropping
-/// zero clusters and compressing the others with `compression` when it is set.
+/// zero clusters and compressing the others with `compression` when it is set. The
+/// compressed payloads go into `compressed`, whose content is dropped and whose capacity is
+/// reused (a vector from [`BufferPool::take_vec`](crate::buffers::BufferPool::take_vec)).
 pub fn prepare_chunk(
     offset: u64,
     mut data: AlignedBuf,
     granularity: usize,
     compression: Option<Codec>,
+    mut compressed: Vec<u8>,
 ) -> PreparedChunk {
     let len = data.len() as u64;
     // Zeros, also in a recycled buffer's old bytes: the padding is written to the image.
     data.resize(data.len().div_ceil(granularity) * granularity);
-    let mut compressed = Vec::new();
+    compressed.clear();
     let clusters = data
         .chunks_exact(granularity)
         .map(|cluster| {
@@ -466,7 +469,7 @@ mod tests {
         let mut data = vec![0u8; 3 * 512 + 100];
         data[600] = 1; // cluster 1 has data
         data[1536] = 9; // cluster 3 (partial, padded) has data
-        let plain = prepare_chunk(1024, AlignedBuf::from_slice(&data), 512, None);
+        let plain = prepare_chunk(1024, AlignedBuf::from_slice(&data), 512, None, Vec::new());
         assert_eq!(
             plain.clusters,
             vec![
@@ -479,7 +482,7 @@ mod tests {
         assert_eq!(plain.data.len(), 4 * 512);
         assert_eq!(plain.zero_bytes(), 1024);
         let zstd = Codec::new(crate::Compression::Zstd, None).unwrap();
-        let packed = prepare_chunk(0, AlignedBuf::from(data), 512, Some(zstd));
+        let packed = prepare_chunk(0, AlignedBuf::from(data), 512, Some(zstd), vec![5; 9]);
         assert!(matches!(
             packed.clusters[1],
             ClusterData::Compressed { start: 0, .. }
@@ -495,7 +498,7 @@ mod tests {
         buf.set_len_within_capacity(600);
         buf[..600].fill(0);
         buf[0] = 1;
-        let chunk = prepare_chunk(0, buf, 512, None);
+        let chunk = prepare_chunk(0, buf, 512, None, Vec::new());
         assert_eq!(chunk.clusters, vec![ClusterData::Plain, ClusterData::Zero]);
         assert_eq!(chunk.data.len(), 1024);
         assert!(chunk.data[1..].iter().all(|&b| b == 0));

@@ -187,6 +187,7 @@ impl WriterThread {
                                 resume.written(&chunk, &mut *sink)?;
                             }
                             pool.give(chunk.data);
+                            pool.give_vec(chunk.compressed);
                         }
                         ToWriter::Finish => {
                             let written = sink.finish()?;
@@ -451,8 +452,9 @@ pub async fn convert(
                 let data = reader.read_at(range.start, buf).await?;
                 drop(reading);
                 let _permit = cpu.acquire_owned().await.expect("semaphore open");
+                let compressed = pool.take_vec();
                 tokio::task::spawn_blocking(move || {
-                    prepare_chunk(range.start, data, granularity, compression)
+                    prepare_chunk(range.start, data, granularity, compression, compressed)
                 })
                 .await
                 .map_err(|e| Error::new(ErrorKind::Cancelled, format!("chunk task failed: {e}")))

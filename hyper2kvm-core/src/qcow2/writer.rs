@@ -229,30 +229,36 @@ impl Qcow2Writer {
         self.flush_refcount_blocks()
     }
 
-    /// Appends compressed clusters `items` (guest cluster, payload) byte by byte.
-    fn append_compressed(&mut self, items: &[(u64, &[u8])]) -> Result<()> {
+    /// Appends compressed clusters byte by byte: `items` are (guest cluster, start, length)
+    /// of payloads in `payloads`, back to back as [`prepare_chunk`](crate::output::prepare_chunk)
+    /// packs them, so the run goes to the file in one write straight from `payloads`.
+    fn append_compressed(&mut self, items: &[(u64, usize, usize)], payloads: &[u8]) -> Result<()> {
         let cs = self.geo.cluster_size();
-        let mut batch: Vec<u8> = Vec::new();
-        let mut batch_start = self.next;
-        for &(cluster, payload) in items {
-            let len = payload.len() as u64;
+        // The bytes of `payloads` not yet written, and where in the file they go.
+        let mut run = 0..0;
+        let mut run_at = self.next;
+        for &(cluster, start, len) in items {
             // Counts are 16-bit: a host cluster shared by too many tiny payloads is closed.
-            if self.refs.get(self.next / cs) >= u16::MAX - 1 {
-                self.out.write_at(&batch, batch_start)?;
-                batch.clear();
-                self.next = self.next.div_ceil(cs) * cs;
-                batch_start = self.next;
+            // A payload that does not follow the run (not packed back to back) starts a new one.
+            let closed = self.refs.get(self.next / cs) >= u16::MAX - 1;
+            if closed || start != run.end {
+                self.out.write_at(&payloads[run.clone()], run_at)?;
+                if closed {
+                    self.next = self.next.div_ceil(cs) * cs;
+                }
+                run = start..start;
+                run_at = self.next;
             }
             let at = HostOffset(self.next);
-            let span = compressed_span(at, len);
+            let span = compressed_span(at, len as u64);
             let first = span.start / cs;
             let last = (span.end - 1) / cs;
             self.refs.add(first, last - first + 1);
-            self.set_l2(cluster, l2_compressed(&self.geo, at, len))?;
-            batch.extend_from_slice(payload);
-            self.next += len;
+            self.set_l2(cluster, l2_compressed(&self.geo, at, len as u64))?;
+            run.end += len;
+            self.next += len as u64;
         }
-        self.out.write_at(&batch, batch_start)?;
+        self.out.write_at(&payloads[run], run_at)?;
         self.wrote_compressed = true;
         Ok(())
     }
@@ -292,11 +298,10 @@ impl ImageSink for Qcow2Writer {
                 ClusterData::Compressed { .. } => {
                     let mut items = Vec::new();
                     while let Some(&ClusterData::Compressed { start, len }) = clusters.get(i) {
-                        let payload = &chunk.compressed[start as usize..(start + len) as usize];
-                        items.push((first_cluster + i as u64, payload));
+                        items.push((first_cluster + i as u64, start as usize, len as usize));
                         i += 1;
                     }
-                    self.append_compressed(&items)?;
+                    self.append_compressed(&items, &chunk.compressed)?;
                 }
             }
         }
@@ -389,5 +394,55 @@ impl ImageSink for Qcow2Writer {
         self.out.set_len(end)?;
         let Qcow2Writer { out, .. } = *self;
         out.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffers::AlignedBuf;
+    use crate::testutil::TempDir;
+
+    /// A host cluster's refcount is 16 bits wide: once 65,534 compressed payloads share one,
+    /// the next payload starts the next cluster, and every payload's bytes are where its L2
+    /// entry says. (Real zstd payloads are too large to get there: one-byte ones do.)
+    #[test]
+    fn a_host_cluster_full_of_tiny_payloads_is_closed() {
+        let dir = TempDir::new("tiny-payloads");
+        let dst = dir.path().join("tiny.qcow2");
+        let cs = 64u64 << 10;
+        let n = 70_000u64;
+        let mut w = Qcow2Writer::create(&dst, n * cs, cs as u32, Some(Compression::Zstd)).unwrap();
+        let payloads: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        let chunk = PreparedChunk {
+            offset: 0,
+            len: n * cs,
+            data: AlignedBuf::default(),
+            clusters: (0..n as u32)
+                .map(|i| ClusterData::Compressed { start: i, len: 1 })
+                .collect(),
+            compressed: payloads.clone(),
+            granularity: cs as usize,
+        };
+        w.write_chunk(&chunk).unwrap();
+        let x = 62 - (w.geo.cluster_bits - 8);
+        let hosts: Vec<u64> = (0..n)
+            .map(|c| {
+                let (l1, i) = w.geo.table_indexes(c);
+                w.open_l2[&l1][i] & ((1 << x) - 1)
+            })
+            .collect();
+        // The payloads start in cluster 1 (cluster 0 is the header): 65,534 fit in it.
+        let limit = u64::from(u16::MAX) - 1;
+        assert_eq!(hosts[0], cs);
+        assert_eq!(hosts[limit as usize - 1], cs + limit - 1);
+        assert_eq!(hosts[limit as usize], 2 * cs);
+        assert_eq!(hosts[n as usize - 1], 2 * cs + (n - limit - 1));
+        assert!(w.refs.get(1) < u16::MAX && w.refs.get(2) < u16::MAX);
+        Box::new(w).finish().unwrap();
+        let image = std::fs::read(&dst).unwrap();
+        for (c, &host) in hosts.iter().enumerate() {
+            assert_eq!(image[host as usize], payloads[c], "cluster {c}");
+        }
     }
 }
