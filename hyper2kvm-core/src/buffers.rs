@@ -235,23 +235,28 @@ impl PartialEq<Vec<u8>> for AlignedBuf {
 
 /// A pool of aligned byte buffers, and of vectors that hold a chunk's compressed clusters.
 ///
-/// Recycling both keeps the pages mapped: a fresh vector for every chunk's compressed bytes
-/// meant a page fault for every 4 KiB written into it: 140,000 for a 1 GiB zstd conversion
-/// (docs/BENCHMARKS.md, "Recycled compression buffers (session 9)").
+/// Recycling keeps the pages mapped: a fresh vector for every chunk's compressed bytes meant
+/// a page fault for every 4 KiB written into it (140,000 for a 1 GiB zstd conversion), and
+/// buffers sized to each chunk, of which the smaller could not take the next full-size
+/// chunk, meant 40,000 faults for an export of 660 MiB (docs/BENCHMARKS.md, "Page faults
+/// (session 9)"). So every buffer is made as large as the largest chunk.
 #[derive(Debug, Default)]
 pub struct BufferPool {
     free: Mutex<Vec<AlignedBuf>>,
     spare: Mutex<Vec<Vec<u8>>>,
     keep: usize,
+    size: usize,
 }
 
 impl BufferPool {
-    /// A pool that keeps at most `keep` idle buffers.
-    pub fn new(keep: usize) -> Self {
+    /// A pool that keeps at most `keep` idle buffers and makes each with room for `size`
+    /// bytes (the largest chunk), so that any of them can take any chunk.
+    pub fn new(keep: usize, size: usize) -> Self {
         BufferPool {
             free: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
             keep,
+            size,
         }
     }
 
@@ -265,8 +270,13 @@ impl BufferPool {
                 buf.set_len_within_capacity(len);
                 buf
             }
-            // Too small (the chunk size grew): a fresh one rather than copying old bytes.
-            _ => AlignedBuf::zeroed(len),
+            // None idle, or one too small (a chunk larger than the pool's size): a fresh one
+            // rather than copying old bytes.
+            _ => {
+                let mut buf = AlignedBuf::zeroed(len.max(self.size));
+                buf.set_len_within_capacity(len);
+                buf
+            }
         }
     }
 
@@ -303,7 +313,7 @@ mod tests {
 
     #[test]
     fn recycles_up_to_keep() {
-        let pool = BufferPool::new(1);
+        let pool = BufferPool::new(1, 0);
         let mut a = pool.take(4096);
         a.fill(7);
         let ptr = a.as_ptr();
@@ -324,6 +334,20 @@ mod tests {
         assert_eq!(d.len(), 8192);
         assert!(aligned(&d));
         assert_eq!(pool.take(8).len(), 8); // pool empty: fresh
+    }
+
+    #[test]
+    fn every_buffer_has_room_for_the_largest_chunk() {
+        // A short chunk first (the end of a range): its buffer can still take a full one.
+        let pool = BufferPool::new(2, 8192);
+        let short = pool.take(100);
+        assert_eq!((short.len(), short.capacity()), (100, 8192));
+        let ptr = short.as_ptr();
+        pool.give(short);
+        let full = pool.take(8192);
+        assert_eq!((full.as_ptr(), full.len()), (ptr, 8192));
+        // Larger than the pool's size: made to measure (in whole pages).
+        assert_eq!(pool.take(9000).capacity(), 3 * AlignedBuf::ALIGN);
     }
 
     #[test]

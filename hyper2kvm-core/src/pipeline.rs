@@ -398,8 +398,6 @@ pub async fn convert(
     let concurrency = opts.concurrency.max(1);
     // CPU work (zero scan, compression) runs on at most one thread per core.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // Chunks being read, read and being prepared, queued for the writer, and being written.
-    let pool = Arc::new(BufferPool::new(concurrency + PREPARING + 3));
     let checkpoints = opts.resume.then(|| Checkpoints {
         path: journal_path(dst),
         header,
@@ -408,9 +406,11 @@ pub async fn convert(
         since_bytes: 0,
         since: Instant::now(),
     });
-    let writer = WriterThread::spawn(sink, pool.clone(), checkpoints);
     let chunk =
         (u64::from(opts.chunk_size).max(1)).div_ceil(granularity as u64) * granularity as u64;
+    // Chunks being read, read and being prepared, queued for the writer, and being written.
+    let pool = Arc::new(BufferPool::new(concurrency + PREPARING + 3, chunk as usize));
+    let writer = WriterThread::spawn(sink, pool.clone(), checkpoints);
 
     let ranges = reader.allocated_ranges().await?;
     let ranges = align_and_merge(&ranges, granularity as u64, size, opts.merge_gap);
