@@ -237,9 +237,10 @@ impl PartialEq<Vec<u8>> for AlignedBuf {
 ///
 /// Recycling keeps the pages mapped: a fresh vector for every chunk's compressed bytes meant
 /// a page fault for every 4 KiB written into it (140,000 for a 1 GiB zstd conversion), and
-/// buffers sized to each chunk, of which the smaller could not take the next full-size
-/// chunk, meant 40,000 faults for an export of 660 MiB (docs/BENCHMARKS.md, "Page faults
-/// (session 9)"). So every buffer is made as large as the largest chunk.
+/// buffers sized to each chunk, of which the shorter could not take the next full-size
+/// chunk and were replaced, about 20,000 more for an export of 660 MiB. So every buffer is
+/// made as large as the largest chunk (docs/BENCHMARKS.md, "Recycled compression buffers"
+/// and "Rechecked in session 9").
 #[derive(Debug, Default)]
 pub struct BufferPool {
     free: Mutex<Vec<AlignedBuf>>,
