@@ -168,8 +168,12 @@ read = lambda server: int(open(f"{sys.argv[2]}/bytes-{server}").read()) / 2**30
 groups = {}
 for r in rows:
     groups.setdefault((r["server"], r["pinned"], r["client"]), []).append(r)
-print("| server | pinned | client | runs | wall (s) | user+sys (s) | CPU s/GiB | peak RSS (MiB) | server CPU (s) | of ceiling |")
-print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+# "of ceiling": the ceiling's median wall over the client's. "per round": the ceiling's wall
+# over the client's in each round, their median and range. A busy host moves single rounds
+# by a third; the spread says how far the first column can be read.
+wall_of = {(r["round"], r["server"], r["pinned"], r["client"]): float(r["wall_s"]) for r in rows}
+print("| server | pinned | client | runs | wall (s) | user+sys (s) | CPU s/GiB | peak RSS (MiB) | server CPU (s) | of ceiling | per round |")
+print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 med = lambda rs, f: statistics.median(f(r) for r in rs)
 for (server, pin, client), rs in groups.items():
     wall = med(rs, lambda r: float(r["wall_s"]))
@@ -177,5 +181,7 @@ for (server, pin, client), rs in groups.items():
     rss = max(int(r["rss_kib"]) for r in rs) / 1024
     scpu = med(rs, lambda r: float(r["server_cpu_s"]))
     ceil = med(groups[(server, pin, "ceiling")], lambda r: float(r["wall_s"]))
-    print(f"| {server} | {'yes' if pin == '1' else 'no'} | {client} | {len(rs)} | {wall:.2f} | {cpu:.2f} | {cpu / read(server):.2f} | {rss:.0f} | {scpu:.2f} | {ceil / wall:.2f} |")
+    rounds = [wall_of[(r["round"], server, pin, "ceiling")] / float(r["wall_s"]) for r in rs]
+    spread = f"{statistics.median(rounds):.2f} ({min(rounds):.2f}–{max(rounds):.2f})"
+    print(f"| {server} | {'yes' if pin == '1' else 'no'} | {client} | {len(rs)} | {wall:.2f} | {cpu:.2f} | {cpu / read(server):.2f} | {rss:.0f} | {scpu:.2f} | {ceil / wall:.2f} | {spread} |")
 PY
