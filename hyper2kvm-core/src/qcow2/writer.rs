@@ -231,7 +231,8 @@ impl Qcow2Writer {
 
     /// Appends compressed clusters byte by byte: `items` are (guest cluster, start, length)
     /// of payloads in `payloads`, back to back as [`prepare_chunk`](crate::output::prepare_chunk)
-    /// packs them, so the run goes to the file in one write straight from `payloads`.
+    /// packs them, so they go to the file straight from `payloads`, in one write unless a
+    /// host cluster fills up.
     fn append_compressed(&mut self, items: &[(u64, usize, usize)], payloads: &[u8]) -> Result<()> {
         let cs = self.geo.cluster_size();
         // The bytes of `payloads` not yet written, and where in the file they go.
@@ -405,7 +406,7 @@ mod tests {
 
     /// A host cluster's refcount is 16 bits wide: once 65,534 compressed payloads share one,
     /// the next payload starts the next cluster, and every payload's bytes are where its L2
-    /// entry says. (Real zstd payloads are too large to get there: one-byte ones do.)
+    /// entry says. (Real clusters hardly ever compress this small: one-byte payloads do.)
     #[test]
     fn a_host_cluster_full_of_tiny_payloads_is_closed() {
         let dir = TempDir::new("tiny-payloads");
