@@ -31,6 +31,8 @@ pub mod ovf;
 pub mod package;
 pub mod source;
 pub mod tar;
+#[cfg(test)]
+mod testutil;
 
 pub use package::{open, Defaults, Kind, Package, PackageDisk};
 pub use source::LocalSource;

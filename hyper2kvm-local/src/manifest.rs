@@ -177,6 +177,7 @@ fn hash<D: Digest>(file: &File, shown: &Path, offset: u64, len: u64) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::ScratchFile;
 
     #[test]
     fn parses_spacing_variants_and_checks() {
@@ -208,32 +209,28 @@ mod tests {
 
     #[test]
     fn verify_hashes_a_range() {
-        let dir = std::env::temp_dir().join(format!("h2k-mf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("f");
-        std::fs::write(&path, b"xxabcxx").unwrap();
-        let file = File::open(&path).unwrap();
+        let scratch = ScratchFile::new("mf", "f", b"xxabcxx");
+        let path = scratch.path();
+        let file = File::open(path).unwrap();
         // sha256("abc")
         let good = Entry {
             algorithm: Algorithm::Sha256,
             file: "f".into(),
             digest: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
         };
-        verify(&good, "m.mf", &file, &path, 2, 3).unwrap();
+        verify(&good, "m.mf", &file, path, 2, 3).unwrap();
         let sha1 = Entry {
             algorithm: Algorithm::Sha1,
             file: "f".into(),
             digest: "a9993e364706816aba3e25717850c26c9cd0d89d".into(),
         };
-        verify(&sha1, "m.mf", &file, &path, 2, 3).unwrap();
-        let err = verify(&good, "m.mf", &file, &path, 1, 3).unwrap_err();
+        verify(&sha1, "m.mf", &file, path, 2, 3).unwrap();
+        let err = verify(&good, "m.mf", &file, path, 1, 3).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Integrity);
         let msg = err.to_string();
         assert!(
             msg.contains("SHA256 mismatch: the manifest m.mf says ba7816bf"),
             "{msg}"
         );
-        drop(file);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

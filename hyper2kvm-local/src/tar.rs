@@ -261,6 +261,7 @@ impl Pax {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::ScratchFile;
 
     /// A ustar header for `name` of `size` bytes, with its checksum.
     pub(crate) fn header(name: &str, size: u64, kind: u8) -> [u8; 512] {
@@ -288,25 +289,6 @@ mod tests {
         out
     }
 
-    /// A file in a directory of its own, removed with the directory on drop.
-    struct Scratch(PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            if let Some(dir) = self.0.parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-
-    fn write(name: &str, bytes: &[u8]) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("h2k-tar-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        Scratch(path)
-    }
-
     #[test]
     fn numbers_octal_and_base256() {
         assert_eq!(number(b"00000001750\0"), Some(1000));
@@ -329,8 +311,8 @@ mod tests {
             ("PaxHeaders/y", b"20 path=pax-name.mf\n", b'x'),
             ("y", b"hello", b'0'),
         ]);
-        let file = write("ok.ova", &bytes);
-        let idx = TarIndex::open(&file.0).unwrap();
+        let file = ScratchFile::new("tar", "ok.ova", &bytes);
+        let idx = TarIndex::open(file.path()).unwrap();
         let names: Vec<_> = idx.members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["x.ovf", long.as_str(), "pax-name.mf"]);
         let m = idx.find(&long).unwrap();
@@ -349,7 +331,7 @@ mod tests {
             ("disk1.vmdk", &[7u8; 3000], b'0'),
         ]);
         let cut = &bytes[..512 * 3 + 100];
-        let err = TarIndex::open(&write("cut.ova", cut).0).unwrap_err();
+        let err = TarIndex::open(ScratchFile::new("tar", "cut.ova", cut).path()).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("cut.ova: truncated tar archive: member \"disk1.vmdk\" needs 3000 bytes from byte 1536"),
@@ -358,7 +340,7 @@ mod tests {
         assert_eq!(err.offset(), Some(1024));
         let mut bad = bytes.clone();
         bad[1024 + 10] ^= 1; // a byte of the second header's name
-        let err = TarIndex::open(&write("bad.ova", &bad).0).unwrap_err();
+        let err = TarIndex::open(ScratchFile::new("tar", "bad.ova", &bad).path()).unwrap_err();
         assert!(err.to_string().contains("header checksum"), "{err}");
         assert_eq!(err.offset(), Some(1024 + 148));
     }
