@@ -10,9 +10,9 @@
 //! the next reads overlap its zero scan and compression. Memory is bounded by `concurrency`
 //! chunks being read, up to [`PREPARING`] more read and waiting for or in the CPU stage (or
 //! waiting to be collected when the writer is slow), two queued for the writer, plus the
-//! writer's metadata, whatever the disk's size and the host's core count. Chunks complete out of order; the
-//! pipeline tells the writer the lowest guest offset still outstanding so it can write out
-//! finished L2 tables early.
+//! writer's metadata, whatever the disk's size and the host's core count. Chunks complete
+//! out of order; the pipeline tells the writer the lowest guest offset still outstanding so
+//! it can write out finished L2 tables early.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
