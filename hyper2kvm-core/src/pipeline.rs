@@ -1,9 +1,9 @@
 //! The conversion pipeline: allocated ranges → cluster-aligned chunks → bounded concurrent
-//! reads → zero detection and compression on blocking threads → one writer thread.
+//! reads → zero detection and compression on one thread per core → one writer thread.
 //!
 //! ```text
-//!   allocated_ranges ──► chunks ──► read_at ×N ──► prepare_chunk (CPU pool) ──► writer thread
-//!                                  (any order)      (≤ cores at once)            (one sink)
+//!   allocated_ranges ──► chunks ──► read_at ×N ──► prepare_chunk (CPU threads) ──► writer thread
+//!                                  (any order)      (one queue, ≤ cores)           (one sink)
 //! ```
 //!
 //! `concurrency` bounds the reads in flight; a chunk gives its read slot back once read, so
@@ -16,14 +16,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::buffers::BufferPool;
+use crate::buffers::{AlignedBuf, BufferPool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::journal::{journal_path, Journal};
 use crate::lock::LockFile;
@@ -227,6 +227,86 @@ impl WriterThread {
     }
 }
 
+/// A read chunk waiting for the CPU stage, and where its prepared form goes.
+struct CpuJob {
+    offset: u64,
+    data: AlignedBuf,
+    compressed: Vec<u8>,
+    done: oneshot::Sender<PreparedChunk>,
+}
+
+/// The CPU stage: long-lived threads, one per core, that take read chunks from one queue and
+/// zero-scan and compress them. A thread that finishes a chunk takes the next one at once.
+/// Handing each chunk to the blocking pool instead took several wake-ups per chunk, and the
+/// woken threads often landed on the core that woke them: one core ran two compressions in
+/// turn while the other idled for up to 10 ms (`perf sched`), 8 % of a zstd conversion
+/// (docs/BENCHMARKS.md, "One thread per core for the CPU stage").
+///
+/// The threads stop when the queue's last sender is dropped: when the conversion ends or is
+/// cancelled (its chunk tasks, holding clones, are dropped). They touch no file.
+#[derive(Clone)]
+struct CpuStage {
+    queue: std_mpsc::Sender<CpuJob>,
+    /// The threads' shared end of the queue; gone once every thread has stopped.
+    #[cfg(test)]
+    jobs: std::sync::Weak<Mutex<std_mpsc::Receiver<CpuJob>>>,
+}
+
+impl CpuStage {
+    fn spawn(threads: usize, granularity: usize, compression: Option<Codec>) -> Result<CpuStage> {
+        let (queue, jobs) = std_mpsc::channel::<CpuJob>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for _ in 0..threads.max(1) {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name("hyper2kvm-cpu".into())
+                .spawn(move || loop {
+                    // One thread waits on the queue at a time; the lock is released before
+                    // the work, so a panic in it cannot poison the queue for the others.
+                    let next = match jobs.lock() {
+                        Ok(jobs) => jobs.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = next else { return };
+                    let prepared = prepare_chunk(
+                        job.offset,
+                        job.data,
+                        granularity,
+                        compression,
+                        job.compressed,
+                    );
+                    // The conversion may have been cancelled meanwhile; then nobody waits.
+                    let _ = job.done.send(prepared);
+                })
+                .map_err(|e| Error::new(ErrorKind::Io, format!("starting a CPU thread: {e}")))?;
+        }
+        Ok(CpuStage {
+            queue,
+            #[cfg(test)]
+            jobs: Arc::downgrade(&jobs),
+        })
+    }
+
+    /// Zero-scans and compresses `data`, the guest bytes at `offset`, on a CPU thread.
+    async fn prepare(
+        &self,
+        offset: u64,
+        data: AlignedBuf,
+        compressed: Vec<u8>,
+    ) -> Result<PreparedChunk> {
+        let (done, prepared) = oneshot::channel();
+        let job = CpuJob {
+            offset,
+            data,
+            compressed,
+            done,
+        };
+        let stopped = || Error::new(ErrorKind::Io, "a CPU thread of the conversion stopped");
+        self.queue.send(job).map_err(|_| stopped())?;
+        prepared.await.map_err(|_| stopped())
+    }
+}
+
 /// The writer thread's bookkeeping for a resumable conversion.
 struct Checkpoints {
     path: PathBuf,
@@ -396,8 +476,6 @@ pub async fn convert(
     let header = journal_header(&*reader, opts, compression);
     let (sink, completed) = open_sink(dst, size, opts, &header)?;
     let concurrency = opts.concurrency.max(1);
-    // CPU work (zero scan, compression) runs on at most one thread per core.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let checkpoints = opts.resume.then(|| Checkpoints {
         path: journal_path(dst),
         header,
@@ -425,7 +503,10 @@ pub async fn convert(
     };
     report(resumed_bytes);
 
-    let cpu = Arc::new(Semaphore::new(cores));
+    // CPU work (zero scan, compression) runs on one thread per core, and never on more threads
+    // than chunks can wait for it.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cpu = CpuStage::spawn(cores.min(concurrency + PREPARING), granularity, compression)?;
     // A chunk holds a read slot only while it is read: with compression, two reads and two
     // cores used to take turns, and the cores idled while the next chunks were read.
     let reads = Arc::new(Semaphore::new(concurrency));
@@ -451,13 +532,7 @@ pub async fn convert(
                 let buf = pool.take((range.end - range.start) as usize);
                 let data = reader.read_at(range.start, buf).await?;
                 drop(reading);
-                let _permit = cpu.acquire_owned().await.expect("semaphore open");
-                let compressed = pool.take_vec();
-                tokio::task::spawn_blocking(move || {
-                    prepare_chunk(range.start, data, granularity, compression, compressed)
-                })
-                .await
-                .map_err(|e| Error::new(ErrorKind::Cancelled, format!("chunk task failed: {e}")))
+                cpu.prepare(range.start, data, pool.take_vec()).await
             });
         }
         let Some(joined) = tasks.join_next().await else {
@@ -484,4 +559,65 @@ pub async fn convert(
     stats.bytes_written = writer.join().await?;
     stats.elapsed = started.elapsed();
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 64 KiB clusters of every kind prepare_chunk tells apart: zero, compressible, random.
+    fn chunk(seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut data = vec![0u8; 4 << 16];
+        data[1 << 16..2 << 16]
+            .iter_mut()
+            .zip(b"hyper2kvm ".iter().cycle())
+            .for_each(|(d, s)| *d = *s);
+        for b in &mut data[2 << 16..] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        data
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cpu_stage_prepares_as_prepare_chunk_does_and_stops_with_its_senders() {
+        let codec = Some(Codec::new(Compression::Zstd, None).unwrap());
+        let stage = CpuStage::spawn(2, 1 << 16, codec).unwrap();
+        let jobs = stage.jobs.clone();
+        let mut tasks = JoinSet::new();
+        for i in 0..16u64 {
+            let stage = stage.clone();
+            tasks.spawn(async move {
+                let data = AlignedBuf::from(chunk(i));
+                (i, stage.prepare(i << 18, data, Vec::new()).await.unwrap())
+            });
+        }
+        drop(stage);
+        while let Some(joined) = tasks.join_next().await {
+            let (i, got) = joined.unwrap();
+            let want = prepare_chunk(
+                i << 18,
+                AlignedBuf::from(chunk(i)),
+                1 << 16,
+                codec,
+                Vec::new(),
+            );
+            assert_eq!(got.offset, want.offset);
+            assert_eq!(got.clusters, want.clusters);
+            assert_eq!(&got.compressed[..], &want.compressed[..]);
+            assert_eq!(&got.data[..], &want.data[..]);
+        }
+        // Every sender is gone: the threads leave, and with them their end of the queue.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while jobs.upgrade().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            jobs.upgrade().is_none(),
+            "the CPU threads outlived the stage"
+        );
+    }
 }
