@@ -11,15 +11,18 @@
 # that output on this disk durably. MODES (default "plain zstd deflate") picks the modes;
 # ZSTD_LEVELS (e.g. "-1 -3") adds zstd runs of ours at those levels.
 #
-# usage: [INPUT=vhd|vhdx|vmdk] [MODES=...] [ZSTD_LEVELS=...] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
+# usage: [INPUT=vhd|vhdx|vmdk] [MODES=...] [ZSTD_LEVELS=...] [H2K=binary] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/hyper2kvm-bench}
 reps=${2:-3}
 mkdir -p "$work"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyper2kvm-target}"
-cargo build --release -q -p hyper2kvm-cli
-h2k="$CARGO_TARGET_DIR/release/hyper2kvm"
+# H2K=path/to/hyper2kvm runs another build (an earlier commit's, for a before/after).
+if [[ -z ${H2K:-} ]]; then
+  cargo build --release -q -p hyper2kvm-cli
+fi
+h2k=${H2K:-$CARGO_TARGET_DIR/release/hyper2kvm}
 
 input=${INPUT:-vhd}
 case $input in
