@@ -239,8 +239,9 @@ struct CpuJob {
 /// zero-scan and compress them. A thread that finishes a chunk takes the next one at once.
 /// Handing each chunk to the blocking pool instead took several wake-ups per chunk, and the
 /// woken threads often landed on the core that woke them: one core ran two compressions in
-/// turn while the other idled for up to 10 ms (`perf sched`), 8 % of a zstd conversion
-/// (docs/BENCHMARKS.md, "One thread per core for the CPU stage").
+/// turn while the other idled for up to 10 ms (`perf sched`). The two cores were 79 % busy
+/// during a zstd conversion, now 93 % (docs/BENCHMARKS.md, "One thread per core for the CPU
+/// stage").
 ///
 /// The threads stop when the queue's last sender is dropped: when the conversion ends or is
 /// cancelled (its chunk tasks, holding clones, are dropped). They touch no file.
