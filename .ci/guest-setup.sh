@@ -69,6 +69,9 @@ h2k_guest_setup() {
   command -v python3 >/dev/null || want+=(python3)
   command -v virt-v2v >/dev/null || want+=(virt-v2v)
   command -v nbdkit >/dev/null || want+=(nbdkit)
+  # virt-v2v copies the disk with nbdcopy, which bookworm's virt-v2v neither depends on nor
+  # recommends: without it the copy step fails ("nbdcopy command failed").
+  command -v nbdcopy >/dev/null || want+=(libnbd-bin)
   if ((${#want[@]} + ${#want_bpo[@]})) || ! command -v qemu-system-x86_64 >/dev/null; then
     apt-get update -qq
     export DEBIAN_FRONTEND=noninteractive

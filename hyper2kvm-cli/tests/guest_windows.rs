@@ -652,12 +652,15 @@ fn virt_v2v_writes_the_same_driver_registry_keys() {
     }
     assert!(
         Command::new("sh")
-            .args(["-c", "command -v virt-v2v && command -v nbdkit"])
+            .args([
+                "-c",
+                "command -v virt-v2v && command -v nbdkit && command -v nbdcopy",
+            ])
             .stdout(Stdio::null())
             .status()
             .unwrap()
             .success(),
-        "H2K_BOOT_TEST=1 but virt-v2v or nbdkit is missing; `. .ci/guest-setup.sh` installs them"
+        "H2K_BOOT_TEST=1 but virt-v2v, nbdkit or nbdcopy is missing; `. .ci/guest-setup.sh` installs them"
     );
     let dir = Scratch::new("v2v");
     let tree = images().join("virtio-win");
