@@ -13,12 +13,13 @@
 #
 # usage: [INPUT=vhd|vhdx|vmdk] [MODES=...] [ZSTD_LEVELS=...] [H2K=binary] bench/convert.sh [WORKDIR] [REPS]   (needs qemu-img, mke2fs, /usr/bin/time)
 set -euo pipefail
+# H2K=path/to/hyper2kvm runs another build (an earlier commit's, for a before/after).
+[[ -n ${H2K:-} ]] && H2K=$(realpath "$H2K")
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/hyper2kvm-bench}
 reps=${2:-3}
 mkdir -p "$work"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hyper2kvm-target}"
-# H2K=path/to/hyper2kvm runs another build (an earlier commit's, for a before/after).
 if [[ -z ${H2K:-} ]]; then
   cargo build --release -q -p hyper2kvm-cli
 fi

@@ -660,7 +660,7 @@ fn virt_v2v_writes_the_same_driver_registry_keys() {
             .status()
             .unwrap()
             .success(),
-        "H2K_BOOT_TEST=1 but virt-v2v, nbdkit or nbdcopy is missing; `. .ci/guest-setup.sh` installs them"
+        "H2K_BOOT_TEST=1 without virt-v2v, nbdkit or nbdcopy; `. .ci/guest-setup.sh` installs them"
     );
     let dir = Scratch::new("v2v");
     let tree = images().join("virtio-win");

@@ -1,6 +1,6 @@
 //! What the pipeline hands to an image writer, and the file every writer writes through.
 //!
-//! The pipeline turns read chunks into [`PreparedChunk`]s on a pool of blocking threads
+//! The pipeline turns read chunks into [`PreparedChunk`]s on its CPU threads, one per core
 //! ([`prepare_chunk`]: zero detection and compression are the CPU-heavy part), and a single
 //! [`ImageSink`] writes them in whatever order they complete. Sinks write into a
 //! [`PartFile`]: `NAME.part`, fsynced and renamed to `NAME` only when complete, and removed

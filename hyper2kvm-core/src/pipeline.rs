@@ -15,6 +15,7 @@
 //! it can write out finished L2 tables early.
 
 use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -232,7 +233,7 @@ struct CpuJob {
     offset: u64,
     data: AlignedBuf,
     compressed: Vec<u8>,
-    done: oneshot::Sender<PreparedChunk>,
+    done: oneshot::Sender<Result<PreparedChunk>>,
 }
 
 /// The CPU stage: long-lived threads, one per core, that take read chunks from one queue and
@@ -243,8 +244,10 @@ struct CpuJob {
 /// during a zstd conversion, now 93 % (docs/BENCHMARKS.md, "One thread per core for the CPU
 /// stage").
 ///
-/// The threads stop when the queue's last sender is dropped: when the conversion ends or is
-/// cancelled (its chunk tasks, holding clones, are dropped). They touch no file.
+/// The threads stop when the queue's last sender is dropped: when the conversion ends, or
+/// when a cancelled conversion's chunk tasks (holding clones) have been dropped by their
+/// runtime. A queued chunk whose task is gone is skipped, not prepared. The threads touch no
+/// file, and a panic in `prepare_chunk` fails that chunk with its offset, not the thread.
 #[derive(Clone)]
 struct CpuStage {
     queue: std_mpsc::Sender<CpuJob>,
@@ -269,14 +272,25 @@ impl CpuStage {
                         Err(_) => return,
                     };
                     let Ok(job) = next else { return };
-                    let prepared = prepare_chunk(
-                        job.offset,
-                        job.data,
-                        granularity,
-                        compression,
-                        job.compressed,
-                    );
-                    // The conversion may have been cancelled meanwhile; then nobody waits.
+                    // A cancelled conversion's chunk: nobody waits for it.
+                    if job.done.is_closed() {
+                        continue;
+                    }
+                    let offset = job.offset;
+                    let prepared = catch_unwind(AssertUnwindSafe(|| {
+                        prepare_chunk(offset, job.data, granularity, compression, job.compressed)
+                    }))
+                    .map_err(|panic| {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Error::new(
+                            ErrorKind::Io,
+                            format!("preparing the chunk at offset {offset} panicked: {why}"),
+                        )
+                    });
                     let _ = job.done.send(prepared);
                 })
                 .map_err(|e| Error::new(ErrorKind::Io, format!("starting a CPU thread: {e}")))?;
@@ -302,9 +316,9 @@ impl CpuStage {
             compressed,
             done,
         };
-        let stopped = || Error::new(ErrorKind::Io, "a CPU thread of the conversion stopped");
+        let stopped = || Error::new(ErrorKind::Io, "the conversion's CPU threads stopped");
         self.queue.send(job).map_err(|_| stopped())?;
-        prepared.await.map_err(|_| stopped())
+        prepared.await.map_err(|_| stopped())?
     }
 }
 
@@ -585,6 +599,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cpu_stage_prepares_as_prepare_chunk_does_and_stops_with_its_senders() {
+        // A lost reply would hang: fail instead.
+        tokio::time::timeout(Duration::from_secs(60), prepares_and_stops())
+            .await
+            .expect("the CPU stage answered every chunk");
+    }
+
+    async fn prepares_and_stops() {
         let codec = Some(Codec::new(Compression::Zstd, None).unwrap());
         let stage = CpuStage::spawn(2, 1 << 16, codec).unwrap();
         let jobs = stage.jobs.clone();
@@ -620,5 +641,27 @@ mod tests {
             jobs.upgrade().is_none(),
             "the CPU threads outlived the stage"
         );
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_cpu_stage_fails_its_chunk_with_the_offset_and_the_thread_goes_on() {
+        // Granularity 0 makes prepare_chunk divide by zero.
+        let stage = CpuStage::spawn(1, 0, None).unwrap();
+        for offset in [4096u64, 8192] {
+            let data = AlignedBuf::from(vec![1u8; 512]);
+            let err = tokio::time::timeout(
+                Duration::from_secs(60),
+                stage.prepare(offset, data, Vec::new()),
+            )
+            .await
+            .expect("an answer, not a hang")
+            .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Io);
+            assert!(
+                err.to_string()
+                    .contains(&format!("chunk at offset {offset} panicked")),
+                "{err}"
+            );
+        }
     }
 }
