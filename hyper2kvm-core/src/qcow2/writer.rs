@@ -443,17 +443,7 @@ mod tests {
         Box::new(w).finish().unwrap();
         // qemu's own view of the metadata: refcounts that match every L2 entry, no leaks
         // (the payloads are not zstd, and `check` does not decompress).
-        let check = std::process::Command::new("qemu-img")
-            .args(["check", "-f", "qcow2"])
-            .arg(&dst)
-            .output()
-            .expect("qemu-img must be installed (Debian qemu-utils); .ci/run installs it");
-        assert!(
-            check.status.success(),
-            "qemu-img check: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
+        crate::testutil::run("qemu-img", &["check", "-f", "qcow2", dst.to_str().unwrap()]);
         let image = std::fs::read(&dst).unwrap();
         for (c, &host) in hosts.iter().enumerate() {
             assert_eq!(image[host as usize], payloads[c], "cluster {c}");

@@ -13,23 +13,9 @@ use super::{Guid, VhdxReader};
 use crate::buffers::AlignedBuf;
 use crate::error::ErrorKind;
 use crate::source::DiskReader;
-use crate::testutil::TempDir;
+use crate::testutil::{run, TempDir};
 
 const MIB: u64 = 1 << 20;
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed (Debian qemu-utils): {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
