@@ -6,7 +6,8 @@
 # Azure OS disk: a fixed VHD by default, or (INPUT=vhdx|vmdk) a dynamic VHDX as Hyper-V
 # exports it or a streamOptimized VMDK as OVAs carry it, each written by qemu-img. Each tool converts it REPS times, alternating, with a warm page cache; each
 # run is timed with /usr/bin/time -v (wall clock and peak RSS) and its output is checked with
-# qemu-img compare. Beside the plain conversions, the durable-write floor: `dd` writing as many
+# qemu-img compare. Each ratio is given twice: of the medians, and the median (and range) of
+# the ratios within each round. Beside the plain conversions, the durable-write floor: `dd` writing as many
 # bytes as our plain output with O_DIRECT and an fdatasync, the least any tool can take to put
 # that output on this disk durably. MODES (default "plain zstd deflate") picks the modes;
 # ZSTD_LEVELS (e.g. "-1 -3") adds zstd runs of ours at those levels.
@@ -118,11 +119,18 @@ for name, rs in runs.items():
 print()
 def median(name):
     return statistics.median(w for w, _, _ in runs[name])
+# Each tool runs once per round, so the k-th run of each belongs to round k. The ratio within
+# a round compares runs seconds apart; the host's speed drifts over minutes (and by the hour),
+# which moves the medians of the first ratio more than it moves these.
+def per_round(ours, peer):
+    rs = [o[0] / p[0] for o, p in zip(runs[ours], runs[peer])]
+    return f"{statistics.median(rs):.2f} ({min(rs):.2f}–{max(rs):.2f})"
 for ours, peer in [("h2k-plain", "qemu-plain"), ("h2k-plain", "qemu-plain-durable"),
                    ("h2k-plain", "floor-durable"),
                    ("h2k-zstd", "qemu-zstd"), ("h2k-zstd-l3", "qemu-zstd"),
                    *[(n, "qemu-zstd") for n in runs if n.startswith("h2k-zstd-l") and n != "h2k-zstd-l3"],
                    ("h2k-deflate", "qemu-deflate")]:
     if ours in runs and peer in runs:
-        print(f"- {ours} / {peer} wall time = {median(ours) / median(peer):.2f}")
+        print(f"- {ours} / {peer} wall time = {median(ours) / median(peer):.2f}; "
+              f"per round {per_round(ours, peer)}")
 PY
