@@ -12,7 +12,8 @@
 # usage: bench/export.sh [WORKDIR] [DISK_GIB] [WRITTEN_MIB]   (defaults: 8 GiB, 800 MiB)
 #        PIN=1 bench/export.sh …   the simulator on CPU 0, every client on CPU 1 (taskset): the
 #        server does not compete with the client for CPU, as Azure does not
-# needs: qemu-img, curl, python3, /usr/bin/time; npm for AzCopy (skipped without it)
+# needs: qemu-img, curl, python3, /usr/bin/time; npm for AzCopy (skipped without it), which
+#        needs Debian's libsecret-1-0 to start
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
