@@ -12,8 +12,8 @@
 # usage: bench/export.sh [WORKDIR] [DISK_GIB] [WRITTEN_MIB]   (defaults: 8 GiB, 800 MiB)
 #        PIN=1 bench/export.sh …   the simulator on CPU 0, every client on CPU 1 (taskset): the
 #        server does not compete with the client for CPU, as Azure does not
-# needs: qemu-img, curl, python3, /usr/bin/time; npm for AzCopy (skipped without it), which
-#        needs Debian's libsecret-1-0 to start
+# needs: qemu-img, curl, python3, /usr/bin/time; npm and Debian's libsecret-1-0 for AzCopy
+#        (skipped without them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -97,6 +97,10 @@ if [[ ! -f $azcopy ]] && command -v npm >/dev/null; then
   npm install --no-package-lock --silent --prefix "$root/.tools/azcopy" @azure-tools/azcopy-linux >/dev/null 2>&1 || true
 fi
 [[ -f $azcopy ]] && chmod +x "$azcopy" || azcopy=
+# It links libsecret: without Debian's libsecret-1-0 it cannot start.
+if [[ -n $azcopy ]] && ! "$azcopy" --version >/dev/null 2>&1; then
+  echo "AzCopy does not start (install libsecret-1-0)" >&2; azcopy=
+fi
 if [[ -n $azcopy ]]; then
   rm -f "$work/c.vhd"
   export AZCOPY_LOG_LOCATION=$work/azcopy-logs AZCOPY_JOB_PLAN_LOCATION=$work/azcopy-plans
