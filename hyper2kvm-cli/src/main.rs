@@ -216,8 +216,18 @@ fn fixed_mmap_threshold() {
 
 fn main() -> ExitCode {
     fixed_mmap_threshold();
-    // clap prints --help / --version and exits 0, and exits 2 on usage errors.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version: clap prints them on stdout and exits 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A usage error (exit 2). clap's message quotes the argument it could not place, and a
+        // SAS URL given in the wrong position (`hyper2kvm 'https://…?sig=…' out.qcow2`,
+        // without `convert`) would be printed whole: redacted like every other error.
+        Err(e) => {
+            eprint!("{}", redact(&e.render().to_string()));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     logging::init(cli.verbose, cli.log_format);
     let mode = match mode(cli) {
         Ok(m) => m,

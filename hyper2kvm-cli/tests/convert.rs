@@ -879,3 +879,34 @@ fn trust_sas_typos_never_print_the_signature() {
         );
     }
 }
+
+/// Regression: a SAS URL that clap could not place (no `convert`, one argument too many, or
+/// given as an option's value) came back whole in clap's usage error.
+#[test]
+fn usage_errors_never_print_the_signature() {
+    let url = "https://md-x.blob.core.windows.net/c/b?sv=1&sig=S3CR3TSIG";
+    let cases: [&[&str]; 4] = [
+        &[url, "out.qcow2"],
+        &["convert", "a.vhd", "b.qcow2", url],
+        &["convert", "--input-format", url, "a.vhd", "b.qcow2"],
+        &["convert", "--compress", url, "a.vhd", "b.qcow2"],
+    ];
+    for args in cases {
+        let out = hyper2kvm(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("S3CR3TSIG")
+                && !String::from_utf8_lossy(&out.stdout).contains("S3CR3TSIG"),
+            "{args:?}: the signature leaked: {stderr}"
+        );
+        assert!(stderr.contains("sig=REDACTED"), "{args:?}: {stderr}");
+    }
+    // --help and --version still print on stdout and exit 0.
+    for flag in ["--help", "--version"] {
+        let out = hyper2kvm(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert!(!out.stdout.is_empty(), "{flag}");
+    }
+}
