@@ -116,6 +116,14 @@ fn outcome(r: &FixReport) -> GuestOutcome {
             None,
         ),
         Outcome::Failed(why) => ("failed", Some(why.clone()), vec![], Some(why.clone())),
+        // Fixed as far as it goes, but not bootable or not reachable on KVM as it is: the
+        // image must not look finished (it stays `.pre-fixup`, and a new run tries again).
+        Outcome::Incomplete(why) => (
+            "incomplete",
+            Some(why.clone()),
+            vec![],
+            Some(format!("the guest is not ready for KVM: {why}")),
+        ),
     };
     let fixups: Vec<_> = r
         .fixups
@@ -128,6 +136,7 @@ fn outcome(r: &FixReport) -> GuestOutcome {
                 Status::Skipped => ("skipped", None),
                 Status::Failed(why) => ("failed", Some(why.clone())),
                 Status::NotRun => ("not_run", None),
+                Status::Incomplete(why) => ("incomplete", Some(why.clone())),
             };
             json!({ "name": f.name, "status": status, "error": why, "changes": f.changes, "notes": f.notes })
         })

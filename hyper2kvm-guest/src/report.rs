@@ -17,6 +17,10 @@ pub enum Status {
     Failed(String),
     /// An earlier fix-up failed, so this one was not run.
     NotRun,
+    /// It made the changes it could (its `changes`), but found something that keeps the guest
+    /// from booting or reaching its network on KVM and that it cannot fix; the message says
+    /// what, for a person to do.
+    Incomplete(String),
 }
 
 /// One fix-up's line in the report.
@@ -47,6 +51,9 @@ pub enum Outcome {
     Skipped(String),
     /// A fix-up failed; the image may be partly fixed (the report says which were applied).
     Failed(String),
+    /// The fix-ups ran, but at least one found what it cannot fix and what keeps the guest
+    /// from booting or reaching its network on KVM (its [`Status::Incomplete`] says what).
+    Incomplete(String),
 }
 
 /// The report of one image's fix-ups.
@@ -96,6 +103,7 @@ impl fmt::Display for FixReport {
                 Status::Skipped => "skipped by configuration".to_string(),
                 Status::Failed(why) => format!("FAILED: {why}"),
                 Status::NotRun => "not run".to_string(),
+                Status::Incomplete(why) => format!("NOT DONE: {why}"),
             };
             writeln!(f, "  {:<22} {status}", fixup.name)?;
             for change in &fixup.changes {
@@ -112,6 +120,7 @@ impl fmt::Display for FixReport {
             Outcome::NotFixed(why) => write!(f, "  result: not fixed, left unchanged: {why}"),
             Outcome::Skipped(why) => write!(f, "  result: {why}"),
             Outcome::Failed(why) => write!(f, "  result: FAILED: {why}"),
+            Outcome::Incomplete(why) => write!(f, "  result: NOT READY for KVM: {why}"),
         }
     }
 }

@@ -269,12 +269,14 @@ fn stage_windows(
         .map(|r| r.dir)
         .unwrap_or("an unknown release");
     let shown_guest = format!("{guest}, virtio-win {release}");
-    if selection.driver("viostor").is_none() && selection.driver("vioscsi").is_none() {
+    // The domain attaches the disks on virtio-blk (hyper2kvm-core's libvirt module), which
+    // is viostor's: vioscsi alone would leave the guest unable to boot from them.
+    if selection.driver("viostor").is_none() {
         if iso_device.is_some() {
             gf.call(&["umount-all"])?;
         }
         return Ok(Err(format!(
-            "{} has no viostor or vioscsi driver for {shown_guest} (architecture directory {}); without one the guest cannot boot from a virtio disk",
+            "{} has no viostor driver for {shown_guest} (architecture directory {}); without it the guest cannot boot from the virtio-blk disk its domain gives it",
             source.display(),
             guest.arch_dir().unwrap_or("unknown")
         )));
@@ -384,6 +386,7 @@ pub fn fix_guest(
     let mut results = Vec::new();
     let mut failure = None;
     let mut applied = false;
+    let mut blocked = Vec::new();
     for fixup in all {
         let name = fixup.name();
         let mut result = FixUpResult {
@@ -404,12 +407,18 @@ pub fn fix_guest(
         let outcome = fixup.plan(guest, inspection).and_then(|plan| {
             result.changes = plan.changes.clone();
             result.notes = plan.notes.clone();
-            if !plan.is_needed() {
-                Ok(Status::NotNeeded)
+            let done = if !plan.is_needed() {
+                Status::NotNeeded
             } else if config.dry_run {
-                Ok(Status::WouldApply)
+                Status::WouldApply
             } else {
-                fixups::apply(guest, &plan).map(|()| Status::Applied)
+                fixups::apply(guest, &plan).map(|()| Status::Applied)?
+            };
+            // What it cannot fix outranks what it did: the guest is not ready either way.
+            if plan.blockers.is_empty() {
+                Ok(done)
+            } else {
+                Ok(Status::Incomplete(plan.blockers.join("; ")))
             }
         });
         result.status = match outcome {
@@ -420,11 +429,15 @@ pub fn fix_guest(
             }
         };
         applied |= result.status == Status::Applied;
+        if let Status::Incomplete(why) = &result.status {
+            blocked.push(format!("{name}: {why}"));
+        }
         results.push(result);
     }
     let outcome = match failure {
         Some(why) => Outcome::Failed(why),
         None if config.dry_run => Outcome::DryRun,
+        None if !blocked.is_empty() => Outcome::Incomplete(blocked.join("; ")),
         None if applied => Outcome::Fixed,
         None => Outcome::NothingToDo,
     };
@@ -495,6 +508,45 @@ mod tests {
             .remove("/etc/systemd/system/multi-user.target.wants/walinuxagent.service");
         let (_, again) = fix_guest(&mut guest, &debian(), &config, &fixups::all());
         assert_eq!(again, Outcome::NothingToDo);
+    }
+
+    /// A fix-up that finds what it cannot fix makes the guest "not ready", never "fixed" or
+    /// "nothing to do", and the other fix-ups still apply.
+    #[test]
+    fn what_a_fixup_cannot_fix_makes_the_guest_not_ready() {
+        let mut guest = azure_debian();
+        guest.files.insert(
+            "/etc/netplan/50-cloud-init.yaml".into(),
+            "network:\n  version: 2\n  ethernets:\n    eth0:\n      match:\n        macaddress: 00:0d:3a:5e:21:7c\n      addresses: [10.0.0.4/24]\n".into(),
+        );
+        let config = GuestConfig::default();
+        let (results, outcome) = fix_guest(&mut guest, &debian(), &config, &fixups::all());
+        let Outcome::Incomplete(why) = &outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(
+            why.starts_with("netplan: /etc/netplan/50-cloud-init.yaml pins"),
+            "{why}"
+        );
+        let netplan = results.iter().find(|r| r.name == "netplan").unwrap();
+        assert!(
+            matches!(netplan.status, Status::Incomplete(_)),
+            "{netplan:?}"
+        );
+        // The rest of the guest was still fixed.
+        assert!(results
+            .iter()
+            .any(|r| r.name == "fstab" && r.status == Status::Applied));
+        // Again: still not ready, never "nothing to do".
+        let (_, again) = fix_guest(&mut guest, &debian(), &config, &fixups::all());
+        assert!(matches!(again, Outcome::Incomplete(_)), "{again:?}");
+        // Skipping the fix-up accepts the guest as it is.
+        let skip = GuestConfig {
+            skip: vec!["netplan".into()],
+            ..GuestConfig::default()
+        };
+        let (_, accepted) = fix_guest(&mut guest, &debian(), &skip, &fixups::all());
+        assert!(!matches!(accepted, Outcome::Incomplete(_)), "{accepted:?}");
     }
 
     #[test]

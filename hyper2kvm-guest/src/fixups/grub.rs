@@ -50,9 +50,21 @@ impl FixUp for GrubCmdline {
             return Ok(plan);
         }
         if inspection.boot.grub_configs.is_empty() {
-            plan.notes.push(
-                "no grub.cfg found: the boot loader's configuration was not regenerated".into(),
-            );
+            if kernel_names && !bls {
+                // The NIC is named eth0 only if the kernel gets net.ifnames=0, and nothing
+                // will hand it over: the configuration that names eth0 would not apply.
+                plan.blockers.push(
+                    "net.ifnames=0 is in /etc/default/grub, but no grub.cfg was found to \
+                     regenerate (looked for /boot/grub/grub.cfg and /boot/grub2/grub.cfg): the \
+                     kernel will not get it, and the NIC will not be named eth0 on KVM; add it \
+                     to the boot loader's kernel command line"
+                        .into(),
+                );
+            } else {
+                plan.notes.push(
+                    "no grub.cfg found: the boot loader's configuration was not regenerated".into(),
+                );
+            }
             return Ok(plan);
         }
         // RHEL 8+ keeps each kernel's arguments in BLS entries; grubby edits them.

@@ -24,11 +24,18 @@ impl FixUp for InitramfsVirtio {
             .filter(|k| !k.virtio_modules.is_empty())
             .map(|k| k.version.as_str())
             .collect();
+        if inspection.kernels.is_empty() {
+            // Nothing was looked at, so nothing can be said to be in order.
+            plan.blockers.push(
+                "no kernel found (as /boot/vmlinuz-<version> or /lib/modules/<version>/vmlinuz): \
+                 whether the initramfs can find a virtio root disk was not checked"
+                    .to_string(),
+            );
+            return Ok(plan);
+        }
         if needing.is_empty() {
-            if !inspection.kernels.is_empty() {
-                plan.notes
-                    .push("every kernel has the virtio drivers built in".to_string());
-            }
+            plan.notes
+                .push("every kernel has the virtio drivers built in".to_string());
             return Ok(plan);
         }
         let kernels = needing.join(", ");
@@ -62,9 +69,9 @@ impl FixUp for InitramfsVirtio {
                     .push(format!("dracut -f --regenerate-all (kernels {kernels})"));
             }
         } else {
-            plan.notes.push(format!(
+            plan.blockers.push(format!(
                 "kernels {kernels} need virtio in their initramfs, but neither initramfs-tools \
-                 nor dracut is installed"
+                 nor dracut is installed: the root disk will not be found on a virtio disk"
             ));
         }
         Ok(plan)
@@ -182,5 +189,27 @@ mod tests {
         let plan = InitramfsVirtio.plan(&mut guest, &inspection).unwrap();
         assert!(!plan.is_needed());
         assert_eq!(plan.notes, ["every kernel has the virtio drivers built in"]);
+        assert!(plan.blockers.is_empty());
+    }
+
+    /// Nothing found to look at is not "not needed".
+    #[test]
+    fn no_kernel_found_or_no_initramfs_tool_blocks() {
+        let mut inspection = debian();
+        inspection.kernels.clear();
+        let mut guest = MemoryGuest::with(&[("/usr/sbin/update-initramfs", "")]);
+        let plan = InitramfsVirtio.plan(&mut guest, &inspection).unwrap();
+        assert!(!plan.is_needed());
+        assert_eq!(plan.blockers.len(), 1, "{plan:?}");
+        assert!(plan.blockers[0].starts_with("no kernel found"), "{plan:?}");
+
+        let mut guest = MemoryGuest::with(&[]);
+        let plan = InitramfsVirtio.plan(&mut guest, &debian()).unwrap();
+        assert!(!plan.is_needed());
+        assert_eq!(plan.blockers.len(), 1, "{plan:?}");
+        assert!(
+            plan.blockers[0].contains("neither initramfs-tools nor dracut"),
+            "{plan:?}"
+        );
     }
 }

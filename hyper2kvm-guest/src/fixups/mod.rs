@@ -73,6 +73,10 @@ pub struct Plan {
     pub changes: Vec<String>,
     /// What the fix-up saw but left alone, and why (for a person to review).
     pub notes: Vec<String>,
+    /// What the fix-up found that keeps the guest from booting or reaching its network on KVM
+    /// and that it cannot fix (for a person to do). Any makes its status
+    /// [`Incomplete`](crate::report::Status::Incomplete), never "not needed".
+    pub blockers: Vec<String>,
 }
 
 impl Plan {

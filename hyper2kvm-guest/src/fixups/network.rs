@@ -39,8 +39,11 @@ impl FixUp for NetplanDhcp {
                 Rewrite::Rewritten(edit) => {
                     plan.edit(&path, edit);
                 }
-                Rewrite::LeftAlone(why) => plan.notes.push(format!(
-                    "{path}: pins the Hyper-V NIC but was left alone: {why}"
+                // The NIC it pins (by the Hyper-V driver or Azure's MAC) is not there on KVM.
+                Rewrite::LeftAlone(why) => plan.blockers.push(format!(
+                    "{path} pins the Hyper-V NIC but was left alone ({why}): the NIC it \
+                     configures will not come up on KVM; edit it, or skip the netplan \
+                     fix-up to accept the guest as it is"
                 )),
             }
         }
@@ -303,12 +306,15 @@ mod tests {
     }
 
     #[test]
-    fn netplan_with_a_bridge_is_noted_not_changed() {
+    fn netplan_with_a_bridge_is_left_alone_and_blocks() {
         let text = "network:\n  version: 2\n  ethernets:\n    eth0:\n      match:\n        macaddress: 00:0d:3a:5e:21:7c\n  bridges:\n    br0:\n      interfaces: [eth0]\n";
         let mut guest = MemoryGuest::with(&[("/etc/netplan/01-br.yaml", text)]);
         let plan = NetplanDhcp.plan(&mut guest, &debian()).unwrap();
+        // Unchanged, but not "not needed": the bridge's NIC is matched by Azure's MAC.
         assert!(!plan.is_needed());
-        assert_eq!(plan.notes.len(), 1);
+        assert_eq!(plan.blockers.len(), 1, "{plan:?}");
+        assert!(plan.blockers[0].starts_with("/etc/netplan/01-br.yaml pins the Hyper-V NIC"));
+        assert!(plan.blockers[0].contains("bridges"), "{plan:?}");
     }
 
     #[test]
@@ -392,6 +398,9 @@ mod tests {
                 "/etc/default/grub",
                 "GRUB_CMDLINE_LINUX=\"console=tty1 console=ttyS0,115200n8\"\n",
             ),
+            // Debian's initramfs-tools, at its default (MODULES=most: virtio goes in).
+            ("/usr/sbin/update-initramfs", ""),
+            ("/etc/initramfs-tools/initramfs.conf", "MODULES=most\n"),
         ] {
             guest.files.entry(path.into()).or_insert(content.into());
         }

@@ -179,6 +179,14 @@ impl FixUp for VirtioDrivers {
                 staged.missing.join(", ")
             ));
         }
+        // The domain's NIC is virtio-net: without NetKVM the guest boots with no network.
+        if staged.missing.contains(&"NetKVM") {
+            plan.blockers.push(format!(
+                "{} has no NetKVM driver for {}: the guest will have no network on its \
+                 virtio NIC; use a virtio-win release that supports this Windows",
+                staged.source, staged.guest
+            ));
+        }
         let folder = guest.case_path(&format!("{}/{DRIVER_FOLDER}", win.systemroot))?;
         for driver in &staged.drivers {
             for file in &driver.files {
@@ -230,11 +238,12 @@ impl FixUp for VirtioDrivers {
                 system.extend(critical_device_edits(win, name, &ids));
             }
         }
-        if system.is_empty() {
+        // The domain's disks are virtio-blk: viostor's (staging refuses a virtio-win without it).
+        if staged.driver("viostor").is_none() {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
-                    "{} has neither viostor nor vioscsi for {}: the guest could not boot from a virtio disk",
+                    "{} has no viostor for {}: the guest could not boot from its virtio-blk disk",
                     staged.source, staged.guest
                 ),
             ));
@@ -420,10 +429,30 @@ mod tests {
         let err = VirtioDrivers(Arc::new(staged))
             .plan(&mut guest, &inspection)
             .unwrap_err();
+        assert!(err.to_string().contains("has no viostor"), "{err}");
+    }
+
+    /// Without NetKVM the guest boots with no network: not "applied", however much else is.
+    #[test]
+    fn no_netkvm_for_the_guest_blocks() {
+        let (mut guest, inspection) = server2019();
+        let (staged, dir) = staged("2k19");
+        let mut without = (*staged).clone();
+        without.drivers.retain(|d| d.dir.driver != "NetKVM");
+        without.missing.push("NetKVM");
+        let plan = VirtioDrivers(Arc::new(without))
+            .plan(&mut guest, &inspection)
+            .unwrap();
+        assert!(plan.is_needed());
+        assert_eq!(plan.blockers.len(), 1, "{:?}", plan.blockers);
         assert!(
-            err.to_string().contains("neither viostor nor vioscsi"),
-            "{err}"
+            plan.blockers[0].contains("no NetKVM driver"),
+            "{:?}",
+            plan.blockers
         );
+        let with = VirtioDrivers(staged).plan(&mut guest, &inspection).unwrap();
+        assert!(with.blockers.is_empty(), "{:?}", with.blockers);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
