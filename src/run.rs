@@ -154,3 +154,35 @@ fn outcome(r: &FixReport) -> GuestOutcome {
         error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper2kvm_guest::FixUpResult;
+
+    /// A guest not ready for KVM is an error for the run (the image keeps its `.pre-fixup`
+    /// name), with each fix-up's reason in `report.json`.
+    #[test]
+    fn a_guest_not_ready_fails_its_disk_with_the_reason() {
+        let report = FixReport {
+            image: "vm-os.qcow2.pre-fixup".into(),
+            guest: None,
+            network: Vec::new(),
+            outcome: Outcome::Incomplete("netplan: pins the NIC".into()),
+            fixups: vec![FixUpResult {
+                name: "netplan",
+                status: Status::Incomplete("pins the NIC".into()),
+                changes: Vec::new(),
+                notes: Vec::new(),
+            }],
+        };
+        let out = outcome(&report);
+        assert_eq!(
+            out.error.as_deref(),
+            Some("the guest is not ready for KVM: netplan: pins the NIC")
+        );
+        assert_eq!(out.report["result"], "incomplete");
+        assert_eq!(out.report["fixups"][0]["status"], "incomplete");
+        assert_eq!(out.report["fixups"][0]["error"], "pins the NIC");
+    }
+}
