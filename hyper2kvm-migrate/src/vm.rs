@@ -45,10 +45,11 @@ impl VmRun<'_> {
         f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Writes the report as it stands (best effort: the final write reports failures).
+    /// Writes the report as it stands (best effort: the final write reports failures). Never
+    /// releases the records' reserve: other disks may still be converting.
     pub(crate) fn save(&self) {
         let snapshot = self.update(|r| r.clone());
-        if let Err(e) = self.m.records().try_write(&self.vp.report, &snapshot) {
+        if let Err(e) = self.m.records().save(&self.vp.report, &snapshot) {
             tracing::debug!("{}: cannot write the report: {e}", self.vp.report.display());
         }
     }
