@@ -15,7 +15,7 @@ use hyper2kvm_guest::fixups;
 use crate::args::{CompressArg, FormatArg};
 use crate::config::{run_settings, UsageError};
 use crate::list::{print_stdout, render_plan};
-use crate::migrate::{render_summary, summary_lines, Display};
+use crate::migrate::{finish, render_summary, Display};
 use crate::signal::run_interruptible;
 use crate::units::{human_bytes, parse_size};
 
@@ -220,9 +220,5 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<u8> {
         return Ok(130);
     };
     let summary = result?;
-    print_stdout(&render_summary(&summary), "writing the summary")?;
-    for line in summary_lines(&summary) {
-        eprintln!("{}", hyper2kvm_core::redact(&line));
-    }
-    Ok(summary.exit_code)
+    Ok(finish(&render_summary(&summary), &summary))
 }

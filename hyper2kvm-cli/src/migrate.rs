@@ -154,11 +154,25 @@ pub async fn run(plan: ListPlan, flags: Flags) -> anyhow::Result<u8> {
             s
         }
     };
-    print_stdout(&text, "writing the summary")?;
-    for line in summary_lines(&summary) {
+    Ok(finish(&text, &summary))
+}
+
+/// Ends a run: the summary `text` on stdout, then [`summary_lines`] on stderr, whatever
+/// became of stdout (a full disk, a closed pipe), since they list what is left to do. Returns
+/// the run's exit code; when stdout could not be written, that is said on stderr and a run
+/// that would exit 0 exits 1 (any other code stays: it says more).
+pub(crate) fn finish(text: &str, summary: &RunSummary) -> u8 {
+    let printed = print_stdout(text, "writing the summary");
+    for line in summary_lines(summary) {
         eprintln!("{}", redact(&line));
     }
-    Ok(summary.exit_code)
+    match printed {
+        Ok(()) => summary.exit_code,
+        Err(e) => {
+            eprintln!("hyper2kvm: error: {}", redact(&format!("{e:#}")));
+            summary.exit_code.max(1)
+        }
+    }
 }
 
 /// What stderr says at the end of a run: the sum, then every cleanup left to do by hand and

@@ -1553,6 +1553,41 @@ async fn records_refused_revokes_and_deletes_list_what_to_do_by_hand() {
     );
 }
 
+/// Regression: a summary that could not be printed (stdout on a full disk) made the run exit
+/// 1 and lost the stderr lines listing the cleanups left to do. They are printed, and the
+/// run's own code (3) stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_a_failing_stdout_keeps_the_exit_code_and_the_cleanup_lines() {
+    let mut vms = small_fleet(&[("f0", "deallocated", 1)]);
+    vms[0].disks[0].2 = Some("revoke_conflict");
+    let sim = start(&vms, MIB).await;
+    let scratch = Scratch::new("migfullout");
+    let out = scratch.path("out");
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("SKIPPED: no /dev/full");
+        return;
+    };
+    let args = ["-c", s(&cfg), "--output", "json"].map(String::from);
+    let result = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(&args)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("writing the summary"), "{stderr}");
+    assert!(stderr.contains("az disk revoke-access --ids"), "{stderr}");
+    assert!(stderr.contains("0 of 1 VM(s) completed"), "{stderr}");
+}
+
 /// Regression (issue 13): an unreachable ARM endpoint took 41 s of silence. A refused
 /// connection to a host that never answered is retried briefly: the run fails within 10 s,
 /// naming the host, with the default retry configuration.
