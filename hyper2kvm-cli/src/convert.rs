@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::bail;
 use clap::ValueEnum;
 use hyper2kvm_azure::{build_http_client, BlobOptions, HttpOptions, PageBlobReader, SasUrl};
 use hyper2kvm_core::fsafe::{check_destination, check_distinct};
@@ -14,6 +13,7 @@ use hyper2kvm_core::{
 };
 
 use crate::args::{CompressArg, ConvertArgs, FormatArg, InputFormatArg};
+use crate::config::UsageError;
 use crate::progress::Bar;
 use crate::signal::until_interrupted;
 use crate::units::human_bytes;
@@ -24,6 +24,19 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     // for a URL so that `ftp://…` is refused as one; it is a secret, so it is never printed
     // as given.
     let url = args.src.to_str().filter(|s| has_scheme(s));
+    // A usage error (exit 2), said before any bar or wait line is drawn.
+    if url.is_some()
+        && !matches!(
+            args.input_format,
+            InputFormatArg::Auto | InputFormatArg::Vhd
+        )
+    {
+        return Err(UsageError(format!(
+            "a URL source is always a fixed VHD page blob; drop --input-format {}",
+            args.input_format.to_possible_value().unwrap().get_name()
+        ))
+        .into());
+    }
     match url {
         None => check_distinct(&args.src, &args.dst)?,
         Some(_) => check_destination(&args.dst)?,
@@ -71,15 +84,6 @@ pub async fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let waits = crate::waiting::spawn(bar.wait_sink(&label));
     let reader: Arc<dyn DiskReader> = match url {
         Some(url) => {
-            if !matches!(
-                args.input_format,
-                InputFormatArg::Auto | InputFormatArg::Vhd
-            ) {
-                bail!(
-                    "a URL source is always a fixed VHD page blob; drop --input-format {}",
-                    args.input_format.to_possible_value().unwrap().get_name()
-                );
-            }
             let sas = SasUrl::parse(url)?;
             let http = build_http_client(&HttpOptions::default())?;
             Arc::new(PageBlobReader::open(http, sas, BlobOptions::default()).await?)

@@ -362,6 +362,21 @@ fn usage_errors_exit_2() {
     // Writing over the source is a usage error (exit 2 since the trust issue).
     convert_fails(&dir, &raw, &raw, 2, &["is the destination too"]);
     assert_eq!(dir.files(), vec!["d.raw"]);
+    // A URL is always a VHD page blob: another --input-format is a usage error, said at once
+    // (one line, no bar or wait line first), with no request made (port 1 is closed).
+    for format in ["raw", "vhdx", "vmdk"] {
+        let url = "https://127.0.0.1:1/c/b?sv=1&sig=S3CR3T";
+        let out = hyper2kvm(&["convert", url, s(&dst), "--input-format", format]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{format}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--input-format {format}")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("S3CR3T"), "{stderr}");
+    }
+    assert_eq!(dir.files(), vec!["d.raw"]);
 }
 
 #[test]
