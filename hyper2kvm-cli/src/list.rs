@@ -87,10 +87,14 @@ pub async fn connect(plan: &ListPlan) -> anyhow::Result<Connection> {
     Ok(Connection { sim, http, arm })
 }
 
-/// Discovers the selected VMs. Returns the VMs and the requests it took.
+/// Discovers the selected VMs. Returns the VMs and the requests it took. Long waits (a
+/// `Retry-After`, a backoff) are said on stderr as they happen; stdout stays the output's.
 pub(crate) async fn fleet(plan: &ListPlan) -> anyhow::Result<(Vec<Vm>, u64)> {
     let c = connect(plan).await?;
-    let vms = discover(&c.arm, &plan.subscriptions, &plan.selection).await?;
+    let waits = crate::waiting::spawn(crate::waiting::lines());
+    let vms = discover(&c.arm, &plan.subscriptions, &plan.selection).await;
+    waits.abort();
+    let vms = vms?;
     if let Some(sim) = c.sim {
         sim.shutdown().await;
     }

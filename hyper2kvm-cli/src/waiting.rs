@@ -4,8 +4,8 @@
 //! nothing waits that long. The display decides how to show it (a status line under the
 //! bars, or a plain line now and then).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hyper2kvm_core::waits;
 
@@ -21,6 +21,29 @@ pub fn spawn(sink: WaitSink) -> tokio::task::JoinHandle<()> {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             sink(waits::status_line(SHOW_AFTER));
+        }
+    })
+}
+
+/// Plain lines on stderr, for commands without a progress display (`--list-only`,
+/// `--dry-run`, `plan`), whose stdout is their output: a line when a wait starts to show,
+/// then every 10 s while it lasts.
+pub fn lines() -> WaitSink {
+    let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+    Arc::new(move |status: Option<String>| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        match status {
+            Some(text) => {
+                let what = text.split(" (").next().unwrap_or("").to_string();
+                let due = last.as_ref().is_none_or(|(seen, at)| {
+                    *seen != what || at.elapsed() >= Duration::from_secs(10)
+                });
+                if due {
+                    eprintln!("hyper2kvm: {text}");
+                    *last = Some((what, Instant::now()));
+                }
+            }
+            None => *last = None,
         }
     })
 }

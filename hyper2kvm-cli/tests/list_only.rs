@@ -530,3 +530,63 @@ fn a_whole_subscription_run_is_refused_unless_allowed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
+
+/// Regression: `--list-only`, `--dry-run` and `plan` were silent through a retry wait (a 429
+/// with `Retry-After: 7`), up to a minute with nothing on the screen. They say it on stderr,
+/// as a migration run does; stdout stays the output (JSON here).
+#[tokio::test(flavor = "multi_thread")]
+async fn list_dry_run_and_plan_say_a_long_wait_on_stderr() {
+    let throttled = std::fs::read_to_string(workspace().join("examples/sim-fleet.yaml"))
+        .unwrap()
+        .replace(
+            "throttle: { first: 0, every: 0, retry_after_secs: 1 }",
+            "throttle: { first: 1, every: 0, retry_after_secs: 7 }",
+        );
+    assert!(
+        throttled.contains("first: 1,"),
+        "the example's settings moved"
+    );
+    let dir = Scratch::new("waits");
+    let out_dir = dir.0.join("out");
+    let plan_file = dir.0.join("plan.json");
+    let modes: [&[&str]; 3] = [
+        &["--list-only", "--output", "json"],
+        &["--dry-run", "--output", "json"],
+        &[
+            "plan",
+            "--shards",
+            "2",
+            "--output",
+            plan_file.to_str().unwrap(),
+        ],
+    ];
+    let mut runs = Vec::new();
+    for (i, mode) in modes.iter().enumerate() {
+        // One simulator each: only its first request is throttled.
+        let sim = Simulator::start(&Scenario::from_yaml(&throttled).unwrap())
+            .await
+            .unwrap();
+        let extra = format!("output:\n  dir: {}\n  format: qcow2\n", out_dir.display());
+        let cfg = dir.write(&format!("config{i}.yaml"), &config(&sim.base_url(), &extra));
+        let mut all = args(&["-c", cfg.to_str().unwrap()]);
+        all.extend(args(mode));
+        runs.push((sim, mode.join(" "), tokio::spawn(run(all))));
+    }
+    for (_sim, mode, out) in runs {
+        let out = out.await.unwrap();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("hyper2kvm: waiting for ") && l.contains(" s)")),
+            "{mode}: no wait line in:\n{stderr}"
+        );
+        if mode.starts_with("--") {
+            let _: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!("{mode}: stdout is not JSON ({e}): {}", text(&out.stdout))
+            });
+        }
+    }
+    assert!(!out_dir.exists(), "nothing written");
+}
