@@ -772,6 +772,40 @@ async fn hashed_shards_without_a_plan_cover_every_vm_once() {
     );
 }
 
+/// Regression: with `--shard I/N` (hash shards), a selection that matched no VM exited 0, so
+/// `hyper2kvm … && decommission` went on. It exits 2 as without shards; an empty shard of a
+/// selection that matched VMs is still fine (exit 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn hashed_shards_of_an_empty_selection_exit_2_and_empty_shards_0() {
+    let sim = start(&FLEET[..1]).await;
+    let scratch = Scratch::new("shardempty");
+    let out = scratch.path("out");
+    let nomatch = scratch.path("nomatch.yaml");
+    std::fs::write(
+        &nomatch,
+        config(&sim, &out, "  selection:\n    names: [\"nomatch-*\"]\n"),
+    )
+    .unwrap();
+    for shard in ["0/3", "2/3"] {
+        let o = run(&["-c", s(&nomatch), "--shard", shard], &[]).await;
+        let stderr = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{shard}: {stderr}");
+        assert!(stderr.contains("matched no VM"), "{shard}: {stderr}");
+        let allowed = run(&["-c", s(&nomatch), "--shard", shard, "--allow-empty"], &[]).await;
+        assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed.stderr));
+    }
+    // One VM over three shards: two of them are empty, and that is no error.
+    let cfg = scratch.path("config.yaml");
+    std::fs::write(&cfg, config(&sim, &out, "")).unwrap();
+    let mut migrated = 0;
+    for i in 0..3 {
+        let o = run(&["-c", s(&cfg), "--shard", &format!("{i}/3")], &[]).await;
+        assert_eq!(o.status.code(), Some(0), "{i}/3: {}", text(&o.stderr));
+        migrated += text(&o.stderr).contains("1 of 1 VM(s) completed") as u32;
+    }
+    assert_eq!(migrated, 1);
+}
+
 /// Arguments, environment, and what stderr must say.
 type Case = (Vec<String>, Vec<(&'static str, &'static str)>, String);
 

@@ -39,7 +39,7 @@ use crate::report::{
     VmReport, VmStatus, VmSummary, SCHEMA_VERSION, TOOL_VERSION,
 };
 use crate::sched::Scheduler;
-use crate::shard::{PlanDeviation, ShardRecord};
+use crate::shard::{PlanDeviation, ShardFilter, ShardRecord};
 use crate::source::Source;
 use crate::time::rfc3339;
 use crate::vm::VmRun;
@@ -125,6 +125,16 @@ impl Migration {
         match &self.opts.shard {
             None => self.run(&vms).await,
             Some(filter) => {
+                // A hash shard of a selection that matched nothing is the same mistake as a
+                // run without shards (exit 2, so that `… && decommission` stops); an empty
+                // shard of a non-empty selection is not. A planned shard's selection is
+                // the plan's, checked when it was made.
+                if vms.is_empty()
+                    && !self.opts.allow_empty
+                    && matches!(filter, ShardFilter::Hashed { .. })
+                {
+                    return Err(empty_selection());
+                }
                 let work = filter.select(vms);
                 for d in &work.deviations {
                     tracing::warn!("{}/{}: {}", d.resource_group, d.name, d.detail);
@@ -155,10 +165,7 @@ impl Migration {
         let started_at = SystemTime::now();
         let started = Instant::now();
         if vms.is_empty() && !self.opts.allow_empty && shard.is_none() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "the selection matched no VM, so nothing would be migrated; check the selection, or allow an empty run (--allow-empty)",
-            ));
+            return Err(empty_selection());
         }
         // Records name absolute paths: they are read from elsewhere (scripts, other hosts).
         let mut plan_opts = self.opts.plan.clone();
@@ -682,6 +689,14 @@ const LOCK_RETRY_EVERY: Duration = Duration::from_secs(2);
 struct VmLocks {
     _held: [LockFile; 2],
     warnings: Vec<String>,
+}
+
+/// The error of a run whose selection matched no VM (without `allow_empty`).
+fn empty_selection() -> Error {
+    Error::new(
+        ErrorKind::InvalidArgument,
+        "the selection matched no VM, so nothing would be migrated; check the selection, or allow an empty run (--allow-empty)",
+    )
 }
 
 /// FNV-1a: a short, stable name for a VM id in a lock file's name.
