@@ -205,25 +205,7 @@ impl Bar {
                     None => bar.set_message(label.clone()),
                 })
             }
-            Bar::Lines { .. } => {
-                let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
-                Arc::new(move |status: Option<String>| {
-                    let mut last = last.lock().unwrap();
-                    match status {
-                        Some(text) => {
-                            let what = text.split(" (").next().unwrap_or("").to_string();
-                            let due = last.as_ref().is_none_or(|(seen, at)| {
-                                *seen != what || at.elapsed() >= Duration::from_secs(10)
-                            });
-                            if due {
-                                eprintln!("hyper2kvm: {text}");
-                                *last = Some((what, Instant::now()));
-                            }
-                        }
-                        None => *last = None,
-                    }
-                })
-            }
+            Bar::Lines { .. } => crate::waiting::lines(),
             Bar::Quiet => Arc::new(|_| {}),
         }
     }

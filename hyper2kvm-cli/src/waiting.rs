@@ -25,9 +25,10 @@ pub fn spawn(sink: WaitSink) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Plain lines on stderr, for commands without a progress display (`--list-only`,
-/// `--dry-run`, `plan`), whose stdout is their output: a line when a wait starts to show,
-/// then every 10 s while it lasts.
+/// Plain lines on stderr, where there is no terminal status line to put them on (a bar
+/// drawn as lines) or no progress display at all (`--list-only`, `--dry-run`, `plan`, whose
+/// stdout is their output): a line when a wait starts to show, then every 10 s while it
+/// lasts.
 pub fn lines() -> WaitSink {
     let last: Mutex<Option<(String, Instant)>> = Mutex::new(None);
     Arc::new(move |status: Option<String>| {
