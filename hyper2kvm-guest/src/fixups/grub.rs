@@ -46,10 +46,9 @@ impl FixUp for GrubCmdline {
                 regenerate = true;
             }
         }
-        if !regenerate {
-            return Ok(plan);
-        }
         if inspection.boot.grub_configs.is_empty() {
+            // Whether or not the defaults needed another edit: a parameter only in the
+            // defaults reaches no kernel.
             if kernel_names && !bls {
                 // The NIC is named eth0 only if the kernel gets net.ifnames=0, and nothing
                 // will hand it over: the configuration that names eth0 would not apply.
@@ -60,11 +59,14 @@ impl FixUp for GrubCmdline {
                      to the boot loader's kernel command line"
                         .into(),
                 );
-            } else {
+            } else if regenerate {
                 plan.notes.push(
                     "no grub.cfg found: the boot loader's configuration was not regenerated".into(),
                 );
             }
+            return Ok(plan);
+        }
+        if !regenerate {
             return Ok(plan);
         }
         // RHEL 8+ keeps each kernel's arguments in BLS entries; grubby edits them.
@@ -186,6 +188,22 @@ mod tests {
             ("/usr/sbin/grub2-mkconfig", ""),
         ]);
         assert!(!GrubCmdline.plan(&mut bls, &rhel()).unwrap().is_needed());
+    }
+
+    /// net.ifnames=0 in the defaults with no grub.cfg to carry it blocks, also when the
+    /// defaults need no other edit (a run that already put it there).
+    #[test]
+    fn net_ifnames_without_a_grub_cfg_blocks() {
+        let mut inspection = debian();
+        inspection.boot.grub_configs.clear();
+        let mut guest = MemoryGuest::with(&[(
+            "/etc/default/grub",
+            "GRUB_CMDLINE_LINUX=\"console=ttyS0 net.ifnames=0\"\n",
+        )]);
+        let plan = GrubCmdline.plan(&mut guest, &inspection).unwrap();
+        assert!(!plan.is_needed());
+        assert_eq!(plan.blockers.len(), 1, "{plan:?}");
+        assert!(plan.blockers[0].starts_with("net.ifnames=0 is in /etc/default/grub"));
     }
 
     #[test]
