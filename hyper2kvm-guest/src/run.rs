@@ -386,7 +386,6 @@ pub fn fix_guest(
     let mut results = Vec::new();
     let mut failure = None;
     let mut applied = false;
-    let mut blocked = Vec::new();
     for fixup in all {
         let name = fixup.name();
         let mut result = FixUpResult {
@@ -429,11 +428,15 @@ pub fn fix_guest(
             }
         };
         applied |= result.status == Status::Applied;
-        if let Status::Incomplete(why) = &result.status {
-            blocked.push(format!("{name}: {why}"));
-        }
         results.push(result);
     }
+    let blocked: Vec<String> = results
+        .iter()
+        .filter_map(|r| match &r.status {
+            Status::Incomplete(why) => Some(format!("{}: {why}", r.name)),
+            _ => None,
+        })
+        .collect();
     let outcome = match failure {
         Some(why) => Outcome::Failed(why),
         None if config.dry_run => Outcome::DryRun,
